@@ -1,0 +1,145 @@
+"""Settings: every variable of API.md section 1, read once from the environment and `.env`.
+
+`load_settings()` is the only reader of the environment. A bad value raises `ConfigError`
+naming the variable, which the entry point turns into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from dotenv import dotenv_values, find_dotenv
+
+from errors import ConfigError
+
+SECURITY_MODES = ("starttls", "ssl", "none")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The service's configuration; defaults are those of API.md section 1."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    senders_file: str = "data.csv"
+    credentials_key: str = ""
+    smtp_host: str = "smtp.gmail.com"
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_timeout: float = 30.0
+    smtp_ca_file: str = ""
+    workers: int = 8
+    queue_max: int = 10000
+    drain_seconds: float = 20.0
+    max_attempts: int = 5
+    retry_backoff: float = 2.0
+    status_store_url: str = "memory://"
+    status_ttl: int = 604800
+    rate_limit: str = "600/minute"
+    rate_limit_storage_url: str = "memory://"
+    email_log: str = "email_log.txt"
+    email_log_max_bytes: int = 10 * 1024 * 1024
+    email_log_backups: int = 5
+    token_secret: str = field(default="", repr=False)
+    token_ttl: int = 3600
+    max_request_bytes: int = 10 * 1024 * 1024
+    max_recipients: int = 50
+
+
+def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
+            raise ValueError("must be positive")
+        return value
+
+    return parse
+
+
+def _security(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in SECURITY_MODES:
+        raise ValueError(f"must be one of {', '.join(SECURITY_MODES)}")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number, 1 to 65535")
+    return value
+
+
+def _rate_limit(raw: str) -> str:
+    value = raw.strip()
+    if value:
+        from limits import parse_many
+
+        parse_many(value)  # raises ValueError on a malformed limit string
+    return value
+
+
+# variable name -> (Settings field, parser)
+_VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "HOST": ("host", str.strip),
+    "PORT": ("port", _port),
+    "SENDERS_FILE": ("senders_file", str.strip),
+    "CREDENTIALS_KEY": ("credentials_key", str.strip),
+    "SMTP_HOST": ("smtp_host", str.strip),
+    "SMTP_PORT": ("smtp_port", _port),
+    "SMTP_SECURITY": ("smtp_security", _security),
+    "SMTP_TIMEOUT": ("smtp_timeout", _positive(float)),
+    "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
+    "WORKERS": ("workers", _positive(int)),
+    "QUEUE_MAX": ("queue_max", _positive(int)),
+    "DRAIN_SECONDS": ("drain_seconds", _positive(float, allow_zero=True)),
+    "MAX_ATTEMPTS": ("max_attempts", _positive(int)),
+    "RETRY_BACKOFF": ("retry_backoff", _positive(float, allow_zero=True)),
+    "STATUS_STORE_URL": ("status_store_url", str.strip),
+    "STATUS_TTL": ("status_ttl", _positive(int)),
+    "RATE_LIMIT": ("rate_limit", _rate_limit),
+    "RATE_LIMIT_STORAGE_URL": ("rate_limit_storage_url", str.strip),
+    "EMAIL_LOG": ("email_log", str.strip),
+    "EMAIL_LOG_MAX_BYTES": ("email_log_max_bytes", _positive(int)),
+    "EMAIL_LOG_BACKUPS": ("email_log_backups", _positive(int, allow_zero=True)),
+    "TOKEN_SECRET": ("token_secret", str),
+    "TOKEN_TTL": ("token_ttl", _positive(int)),
+    "MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
+    "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
+}
+
+
+def settings_from_mapping(env: Mapping[str, str], **overrides: object) -> Settings:
+    """Build Settings from a mapping of variables; raise ConfigError naming a bad one."""
+    values: dict[str, object] = {}
+    for name, (attr, parse) in _VARIABLES.items():
+        raw = env.get(name)
+        if raw is None:
+            continue
+        try:
+            values[attr] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from exc
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+# Demo mode (API.md section 8) sends to its embedded catcher unless told otherwise.
+DEMO_DEFAULTS = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": "8025"}
+
+
+def load_settings(demo: bool = False, **overrides: object) -> Settings:
+    """Read `.env` from the working directory, then the real environment, which wins."""
+    dotenv_path = find_dotenv(usecwd=True)
+    env: dict[str, str] = dict(DEMO_DEFAULTS) if demo else {}
+    if dotenv_path:
+        env.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    env.update(os.environ)
+    if demo:
+        overrides.setdefault("smtp_security", "none")
+    return settings_from_mapping(env, **overrides)

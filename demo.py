@@ -1,0 +1,57 @@
+"""Demo mode: an embedded aiosmtpd catcher that keeps every message in `outbox/` as `.eml`.
+
+Used by `python mail_server.py --demo` (and `make run`) so that a newcomer can send mail with
+no SMTP account: the service sends to the catcher over plain SMTP on 127.0.0.1:8025.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SmtpProtocol
+from aiosmtpd.smtp import Envelope, Session
+
+from senders import Sender, SenderDirectory
+
+DEMO_SENDER = "demo@example.com"
+
+
+class OutboxHandler:
+    """aiosmtpd handler that writes each message to a `.eml` file."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.outbox.mkdir(parents=True, exist_ok=True)
+        self._counter = itertools.count(1)
+
+    async def handle_DATA(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        path = self.outbox / f"{stamp}-{next(self._counter):06d}.eml"
+        content = envelope.original_content or b""
+        path.write_bytes(content)
+        return "250 OK: kept in outbox"
+
+
+def start_catcher(host: str, port: int, outbox: Path) -> Controller:
+    """Start the catcher on host:port; the caller stops it."""
+    controller = Controller(OutboxHandler(outbox), hostname=host, port=port)
+    controller.start()
+    return controller
+
+
+def demo_senders(host: str, port: int) -> tuple[str, SenderDirectory]:
+    """A fresh demo key and the directory that maps it to the demo sender."""
+    key = "demo-" + secrets.token_urlsafe(18)
+    sender = Sender(
+        email=DEMO_SENDER,
+        password="",
+        smtp_host=host,
+        smtp_port=port,
+        smtp_security="none",
+        name="Demo Sender",
+    )
+    return key, SenderDirectory([(key, sender)])

@@ -1,0 +1,70 @@
+"""The service's exception tree, in one place.
+
+    ServiceError
+    ├── ConfigError          bad setting or senders file; stops start-up with one line
+    ├── StoreError           the status store failed or is unreachable (API answers 503)
+    ├── Unavailable          the process is full (QUEUE_MAX) or shutting down (API answers 503)
+    ├── DeliveryError        one SMTP attempt failed
+    │   ├── TransientDelivery    4xx, dropped connection, time-out: retried with backoff
+    │   └── PermanentDelivery    5xx, refused login, bad TLS: failed at once
+    └── ApiError             an HTTP problem answer (RFC 9457), raised by the request path
+
+Messages never carry a key or password.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ServiceError(Exception):
+    """Root of every error the service raises on purpose."""
+
+
+class ConfigError(ServiceError):
+    """A setting or the senders file is missing or malformed."""
+
+
+class StoreError(ServiceError):
+    """The status store could not be read or written."""
+
+
+class Unavailable(ServiceError):
+    """The pool takes no more work now: its queue is full or it is draining."""
+
+
+class DeliveryError(ServiceError):
+    """One delivery attempt failed; `reason` is the SMTP code and text where there is one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientDelivery(DeliveryError):
+    """Worth retrying: a 4xx reply, a dropped connection or a time-out."""
+
+
+class PermanentDelivery(DeliveryError):
+    """Not worth retrying: a 5xx reply, a refused login, a failed certificate check."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One invalid field of a request body."""
+
+    field: str
+    message: str
+
+
+@dataclass(eq=False)
+class ApiError(ServiceError):
+    """An HTTP error answered as application/problem+json."""
+
+    status: int
+    detail: str
+    errors: list[FieldError] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.detail)

@@ -1,0 +1,299 @@
+"""Building messages and talking SMTP: `build_message()` and `SmtpClient`.
+
+`SmtpClient` keeps one open connection per thread and server login, reuses it for the next
+message, and reconnects once, transparently, when a reused connection turns out to have been
+closed by the server before MAIL FROM. It drives the SMTP transaction step by step with
+smtplib's own commands so that it knows which recipients were refused and whether a failure
+came before or after the message was handed over. Failures are raised as `TransientDelivery` or
+`PermanentDelivery` (see errors.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import smtplib
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import policy as email_policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from errors import PermanentDelivery, TransientDelivery
+from schemas import SendRequest
+from senders import Sender
+
+MESSAGE_POLICY = email_policy.default.clone(linesep="\r\n")
+UTF8_POLICY = MESSAGE_POLICY.clone(utf8=True)
+
+
+def _address(addr_spec: str, display_name: str = "") -> Address:
+    return Address(display_name=display_name, addr_spec=addr_spec)
+
+
+def needs_smtputf8(addresses: list[str]) -> bool:
+    """True when an address is not ASCII (an international local part)."""
+    return not all(a.isascii() for a in addresses)
+
+
+def build_message(
+    request: SendRequest, sender: Sender, request_id: str, date: datetime
+) -> EmailMessage:
+    """The message of one request, with a Message-ID that every attempt shares."""
+    to = request.recipient if isinstance(request.recipient, list) else [request.recipient]
+    smtputf8 = needs_smtputf8([sender.email, *request.recipients])
+    msg = EmailMessage(policy=UTF8_POLICY if smtputf8 else MESSAGE_POLICY)
+    msg["From"] = _address(sender.email, request.from_name or sender.name)
+    msg["To"] = tuple(_address(a) for a in to)
+    if request.cc:
+        msg["Cc"] = tuple(_address(a) for a in request.cc)
+    if request.reply_to:
+        msg["Reply-To"] = _address(request.reply_to)
+    msg["Subject"] = request.subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = f"<{request_id}@{sender.domain}>"
+    for name, value in request.headers.items():
+        msg[name] = value
+    if request.body is not None:
+        msg.set_content(request.body, subtype="html" if request.is_html else "plain")
+    elif request.text is not None and request.html is not None:
+        msg.set_content(request.text)
+        msg.add_alternative(request.html, subtype="html")
+    elif request.html is not None:
+        msg.set_content(request.html, subtype="html")
+    else:
+        msg.set_content(request.text or "")
+    return msg
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpTarget:
+    """A server and the login to use on it; the password is never shown."""
+
+    host: str
+    port: int
+    security: str
+    username: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def for_sender(cls, sender: Sender) -> SmtpTarget:
+        return cls(
+            sender.smtp_host,
+            sender.smtp_port,
+            sender.smtp_security,
+            sender.email,
+            sender.password,
+        )
+
+    @property
+    def key(self) -> tuple[str, int, str, str]:
+        return (self.host, self.port, self.security, self.username)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """What the server said of each recipient of one transaction."""
+
+    accepted: tuple[str, ...]
+    refused: dict[str, str]  # 5xx at RCPT: permanent
+    deferred: dict[str, str]  # 4xx at RCPT: worth another attempt
+
+
+def describe_reply(code: int, reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return f"{code} {' '.join(text.split())}".strip()
+
+
+def _classify(code: int, reply: bytes | str, step: str) -> TransientDelivery | PermanentDelivery:
+    reason = f"{describe_reply(code, reply)} (at {step})"
+    return PermanentDelivery(reason) if 500 <= code < 600 else TransientDelivery(reason)
+
+
+class SmtpClient:
+    """Sends over one reused connection per thread and server login."""
+
+    def __init__(self, timeout: float, ca_file: str = "") -> None:
+        self.timeout = timeout
+        self._ssl_context = ssl.create_default_context(cafile=ca_file or None)
+        self._local = threading.local()
+        self._local_hostname = socket.gethostname() or "localhost"
+        self._all: set[smtplib.SMTP] = set()
+        self._all_lock = threading.Lock()
+        self.sessions_opened = 0
+
+    def _connections(self) -> dict[tuple[str, int, str, str], smtplib.SMTP]:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        return conns
+
+    def _open(self, target: SmtpTarget) -> smtplib.SMTP:
+        try:
+            if target.security == "ssl":
+                conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                    target.host,
+                    target.port,
+                    local_hostname=self._local_hostname,
+                    timeout=self.timeout,
+                    context=self._ssl_context,
+                )
+            else:
+                conn = smtplib.SMTP(
+                    target.host,
+                    target.port,
+                    local_hostname=self._local_hostname,
+                    timeout=self.timeout,
+                )
+        except smtplib.SMTPConnectError as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error, "connect") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientDelivery(
+                f"cannot connect to {target.host}:{target.port}: {exc}"
+            ) from exc
+        try:
+            self._handshake(conn, target)
+        except BaseException:
+            self._close(conn)
+            raise
+        with self._all_lock:
+            self._all.add(conn)
+            self.sessions_opened += 1
+        return conn
+
+    def _handshake(self, conn: smtplib.SMTP, target: SmtpTarget) -> None:
+        try:
+            conn.ehlo()
+            if target.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise PermanentDelivery(
+                        "server does not offer STARTTLS (SMTP_SECURITY=starttls); "
+                        "refusing to log in over a plain connection"
+                    )
+                conn.starttls(context=self._ssl_context)
+                conn.ehlo()
+            if target.password:
+                conn.login(target.username, target.password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentDelivery(
+                f"login refused: {describe_reply(exc.smtp_code, exc.smtp_error)}"
+            ) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            raise PermanentDelivery("server offers no AUTH for the configured login") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
+        except smtplib.SMTPResponseException as exc:
+            raise _classify(exc.smtp_code, exc.smtp_error, "handshake") from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransientDelivery(f"connection lost during handshake: {exc}") from exc
+
+    def _close(self, conn: smtplib.SMTP) -> None:
+        with self._all_lock:
+            self._all.discard(conn)
+        try:
+            conn.quit()
+        except (OSError, smtplib.SMTPException):
+            conn.close()
+
+    def _discard(self, target: SmtpTarget) -> None:
+        conn = self._connections().pop(target.key, None)
+        if conn is not None:
+            self._close(conn)
+
+    def _checkout(self, target: SmtpTarget) -> tuple[smtplib.SMTP, bool]:
+        conns = self._connections()
+        conn = conns.get(target.key)
+        if conn is not None:
+            return conn, False
+        conn = conns[target.key] = self._open(target)
+        return conn, True
+
+    def _mail_from(self, target: SmtpTarget, sender: str, options: list[str]) -> smtplib.SMTP:
+        """MAIL FROM, reconnecting once if a reused connection was closed while idle."""
+        for _ in range(2):
+            conn, fresh = self._checkout(target)
+            try:
+                code, reply = conn.mail(sender, options)
+            except (OSError, smtplib.SMTPServerDisconnected) as exc:
+                code, reply = 421, str(exc).encode()
+            if code == 250:
+                return conn
+            if code == 421 and not fresh:
+                self._discard(target)
+                continue
+            self._reset_or_discard(target, code)
+            raise _classify(code, reply, "MAIL FROM")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reset_or_discard(self, target: SmtpTarget, code: int) -> None:
+        conn = self._connections().get(target.key)
+        if conn is None:
+            return
+        if code == 421:
+            self._discard(target)
+            return
+        try:
+            conn.rset()
+        except (OSError, smtplib.SMTPException):
+            self._discard(target)
+
+    def send(
+        self, target: SmtpTarget, sender: str, recipients: list[str], data: bytes, smtputf8: bool
+    ) -> DeliveryOutcome:
+        """One SMTP transaction; raises Transient/PermanentDelivery for the whole message."""
+        options = ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
+        conn = self._mail_from(target, sender, options)
+        if smtputf8 and not conn.has_extn("smtputf8"):
+            self._reset_or_discard(target, 0)
+            raise PermanentDelivery("server does not support SMTPUTF8 for international addresses")
+        try:
+            accepted: list[str] = []
+            refused: dict[str, str] = {}
+            deferred: dict[str, str] = {}
+            for rcpt in recipients:
+                code, reply = conn.rcpt(rcpt)
+                if code in (250, 251):
+                    accepted.append(rcpt)
+                elif code == 421:
+                    raise _classify(code, reply, "RCPT TO")
+                elif 500 <= code < 600:
+                    refused[rcpt] = describe_reply(code, reply)
+                else:
+                    deferred[rcpt] = describe_reply(code, reply)
+            if not accepted:
+                conn.rset()
+                return DeliveryOutcome((), refused, deferred)
+            code, reply = conn.data(data)
+            if code != 250:
+                self._reset_or_discard(target, code)
+                raise _classify(code, reply, "end of DATA")
+            return DeliveryOutcome(tuple(accepted), refused, deferred)
+        except smtplib.SMTPDataError as exc:
+            self._reset_or_discard(target, exc.smtp_code)
+            raise _classify(exc.smtp_code, exc.smtp_error, "DATA") from exc
+        except TransientDelivery:
+            self._discard(target)
+            raise
+        except (OSError, smtplib.SMTPException) as exc:
+            self._discard(target)
+            raise TransientDelivery(f"connection lost: {exc or type(exc).__name__}") from exc
+
+    def close_thread_connections(self) -> None:
+        """QUIT this thread's connections."""
+        conns = self._connections()
+        while conns:
+            _, conn = conns.popitem()
+            self._close(conn)
+
+    def close_all(self) -> None:
+        """Close every connection of every thread (at shutdown, once the workers stopped)."""
+        with self._all_lock:
+            conns, self._all = list(self._all), set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.close()

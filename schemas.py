@@ -1,0 +1,206 @@
+"""Request bodies: strict JSON parsing and the pydantic models of API.md section 3.
+
+`parse_json_object()` accepts exactly one JSON object in UTF-8 and nothing looser (no duplicate
+keys, NaN, lone surrogates or nesting past 32 levels). `SendRequest` validates the fields; every
+header value is checked for line breaks and encoded words and rejected, never cleaned.
+`validation_errors()` turns a pydantic error into field errors for the problem answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from errors import ApiError, FieldError
+
+MAX_DEPTH = 32
+MAX_EXTRA_HEADERS = 20
+ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[a-z]\?[^?\s]*\?=", re.IGNORECASE)
+HEADER_NAME = re.compile(r"X-[A-Za-z0-9][A-Za-z0-9-]{0,74}")
+ALLOWED_HEADERS = {
+    "list-unsubscribe": "List-Unsubscribe",
+    "list-unsubscribe-post": "List-Unsubscribe-Post",
+    "in-reply-to": "In-Reply-To",
+    "references": "References",
+}
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _Duplicate(f"duplicate key {key[:64]!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_tree(root: Any) -> None:
+    """Walk the parsed value without recursion: depth limit and lone surrogates."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            value.encode("utf-8")  # UnicodeEncodeError on a lone surrogate
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    key.encode("utf-8")
+                stack.append((item, depth + 1))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a request body that must be one JSON object in UTF-8; ApiError 400 otherwise."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "The body is not valid UTF-8.") from exc
+    try:
+        value = json.loads(
+            text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant
+        )
+        _check_tree(value)
+    except _Duplicate as exc:
+        raise ApiError(400, f"The JSON body has a {exc}.") from exc
+    except RecursionError as exc:
+        raise ApiError(400, f"The JSON body is nested deeper than {MAX_DEPTH} levels.") from exc
+    except UnicodeEncodeError as exc:
+        raise ApiError(400, "The JSON body holds a lone surrogate (\\ud800-\\udfff).") from exc
+    except ValueError as exc:
+        raise ApiError(400, f"The body is not valid JSON: {str(exc)[:200]}") from exc
+    if not isinstance(value, dict):
+        raise ApiError(400, f"The JSON body must be an object, not {type(value).__name__}.")
+    return value
+
+
+def check_header_value(value: str) -> str:
+    """Reject control characters, Unicode line separators and RFC 2047 encoded words."""
+    for ch in value:
+        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") and ch != "\t":
+            raise ValueError(f"must not contain control character U+{ord(ch):04X}")
+    if ENCODED_WORD.search(value):
+        raise ValueError("must not contain an RFC 2047 encoded word (=?charset?q?...?=)")
+    return value
+
+
+def check_address(value: str) -> str:
+    """One addr-spec, normalised; ASCII form of an international domain where possible."""
+    if len(value) > 320:
+        raise ValueError("is too long to be an email address")
+    check_header_value(value)
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address: {exc}") from exc
+    return result.ascii_email or result.normalized
+
+
+HeaderText = Annotated[StrictStr, AfterValidator(check_header_value)]
+Address = Annotated[StrictStr, AfterValidator(check_address)]
+Text = Annotated[StrictStr, Field(max_length=50_000_000)]
+
+
+class SendRequest(BaseModel):
+    """The body of POST /send-email; see API.md section 3."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    recipient: Address | list[Address] = Field(validation_alias=AliasChoices("recipient", "to"))
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list)
+    subject: Annotated[HeaderText, Field(min_length=1, max_length=998)]
+    body: Text | None = None
+    is_html: StrictBool = False
+    text: Text | None = None
+    html: Text | None = None
+    from_name: Annotated[HeaderText, Field(max_length=200)] | None = None
+    from_: Address | None = Field(default=None, alias="from")
+    reply_to: Address | None = None
+    headers: dict[StrictStr, Annotated[HeaderText, Field(max_length=998)]] = Field(
+        default_factory=dict
+    )
+    key: StrictStr | None = Field(default=None, repr=False, exclude=True)
+
+    @field_validator("recipient", mode="after")
+    @classmethod
+    def _recipient_list(cls, value: str | list[str]) -> list[str]:
+        value = [value] if isinstance(value, str) else value
+        if not value:
+            raise ValueError("needs at least one address")
+        return value
+
+    @field_validator("headers", mode="after")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_EXTRA_HEADERS:
+            raise ValueError(f"at most {MAX_EXTRA_HEADERS} extra headers")
+        canonical: dict[str, str] = {}
+        for name, header_value in value.items():
+            known = ALLOWED_HEADERS.get(name.lower())
+            if known is None and not HEADER_NAME.fullmatch(name):
+                raise ValueError(
+                    f"header {name[:80]!r} is not allowed: use X-... or "
+                    "List-Unsubscribe, List-Unsubscribe-Post, In-Reply-To, References"
+                )
+            canonical_name = known or name
+            if canonical_name.lower() in (n.lower() for n in canonical):
+                raise ValueError(f"header {name[:80]!r} is given twice")
+            canonical[canonical_name] = header_value
+        return canonical
+
+    @model_validator(mode="after")
+    def _content(self) -> SendRequest:
+        if self.body is None and self.text is None and self.html is None:
+            raise ValueError("give the content as body, or as text and/or html")
+        if self.body is not None and (self.text is not None or self.html is not None):
+            raise ValueError("give either body or text/html, not both")
+        if self.is_html and self.body is None:
+            raise ValueError("is_html goes with body")
+        return self
+
+    @property
+    def recipients(self) -> list[str]:
+        """Every envelope recipient (to, cc, bcc), each once, in order."""
+        to = self.recipient if isinstance(self.recipient, list) else [self.recipient]
+        return list(dict.fromkeys([*to, *self.cc, *self.bcc]))
+
+
+def validation_errors(exc: ValidationError) -> list[FieldError]:
+    """Field errors without echoing input values (they may hold a key)."""
+    errors = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
+        # Union members add their type name to the location; keep the user's field path.
+        loc = [p for p in loc if p not in ("str", "list[str]", "constrained-str")]
+        name = ".".join(loc) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "is not a known field"
+        errors.append(FieldError(field=name, message=message))
+    return errors

@@ -1,0 +1,142 @@
+"""API keys and the sender identity each one sends as (API.md section 2).
+
+`load_senders(path)` reads `data.csv` (columns `key,email,app_password`, optionally
+`smtp_host,smtp_port,smtp_security,name`). `SenderDirectory.authenticate()` finds the sender of
+a presented key in constant time: keys are looked up by their SHA-256 digest and the digest is
+confirmed with `hmac.compare_digest`, so timing says nothing about how much of a key matched.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from config import SECURITY_MODES, Settings
+from errors import ConfigError
+
+REQUIRED_COLUMNS = ("key", "email", "app_password")
+OPTIONAL_COLUMNS = ("smtp_host", "smtp_port", "smtp_security", "name")
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """One API key's sender: From address, SMTP login and server."""
+
+    email: str
+    password: str = field(repr=False)
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    name: str = ""
+
+    @property
+    def domain(self) -> str:
+        return self.email.rpartition("@")[2]
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+class SenderDirectory:
+    """Maps API keys to senders; never stores or shows a key in clear."""
+
+    def __init__(self, entries: Iterable[tuple[str, Sender]]) -> None:
+        self._by_digest: dict[bytes, tuple[bytes, Sender]] = {}
+        self._by_email: dict[str, Sender] = {}
+        for key, sender in entries:
+            digest = _digest(key)
+            if digest in self._by_digest:
+                raise ConfigError("the senders file lists the same key twice")
+            self._by_digest[digest] = (digest, sender)
+            self._by_email.setdefault(sender.email.lower(), sender)
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def __repr__(self) -> str:
+        return f"SenderDirectory({len(self)} keys)"
+
+    def authenticate(self, key: str | None) -> Sender | None:
+        """The sender of this key, or None for a missing or unknown key."""
+        if not key:
+            return None
+        digest = _digest(key)
+        stored_digest, sender = self._by_digest.get(digest, (b"\0" * 32, None))
+        if hmac.compare_digest(digest, stored_digest):
+            return sender
+        return None
+
+    def by_email(self, email: str) -> Sender | None:
+        """The sender whose address this is (used to resume recorded requests)."""
+        return self._by_email.get(email.lower())
+
+
+def _normalise_email(raw: str, where: str) -> str:
+    try:
+        return validate_email(raw, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ConfigError(f"{where}: email {raw!r} is not a valid address ({exc})") from exc
+
+
+def _row_sender(row: dict[str, str], where: str, settings: Settings) -> tuple[str, Sender]:
+    key = (row.get("key") or "").strip()
+    if not key:
+        raise ConfigError(f"{where}: the key is empty")
+    email = _normalise_email((row.get("email") or "").strip(), where)
+    security = (row.get("smtp_security") or "").strip().lower() or settings.smtp_security
+    if security not in SECURITY_MODES:
+        raise ConfigError(f"{where}: smtp_security must be one of {', '.join(SECURITY_MODES)}")
+    port_text = (row.get("smtp_port") or "").strip()
+    try:
+        port = int(port_text) if port_text else settings.smtp_port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: smtp_port {port_text!r} is not a number") from exc
+    if not 0 < port < 65536:
+        raise ConfigError(f"{where}: smtp_port {port} is out of range")
+    name = (row.get("name") or "").strip()
+    if any(ch in name for ch in "\r\n\0"):
+        raise ConfigError(f"{where}: name holds a line break")
+    sender = Sender(
+        email=email,
+        password=row.get("app_password") or "",
+        smtp_host=(row.get("smtp_host") or "").strip() or settings.smtp_host,
+        smtp_port=port,
+        smtp_security=security,
+        name=name,
+    )
+    return key, sender
+
+
+def load_senders(settings: Settings) -> SenderDirectory:
+    """Read `settings.senders_file`; raise ConfigError naming the file on any problem."""
+    path = Path(settings.senders_file)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                raise ConfigError(
+                    f"senders file {path}: missing column(s) {', '.join(missing)}; "
+                    f"expected a header line 'key,email,app_password'"
+                )
+            reader.fieldnames = columns
+            entries = [
+                _row_sender(row, f"senders file {path}, line {reader.line_num}", settings)
+                for row in reader
+                if any((v or "").strip() for v in row.values() if isinstance(v, str))
+            ]
+    except FileNotFoundError as exc:
+        raise ConfigError(f"senders file {path} not found (set SENDERS_FILE)") from exc
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"senders file {path} cannot be read: {exc}") from exc
+    if not entries:
+        raise ConfigError(f"senders file {path} has no sender rows")
+    return SenderDirectory(entries)

@@ -1,0 +1,300 @@
+"""The pool that delivers accepted requests: attempts, retries with backoff, drain.
+
+`WorkerPool.accept()` records a request as `queued` (the 202 promise), logs it and hands it to a
+`ThreadPoolExecutor`. Each attempt marks the record `sending`, builds the message once, sends it
+with `SmtpClient` and records the outcome. A transient failure schedules the next attempt on a
+`RetryScheduler`, so no worker thread sleeps through a backoff. The pool knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from errors import PermanentDelivery, StoreError, TransientDelivery, Unavailable
+from mailer import SmtpClient, SmtpTarget, build_message, needs_smtputf8
+from request_log import RequestLog
+from schemas import SendRequest
+from senders import Sender
+from status_store import EmailStatus, StatusRecord, StatusStore, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Job:
+    """One accepted request in this process: its validated body, sender and latest record."""
+
+    request: SendRequest
+    sender: Sender
+    record: StatusRecord
+    data: bytes | None = None
+    smtputf8: bool = False
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+
+class RetryScheduler:
+    """Runs callbacks at a later monotonic time on one thread, in due order."""
+
+    def __init__(self, run: Callable[[Job], None], clock: Callable[[], float]) -> None:
+        self._run = run
+        self._clock = clock
+        self._heap: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def schedule(self, delay: float, job: Job) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (self._clock() + delay, next(self._seq), job))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="retry", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > self._clock()):
+                    timeout = self._heap[0][0] - self._clock() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, job = heapq.heappop(self._heap)
+            self._run(job)
+
+    def stop(self) -> list[Job]:
+        """Stop and return the jobs that were still waiting."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+            left = [job for _, _, job in self._heap]
+            self._heap.clear()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        return left
+
+
+class WorkerPool:
+    """Delivers accepted requests with `workers` threads; holds at most `queue_max` of them."""
+
+    def __init__(
+        self,
+        store: StatusStore,
+        smtp: SmtpClient,
+        request_log: RequestLog,
+        *,
+        workers: int = 8,
+        queue_max: int = 10000,
+        max_attempts: int = 5,
+        retry_backoff: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.smtp = smtp
+        self.request_log = request_log
+        self.workers = workers
+        self.queue_max = queue_max
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="send")
+        self._retries = RetryScheduler(self._submit, clock)
+        self._jobs: dict[str, Job] = {}
+        self._sending = 0
+        self._cond = threading.Condition()
+        self._accepting = True
+
+    # -- accepting -------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def unfinished(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    def accept(self, request: SendRequest, sender: Sender) -> StatusRecord:
+        """Record the request as queued and schedule it; Unavailable or StoreError if not."""
+        request_id = str(uuid.uuid4())
+        with self._cond:
+            if not self._accepting:
+                raise Unavailable("the service is shutting down")
+            if len(self._jobs) >= self.queue_max:
+                raise Unavailable(f"{len(self._jobs)} requests are waiting (QUEUE_MAX)")
+            now = utcnow()
+            recipients = tuple(request.recipients)
+            record = StatusRecord(
+                request_id=request_id,
+                status=EmailStatus.QUEUED,
+                sender=sender.email,
+                recipients=recipients,
+                pending=recipients,
+                created_at=now,
+                updated_at=now,
+            )
+            job = Job(request, sender, record)
+            self._jobs[request_id] = job
+        try:
+            self.store.create(record, request.model_dump_json(by_alias=True))
+        except StoreError:
+            with self._cond:
+                del self._jobs[request_id]
+                self._cond.notify_all()
+            raise
+        self.request_log.write(request_id, sender.email, recipients, "queued", when=now)
+        self._submit(job)
+        return record
+
+    def _submit(self, job: Job) -> None:
+        try:
+            self._executor.submit(self._attempt, job)
+        except RuntimeError:  # executor shut down: the job stays recorded as it is
+            logger.warning("pool stopped before request_id=%s could be sent", job.request_id)
+
+    # -- delivering ------------------------------------------------------------------------
+
+    def _save(self, record: StatusRecord) -> None:
+        try:
+            self.store.save(record)
+        except StoreError:
+            logger.exception(
+                "could not record status %s request_id=%s", record.status, record.request_id
+            )
+
+    def _attempt(self, job: Job) -> None:
+        with self._cond:
+            self._sending += 1
+        try:
+            self._deliver(job)
+        except Exception as exc:  # the one catch-all: a bug must not kill the worker thread
+            logger.exception("unexpected error request_id=%s", job.request_id)
+            self._finish(job, EmailStatus.FAILED, f"internal error: {type(exc).__name__}")
+        finally:
+            with self._cond:
+                self._sending -= 1
+                self._cond.notify_all()
+
+    def _deliver(self, job: Job) -> None:
+        record = replace(
+            job.record,
+            status=EmailStatus.SENDING,
+            attempts=job.record.attempts + 1,
+            updated_at=utcnow(),
+        )
+        job.record = record
+        self._save(record)
+        if job.data is None:
+            msg = build_message(job.request, job.sender, job.request_id, record.created_at)
+            job.data = msg.as_bytes()
+            job.smtputf8 = needs_smtputf8([job.sender.email, *record.recipients])
+        try:
+            outcome = self.smtp.send(
+                SmtpTarget.for_sender(job.sender),
+                job.sender.email,
+                list(record.pending),
+                job.data,
+                job.smtputf8,
+            )
+        except PermanentDelivery as exc:
+            self._finish(job, EmailStatus.FAILED, exc.reason)
+            return
+        except TransientDelivery as exc:
+            self._retry_or_fail(job, exc.reason)
+            return
+        refused = {**record.refused, **outcome.refused}
+        job.record = replace(record, refused=refused, pending=tuple(outcome.deferred))
+        if outcome.deferred:
+            self._retry_or_fail(job, "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items()))
+        else:
+            self._finish(job, EmailStatus.SENT, None)
+
+    def _retry_or_fail(self, job: Job, reason: str) -> None:
+        record = job.record
+        if record.attempts >= self.max_attempts:
+            self._finish(job, EmailStatus.FAILED, f"{reason} (after {record.attempts} attempts)")
+            return
+        job.record = replace(record, status=EmailStatus.RETRYING, error=reason, updated_at=utcnow())
+        self._save(job.record)
+        delay = self.retry_backoff * 2 ** (record.attempts - 1) * random.uniform(0.75, 1.25)
+        logger.info(
+            "attempt %d failed request_id=%s: %s; retry in %.1fs",
+            record.attempts,
+            record.request_id,
+            reason,
+            delay,
+        )
+        self._retries.schedule(delay, job)
+
+    def _finish(self, job: Job, status: EmailStatus, error: str | None) -> None:
+        record = job.record
+        delivered = [
+            r for r in record.recipients if r not in record.pending + tuple(record.refused)
+        ]
+        if status is EmailStatus.FAILED and delivered:
+            # Someone has the message: it was sent; the rest are listed as refused.
+            refused = dict(record.refused)
+            refused.update({r: error or "not delivered" for r in record.pending})
+            record = replace(record, refused=refused, pending=())
+            status, error = EmailStatus.SENT, None
+        elif status is EmailStatus.SENT and not delivered:
+            status = EmailStatus.FAILED
+            error = "every recipient was refused: " + "; ".join(
+                f"{a}: {r}" for a, r in record.refused.items()
+            )
+        record = replace(record, status=status, error=error, updated_at=utcnow())
+        job.record = record
+        self._save(record)
+        self.request_log.write(
+            record.request_id,
+            record.sender,
+            record.recipients,
+            str(status),
+            reason=error if status is EmailStatus.FAILED else None,
+        )
+        with self._cond:
+            self._jobs.pop(record.request_id, None)
+            self._cond.notify_all()
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def drain(self, seconds: float) -> int:
+        """Stop accepting, keep sending for up to `seconds`, stop; the number of jobs left."""
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            self._accepting = False
+            while self._jobs and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+        self._retries.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            while self._sending and (remaining := deadline + 1 - time.monotonic()) > 0:
+                self._cond.wait(remaining)
+            left = list(self._jobs.values())
+        for job in left:
+            self._abandon(job)
+        self.smtp.close_all()
+        return len(left)
+
+    def _abandon(self, job: Job) -> None:
+        """A job left at shutdown: recorded for recovery, or failed where nothing keeps it."""
+        if getattr(self.store, "durable", False):
+            logger.info("left for recovery request_id=%s", job.request_id)
+            return
+        self._finish(job, EmailStatus.FAILED, "shutdown before send")
