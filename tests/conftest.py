@@ -1,0 +1,144 @@
+"""Shared fixtures: real SMTP servers, an app factory with explicit settings, waiting helpers."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from config import Settings
+from mail_server import EXTENSION, create_app
+from tests.smtp_servers import SmtpServer
+
+API_KEY = "test-key-0123456789"
+OTHER_KEY = "other-key-9876543210"
+SENDER = "sender@example.com"
+OTHER_SENDER = "other@example.org"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll until predicate() is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_smtp() -> Iterator[Callable[..., SmtpServer]]:
+    """Start extra SMTP servers with options (TLS, logins, idle timeout...)."""
+    servers: list[SmtpServer] = []
+
+    def start(**options: Any) -> SmtpServer:
+        server = SmtpServer(**options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def write_senders(path: Path, port: int, security: str = "none", password: str = "") -> Path:
+    path.write_text(
+        "key,email,app_password,smtp_host,smtp_port,smtp_security,name\n"
+        f"{API_KEY},{SENDER},{password},127.0.0.1,{port},{security},Test Sender\n"
+        f"{OTHER_KEY},{OTHER_SENDER},{password},127.0.0.1,{port},{security},\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
+    """Build apps whose senders send to the given SMTP port; drained after the test."""
+    apps: list[Flask] = []
+
+    def factory(smtp_port: int, security: str = "none", password: str = "", **overrides) -> Flask:
+        senders = write_senders(tmp_path / "data.csv", smtp_port, security, password)
+        values: dict[str, Any] = {
+            "senders_file": str(senders),
+            "email_log": str(tmp_path / "email_log.txt"),
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp_port,
+            "smtp_security": security,
+            "smtp_timeout": 2.0,
+            "workers": 2,
+            "retry_backoff": 0.05,
+            "max_attempts": 3,
+            "rate_limit": "",
+        }
+        values.update(overrides)
+        app = create_app(Settings(**values))
+        app.config["TESTING"] = True
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.extensions[EXTENSION].pool.drain(0)
+        app.extensions[EXTENSION].request_log.close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask], smtp_server: SmtpServer) -> Flask:
+    return make_app(smtp_server.port)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def send(client: FlaskClient, body: dict[str, Any] | None = None, key: str = API_KEY, **kw: Any):
+    """POST /send-email with a JSON body and the test key."""
+    payload = {"recipient": "user@example.com", "subject": "Hi", "body": "Hello"}
+    if body is not None:
+        payload = body
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers.update(kw.pop("headers", {}))
+    return client.post("/send-email", json=payload, headers=headers, **kw)
+
+
+def wait_final(client: FlaskClient, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Poll GET /email-status until the request is sent or failed."""
+
+    def final() -> dict[str, Any] | None:
+        body = client.get(f"/email-status/{request_id}").get_json()
+        return body if body and body["status"] in ("sent", "failed") else None
+
+    return wait_for(final, timeout)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost, made with the openssl command."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

@@ -1,0 +1,230 @@
+"""Real SMTP servers for tests: an aiosmtpd sink that records, and ways to make it misbehave.
+
+`SmtpServer` wraps an aiosmtpd `Controller` on a free loopback port with a `ScriptedHandler`:
+each hook (MAIL, RCPT, DATA) answers from a script queue before behaving normally, so a test
+says `server.handler.script("DATA", "451 4.3.0 try later")` and the next DATA gets that answer.
+A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply. `GreetingServer`
+answers every connection with one line (a 421) and closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SmtpProtocol
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+
+DROP = "DROP"
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (aiosmtpd cannot bind port 0 itself)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Received:
+    """One message as the server got it."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    mail_options: list[str] = field(default_factory=list)
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.content, policy=policy.default)  # type: ignore[return-value]
+
+
+class ScriptedHandler:
+    """Records messages; answers MAIL/RCPT/DATA from per-hook scripts first."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.scripts: dict[str, deque[Any]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
+        self.refuse: dict[str, str] = {}  # recipient -> reply, every time
+        self.connections = 0
+        self.transactions = 0
+        self._lock = threading.Lock()
+
+    def script(self, hook: str, *replies: Any) -> None:
+        """Queue replies for the next calls of a hook: an SMTP reply, DROP, or ("SLEEP", s)."""
+        self.scripts[hook].extend(replies)
+
+    async def _scripted(self, hook: str, server: SmtpProtocol) -> str | None:
+        while self.scripts[hook]:
+            reply = self.scripts[hook].popleft()
+            if isinstance(reply, tuple) and reply[0] == "SLEEP":
+                await asyncio.sleep(reply[1])
+                continue
+            if reply == DROP:
+                server.transport.close()
+                return "421 dropped"
+            return reply
+        return None
+
+    async def handle_EHLO(
+        self, server: SmtpProtocol, session: Session, envelope: Envelope, hostname: str, responses
+    ) -> list[str]:
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(
+        self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, options
+    ) -> str:
+        with self._lock:
+            self.transactions += 1
+        reply = await self._scripted("MAIL", server)
+        if reply is not None:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, options
+    ) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        reply = await self._scripted("RCPT", server)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
+        reply = await self._scripted("DATA", server)
+        if reply is not None:
+            return reply
+        with self._lock:
+            self.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    envelope.original_content or b"",
+                    list(envelope.mail_options),
+                )
+            )
+        return "250 OK: queued"
+
+
+class CountingSmtp(SmtpProtocol):
+    """aiosmtpd's SMTP protocol that counts connections on its handler."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler = self.event_handler
+        with handler._lock:
+            handler.connections += 1
+        super().connection_made(transport)
+
+
+class _Controller(Controller):
+    def factory(self) -> SmtpProtocol:
+        return CountingSmtp(self.handler, **self.SMTP_kwargs)
+
+
+class SmtpServer:
+    """A real aiosmtpd server on 127.0.0.1 for one test."""
+
+    def __init__(
+        self,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        require_starttls: bool = False,
+        logins: dict[str, str] | None = None,
+        idle_timeout: float = 300,
+        port: int | None = None,
+    ) -> None:
+        self.handler = ScriptedHandler()
+        self.port = port or free_port()
+        kwargs: dict[str, Any] = {"timeout": idle_timeout}
+        if logins is not None:
+            kwargs["authenticator"] = self._authenticator(logins)
+            kwargs["auth_require_tls"] = tls_context is not None and not implicit_tls
+        if tls_context is not None and not implicit_tls:
+            kwargs["tls_context"] = tls_context
+            kwargs["require_starttls"] = require_starttls
+        self.controller = _Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            ssl_context=tls_context if implicit_tls else None,
+            server_hostname="localhost",
+            ready_timeout=5,
+            **kwargs,
+        )
+        self.logins_seen: list[str] = []
+
+    def _authenticator(self, logins: dict[str, str]):
+        def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:
+            if isinstance(auth_data, LoginPassword):
+                user = auth_data.login.decode()
+                self.logins_seen.append(user)
+                if logins.get(user) == auth_data.password.decode():
+                    return AuthResult(success=True)
+            return AuthResult(success=False, handled=False)
+
+        return authenticate
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def start(self) -> SmtpServer:
+        if self.controller.ssl_context is not None:
+            # Controller's readiness probe speaks plain TCP; skip it for implicit TLS.
+            self.controller._trigger_server = lambda: None  # type: ignore[method-assign]
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.controller.stop()
+
+
+class GreetingServer:
+    """Answers every connection with one line (e.g. `421 busy`) and closes it."""
+
+    def __init__(self, greeting: bytes = b"421 4.3.2 too busy, try later\r\n") -> None:
+        self.greeting = greeting
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(self.greeting)
+
+    def start(self) -> GreetingServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
