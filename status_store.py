@@ -71,7 +71,12 @@ class StatusRecord:
 
 
 class StatusStore(ABC):
-    """The interface every backend implements; `tests/test_status_store.py` is its contract."""
+    """The interface every backend implements; `tests/test_status_store.py` is its contract.
+
+    `durable` says whether an accepted request outlives this process in the store.
+    """
+
+    durable = False
 
     def __init__(self, ttl: int) -> None:
         self.ttl = ttl
@@ -95,6 +100,10 @@ class StatusStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
+
+    def durability_warnings(self) -> list[str]:
+        """What in the backend's setup can lose accepted requests (logged at start-up)."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -153,7 +162,13 @@ def _memory(url: str, ttl: int) -> StatusStore:
     return MemoryStatusStore(ttl)
 
 
-STORE_BACKENDS: dict[str, StoreFactory] = {"memory": _memory}
+def _redis(url: str, ttl: int) -> StatusStore:
+    from redis_store import RedisStatusStore  # imported on use: redis is a backend detail
+
+    return RedisStatusStore.from_url(url, ttl)
+
+
+STORE_BACKENDS: dict[str, StoreFactory] = {"memory": _memory, "redis": _redis, "rediss": _redis}
 
 
 def store_from_url(url: str, ttl: int) -> StatusStore:

@@ -294,7 +294,7 @@ class WorkerPool:
 
     def _abandon(self, job: Job) -> None:
         """A job left at shutdown: recorded for recovery, or failed where nothing keeps it."""
-        if getattr(self.store, "durable", False):
+        if self.store.durable:
             logger.info("left for recovery request_id=%s", job.request_id)
             return
         self._finish(job, EmailStatus.FAILED, "shutdown before send")

@@ -142,3 +142,20 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One redis-server for the session (tests that stop Redis start their own)."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_session: Any) -> Any:
+    """The session's redis-server, emptied for this test."""
+    redis_session.flush()
+    return redis_session

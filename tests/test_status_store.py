@@ -1,0 +1,195 @@
+"""The store contract: one behaviour suite that every backend must pass, on real servers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from errors import ConfigError
+from status_store import (
+    EmailStatus,
+    MemoryStatusStore,
+    StatusRecord,
+    StatusStore,
+    store_from_url,
+    utcnow,
+)
+
+
+class FakeClock:
+    """A monotonic clock a test moves by hand (for the memory store's TTL)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[StatusStore]:
+    if request.param == "memory":
+        backend: StatusStore = store_from_url("memory://", ttl=60)
+    else:
+        server = request.getfixturevalue("redis_server")
+        backend = store_from_url(server.url, ttl=60)
+    yield backend
+    backend.close()
+
+
+def new_record(request_id: str = "11111111-1111-4111-8111-111111111111") -> StatusRecord:
+    now = utcnow()
+    return StatusRecord(
+        request_id=request_id,
+        status=EmailStatus.QUEUED,
+        sender="sender@example.com",
+        recipients=("a@example.com", "b@example.com"),
+        pending=("a@example.com", "b@example.com"),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def test_created_record_reads_back_equal(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, '{"subject": "s"}')
+    assert store.get(record.request_id) == record
+    assert store.payload(record.request_id) == '{"subject": "s"}'
+
+
+def test_unknown_id_reads_none(store: StatusStore) -> None:
+    assert store.get("00000000-0000-4000-8000-000000000000") is None
+    assert store.payload("00000000-0000-4000-8000-000000000000") is None
+
+
+def test_saved_changes_read_back(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, "{}")
+    changed = replace(
+        record,
+        status=EmailStatus.RETRYING,
+        attempts=2,
+        error="451 4.3.0 try later",
+        pending=("b@example.com",),
+        refused={"a@example.com": "550 no such user"},
+        updated_at=record.updated_at + timedelta(seconds=3),
+    )
+    store.save(changed)
+    assert store.get(record.request_id) == changed
+    assert store.payload(record.request_id) == "{}", "payload kept until final"
+
+
+def test_final_record_drops_payload_keeps_status(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, '{"body": "secret content"}')
+    final = replace(record, status=EmailStatus.SENT, attempts=1, pending=())
+    store.save(final)
+    assert store.get(record.request_id) == final
+    assert store.payload(record.request_id) is None
+
+
+def test_timestamps_are_utc(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, "{}")
+    got = store.get(record.request_id)
+    assert got is not None
+    assert got.created_at.utcoffset() == timedelta(0)
+    assert got.public()["created_at"].endswith("Z")
+
+
+def test_public_view_has_no_content_or_internals(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, '{"subject": "private subject"}')
+    got = store.get(record.request_id)
+    assert got is not None
+    public = got.public()
+    assert set(public) == {
+        "request_id",
+        "status",
+        "error",
+        "attempts",
+        "sender",
+        "recipients",
+        "refused",
+        "created_at",
+        "updated_at",
+    }
+    assert "private subject" not in str(public)
+
+
+def test_many_threads_write_distinct_records(store: StatusStore) -> None:
+    ids = [f"22222222-2222-4222-8222-{i:012d}" for i in range(200)]
+
+    def write(chunk: list[str]) -> None:
+        for request_id in chunk:
+            store.create(new_record(request_id), "{}")
+            store.save(replace(new_record(request_id), status=EmailStatus.SENT, pending=()))
+
+    threads = [threading.Thread(target=write, args=(ids[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(store.get(i).status is EmailStatus.SENT for i in ids)  # type: ignore[union-attr]
+
+
+def test_ping_answers(store: StatusStore) -> None:
+    store.ping()
+
+
+def test_memory_store_expires_final_records_after_ttl() -> None:
+    clock = FakeClock()
+    store = MemoryStatusStore(ttl=60, clock=clock)
+    done, open_ = (
+        new_record("33333333-3333-4333-8333-000000000001"),
+        new_record("33333333-3333-4333-8333-000000000002"),
+    )
+    store.create(done, "{}")
+    store.create(open_, "{}")
+    store.save(replace(done, status=EmailStatus.FAILED, error="550 no"))
+    clock.now += 59
+    assert store.get(done.request_id) is not None
+    clock.now += 2
+    assert store.get(done.request_id) is None
+    assert store.get(open_.request_id) is not None, "unfinished requests never expire"
+
+
+@pytest.mark.redis
+def test_redis_store_sets_ttl_only_when_final(redis_server: Any) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=120)
+    record = new_record()
+    store.create(record, "{}")
+    client = redis.Redis.from_url(redis_server.url)
+    key = f"mail:req:{record.request_id}"
+    assert client.ttl(key) == -1, "unfinished: no expiry"
+    store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    assert 0 < client.ttl(key) <= 120
+    assert not client.hexists(key, "payload")
+    client.close()
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_store_expiry_really_removes_the_status(redis_server: Any) -> None:
+    store = store_from_url(redis_server.url, ttl=1)
+    record = new_record()
+    store.create(record, "{}")
+    store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    deadline = time.monotonic() + 5
+    while store.get(record.request_id) is not None:
+        assert time.monotonic() < deadline, "record did not expire"
+        time.sleep(0.1)
+    store.close()
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="STATUS_STORE_URL"):
+        store_from_url("postgres://localhost/x", ttl=60)
