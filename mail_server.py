@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -27,9 +28,11 @@ from werkzeug.exceptions import HTTPException
 from config import Settings, load_settings
 from demo import demo_senders, start_catcher
 from errors import ApiError, ConfigError, FieldError, StoreError, Unavailable
+from http_input import json_body, presented_key, reject_key_in_url
 from mailer import SmtpClient
+from rate_limit import init_rate_limit
 from request_log import RequestLog
-from schemas import SendRequest, parse_json_object, validation_errors
+from schemas import SendRequest, validation_errors
 from senders import Sender, SenderDirectory, load_senders
 from status_store import StatusStore, store_from_url
 from worker_pool import WorkerPool
@@ -78,31 +81,9 @@ def problem(
 # -- the request path ------------------------------------------------------------------------
 
 
-def read_json_body() -> dict[str, Any]:
-    """The body as one strict JSON object: 415, then 413, then 400."""
-    if request.mimetype != "application/json":
-        raise ApiError(415, "Send the body as JSON with Content-Type: application/json.")
-    charset = request.mimetype_params.get("charset", "utf-8").lower()
-    if charset not in ("utf-8", "utf8"):
-        raise ApiError(415, "The JSON body must be UTF-8.")
-    return parse_json_object(request.get_data(cache=False))
-
-
-def presented_key(body: dict[str, Any]) -> str | None:
-    """The API key: Authorization: Bearer, then X-API-Key, then the JSON field `key`."""
-    auth = request.headers.get("Authorization", "")
-    scheme, _, credentials = auth.partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    if request.headers.get("X-API-Key"):
-        return request.headers["X-API-Key"].strip()
-    key = body.get("key")
-    return key if isinstance(key, str) else None
-
-
 def authenticate(body: dict[str, Any]) -> Sender:
-    if any(name.lower() in ("key", "api_key", "apikey", "token") for name in request.args):
-        raise ApiError(400, "API keys are never accepted in the URL; use a header.")
+    """The sender of the presented key; 401 when there is none or it is unknown."""
+    reject_key_in_url()
     sender = service().senders.authenticate(presented_key(body))
     if sender is None:
         raise ApiError(
@@ -152,10 +133,11 @@ def accepted(pool: WorkerPool, send: SendRequest, sender: Sender) -> tuple[Respo
 # -- the app ---------------------------------------------------------------------------------
 
 
-def register_routes(app: Flask) -> None:
+def register_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) -> None:
     @app.post("/send-email")
+    @rate_limited
     def send_email() -> Response:
-        body = read_json_body()
+        body = json_body()
         sender = authenticate(body)
         send = validate_send(body, sender)
         response, _ = accepted(service().pool, send, sender)
@@ -175,6 +157,17 @@ def register_routes(app: Flask) -> None:
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        svc = service()
+        svc.store.ping()  # StoreError -> 503
+        if not svc.pool.accepting:
+            raise Unavailable("the service is shutting down")
+        unfinished = svc.pool.unfinished()
+        if unfinished >= svc.settings.queue_max:
+            raise Unavailable(f"{unfinished} requests are waiting (QUEUE_MAX)")
+        return jsonify(status="ready", unfinished=unfinished)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -231,7 +224,9 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log)
-    register_routes(app)
+    for warning in store.durability_warnings():
+        logger.warning("status store: %s", warning)
+    register_routes(app, init_rate_limit(app, settings))
     register_error_handlers(app)
     return app
 

@@ -27,7 +27,16 @@ class _LockedRotatingFileHandler(RotatingFileHandler):
 
     def __init__(self, filename: str, max_bytes: int, backups: int) -> None:
         super().__init__(filename, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
-        self._lock_fd = os.open(self.baseFilename + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+        self._lock_fd = -1
+        self._lock_pid = 0
+
+    def _process_lock_fd(self) -> int:
+        """The lock file, opened once per process: a descriptor inherited through fork()
+        would share its flock with the parent and lock nothing between them."""
+        if self._lock_pid != os.getpid():
+            self._lock_fd = os.open(self.baseFilename + ".lock", os.O_CREAT | os.O_RDWR, 0o600)
+            self._lock_pid = os.getpid()
+        return self._lock_fd
 
     def _reopen_if_rotated(self) -> None:
         if self.stream is None:
@@ -42,19 +51,20 @@ class _LockedRotatingFileHandler(RotatingFileHandler):
             self.stream = self._open()
 
     def emit(self, record: logging.LogRecord) -> None:
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        lock_fd = self._process_lock_fd()
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
         try:
             self._reopen_if_rotated()
             super().emit(record)
             self.flush()
         finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         super().close()
-        if self._lock_fd >= 0:
+        if self._lock_fd >= 0 and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
-            self._lock_fd = -1
+        self._lock_fd = -1
 
 
 class RequestLog:

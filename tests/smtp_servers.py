@@ -57,6 +57,7 @@ class ScriptedHandler:
         self.refuse: dict[str, str] = {}  # recipient -> reply, every time
         self.connections = 0
         self.transactions = 0
+        self.transports: list[asyncio.BaseTransport] = []
         self._lock = threading.Lock()
 
     def script(self, hook: str, *replies: Any) -> None:
@@ -127,6 +128,7 @@ class CountingSmtp(SmtpProtocol):
         handler = self.event_handler
         with handler._lock:
             handler.connections += 1
+            handler.transports.append(transport)
         super().connection_made(transport)
 
 
@@ -191,6 +193,22 @@ class SmtpServer:
         return self
 
     def stop(self) -> None:
+        """Close the connections clients left open, then stop the server."""
+        done = threading.Event()
+
+        def close_transports() -> None:
+            for transport in self.handler.transports:
+                transport.close()
+            done.set()
+
+        with contextlib.suppress(Exception):
+            self.controller.loop.call_soon_threadsafe(close_transports)
+            done.wait(2)
+            # Let the closed transports finish (connection_lost runs on the next loop turns).
+            for _ in range(3):
+                step = threading.Event()
+                self.controller.loop.call_soon_threadsafe(step.set)
+                step.wait(2)
         with contextlib.suppress(Exception):
             self.controller.stop()
 

@@ -1,0 +1,65 @@
+"""Reading a request: its JSON body (strictly, once per request) and the API key it presents.
+
+The body is parsed at most once and kept on `flask.g`, so the rate limiter (which needs the key
+before the view runs) and the view share one parse; a body error is kept too and raised again
+in the view, in the contract's order: 415 content type, 413 size, 400 JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from errors import ApiError
+from schemas import parse_json_object
+
+URL_KEY_PARAMETERS = ("key", "api_key", "apikey", "token", "access_token")
+
+
+def _parse_body() -> dict[str, Any]:
+    if request.mimetype != "application/json":
+        raise ApiError(415, "Send the body as JSON with Content-Type: application/json.")
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ApiError(415, "The JSON body must be UTF-8.")
+    try:
+        raw = request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise ApiError(413, "The request body is too large (MAX_REQUEST_BYTES).") from exc
+    return parse_json_object(raw)
+
+
+def json_body() -> dict[str, Any]:
+    """The body as one strict JSON object, parsed once per request; ApiError otherwise."""
+    if "json_body" not in g:
+        try:
+            g.json_body = _parse_body()
+        except ApiError as exc:
+            g.json_body = exc
+    if isinstance(g.json_body, ApiError):
+        raise g.json_body
+    return g.json_body
+
+
+def header_key() -> str | None:
+    """The credential of `Authorization: Bearer` or, failing that, `X-API-Key`."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("X-API-Key", "").strip() or None
+
+
+def presented_key(body: dict[str, Any] | None) -> str | None:
+    """The API key: Authorization: Bearer, then X-API-Key, then the JSON field `key`."""
+    key = header_key()
+    if key is None and body is not None and isinstance(body.get("key"), str):
+        key = body["key"]
+    return key
+
+
+def reject_key_in_url() -> None:
+    """API keys are never accepted in the URL (they end up in proxy and access logs)."""
+    if any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
+        raise ApiError(400, "API keys are never accepted in the URL; use a header.")

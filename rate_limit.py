@@ -1,0 +1,54 @@
+"""Per-key rate limiting with flask-limiter (API.md sections 1 and 6).
+
+Requests are counted per API key (by a digest, so no key is stored in the limiter's storage),
+or per client address when they present none. The storage is `RATE_LIMIT_STORAGE_URL`; when a
+Redis storage is unreachable each process falls back to counting in memory rather than failing
+or letting everything through. Every answer of a limited route carries the X-RateLimit-*
+headers; a 429 adds Retry-After.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask, request
+from flask_limiter import Limiter
+
+from config import Settings
+from errors import ApiError
+from http_input import json_body, presented_key
+
+REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+def rate_limit_key() -> str:
+    """`key:<digest>` for a request that presents a key, `addr:<ip>` for one that doesn't."""
+    try:
+        body: dict[str, Any] | None = json_body()
+    except ApiError:
+        body = None  # the view answers the body error; count it against the address
+    key = presented_key(body)
+    if key:
+        return "key:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"addr:{request.remote_addr or 'unknown'}"
+
+
+def init_rate_limit(app: Flask, settings: Settings) -> Callable[[Callable], Callable]:
+    """Attach a Limiter to the app; the decorator that puts a route under RATE_LIMIT."""
+    storage = settings.rate_limit_storage_url
+    limiter = Limiter(
+        rate_limit_key,
+        app=app,
+        storage_uri=storage,
+        storage_options=REDIS_OPTIONS if storage.startswith(("redis", "rediss")) else {},
+        strategy="fixed-window",
+        headers_enabled=True,
+        in_memory_fallback_enabled=True,
+        key_prefix="mail",
+        enabled=bool(settings.rate_limit),
+    )
+    if not settings.rate_limit:
+        return lambda view: view
+    return limiter.shared_limit(settings.rate_limit, scope="send")
