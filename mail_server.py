@@ -268,7 +268,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             settings = load_settings(demo=True)
             smtp_host, smtp_port = settings.smtp_host, settings.smtp_port
-            catcher = start_catcher(smtp_host, smtp_port, Path.cwd() / "outbox")
+            try:
+                catcher = start_catcher(smtp_host, smtp_port, Path.cwd() / "outbox")
+            except OSError as exc:
+                raise ConfigError(
+                    f"demo SMTP catcher cannot listen on {smtp_host}:{smtp_port} ({exc}); "
+                    "set SMTP_PORT to a free port"
+                ) from exc
             key, senders = demo_senders(smtp_host, smtp_port)
             app = create_app(settings, senders)
             print(

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from errors import PermanentDelivery, StoreError, TransientDelivery, Unavailable
 from mailer import SmtpClient, SmtpTarget, build_message, needs_smtputf8
@@ -38,6 +38,7 @@ class Job:
     record: StatusRecord
     data: bytes | None = None
     smtputf8: bool = False
+    done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def request_id(self) -> str:
@@ -271,6 +272,16 @@ class WorkerPool:
         with self._cond:
             self._jobs.pop(record.request_id, None)
             self._cond.notify_all()
+        job.done.set()
+
+    def wait(self, request_id: str, timeout: float) -> StatusRecord | None:
+        """The final record of a request, waiting up to `timeout`; None if not final by then."""
+        with self._cond:
+            job = self._jobs.get(request_id)
+        if job is None:
+            record = self.store.get(request_id)
+            return record if record is not None and record.status.final else None
+        return job.record if job.done.wait(timeout) else None
 
     # -- stopping --------------------------------------------------------------------------
 

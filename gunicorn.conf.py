@@ -1,0 +1,45 @@
+"""gunicorn settings for production: `gunicorn 'mail_server:create_app()'` reads this file.
+
+Each worker process builds its own app, and with it its own sending pool (WORKERS threads) and
+its own SMTP connections; with more than one worker, use a shared store (STATUS_STORE_URL
+redis://...) and a shared limiter storage (RATE_LIMIT_STORAGE_URL). On SIGTERM each worker
+drains its pool for up to DRAIN_SECONDS before it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from config import load_settings
+from errors import ConfigError
+from senders import load_senders
+
+try:
+    _settings = load_settings()
+    load_senders(_settings)  # fail in the master, with one line, not in every worker
+except ConfigError as _exc:
+    print(f"mail_server: configuration error: {_exc}", file=sys.stderr)
+    sys.exit(2)
+
+bind = [f"{_settings.host}:{_settings.port}"]
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+graceful_timeout = int(_settings.drain_seconds) + 10
+accesslog = None
+loglevel = "info"
+
+
+def worker_exit(server, worker) -> None:
+    """Drain this worker's pool: keep sending for up to DRAIN_SECONDS, then stop."""
+    from mail_server import EXTENSION
+
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "extensions", {}).get(EXTENSION) if app is not None else None
+    if service is None:
+        return
+    left = service.pool.drain(service.settings.drain_seconds)
+    server.log.info("worker %s drained; %d request(s) left unsent", worker.pid, left)
