@@ -36,6 +36,7 @@ class Settings:
     workers: int = 8
     queue_max: int = 10000
     drain_seconds: float = 20.0
+    lease_seconds: float = 30.0
     max_attempts: int = 5
     retry_backoff: float = 2.0
     status_store_url: str = "memory://"
@@ -98,6 +99,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WORKERS": ("workers", _positive(int)),
     "QUEUE_MAX": ("queue_max", _positive(int)),
     "DRAIN_SECONDS": ("drain_seconds", _positive(float, allow_zero=True)),
+    "LEASE_SECONDS": ("lease_seconds", _positive(float)),
     "MAX_ATTEMPTS": ("max_attempts", _positive(int)),
     "RETRY_BACKOFF": ("retry_backoff", _positive(float, allow_zero=True)),
     "STATUS_STORE_URL": ("status_store_url", str.strip),

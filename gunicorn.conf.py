@@ -1,7 +1,8 @@
 """gunicorn settings for production: `gunicorn 'mail_server:create_app()'` reads this file.
 
-Each worker process builds its own app, and with it its own sending pool (WORKERS threads) and
-its own SMTP connections; with more than one worker, use a shared store (STATUS_STORE_URL
+Each worker process builds its own app, and with it its own sending pool (WORKERS threads), its
+own SMTP connections and its own lease keeper; keep `preload_app` off so that the keeper's thread
+starts in each worker. With more than one worker, use a shared store (STATUS_STORE_URL
 redis://...) and a shared limiter storage (RATE_LIMIT_STORAGE_URL). On SIGTERM each worker
 drains its pool for up to DRAIN_SECONDS before it exits.
 """
@@ -41,5 +42,5 @@ def worker_exit(server, worker) -> None:
     service = getattr(app, "extensions", {}).get(EXTENSION) if app is not None else None
     if service is None:
         return
-    left = service.pool.drain(service.settings.drain_seconds)
+    left = service.shutdown(service.settings.drain_seconds)
     server.log.info("worker %s drained; %d request(s) left unsent", worker.pid, left)

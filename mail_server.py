@@ -31,6 +31,7 @@ from errors import ApiError, ConfigError, FieldError, StoreError, Unavailable
 from http_input import json_body, presented_key, reject_key_in_url
 from mailer import SmtpClient
 from rate_limit import init_rate_limit
+from recovery import LeaseKeeper
 from request_log import RequestLog
 from schemas import SendRequest, validation_errors
 from senders import Sender, SenderDirectory, load_senders
@@ -52,6 +53,14 @@ class Service:
     store: StatusStore
     pool: WorkerPool
     request_log: RequestLog
+    leases: LeaseKeeper
+
+    def shutdown(self, drain_seconds: float) -> int:
+        """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
+        left = self.pool.drain(drain_seconds)
+        self.leases.stop()
+        self.request_log.close()
+        return left
 
 
 def service() -> Service:
@@ -220,14 +229,16 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
     )
+    leases = LeaseKeeper(store, pool, senders, settings.lease_seconds)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log)
+    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log, leases)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
     register_routes(app, init_rate_limit(app, settings))
     register_error_handlers(app)
+    leases.start()  # takes up what stopped processes left on a durable store
     return app
 
 
@@ -250,9 +261,8 @@ def _serve(app: Flask, settings: Settings) -> int:
     thread.start()
     logger.info("listening on http://%s:%d", settings.host, settings.port)
     stop.wait()
-    pool = app.extensions[EXTENSION].pool
     logger.info("stopping: draining for up to %.0fs", settings.drain_seconds)
-    left = pool.drain(settings.drain_seconds)  # answers 503 from here on
+    left = app.extensions[EXTENSION].shutdown(settings.drain_seconds)  # 503 from here on
     server.shutdown()
     logger.info("stopped; %d request(s) left unsent", left)
     return 0

@@ -1,8 +1,11 @@
 """The Redis status store: one hash per request, shared by every process of a deployment.
 
-Keys are namespaced `mail:req:<request_id>`. Each write is one pipelined round trip (HSET of
-the changed record, plus HDEL of the payload and EXPIRE when final); reads fetch only the status
-fields, never the payload. Socket time-outs are short and retries few, so an outage is a quick
+Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its payload),
+`mail:unfinished` (a set of unfinished ids), `mail:owner:<owner>` (a process's lease, expiring
+unless renewed) and `mail:idem:<scope>` (Idempotency-Keys, 24 h). Each write is one round trip:
+a short Lua script that checks and writes atomically (the owner check of `save`, the
+set-if-absent of an Idempotency-Key with the create). Reads fetch only the status fields.
+Socket time-outs are short and retries few, so an outage is a quick
 StoreError (the API's 503), logged once when it starts and once when it ends.
 """
 
@@ -13,61 +16,81 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from errors import StoreError
-from status_store import EmailStatus, StatusRecord, StatusStore
+from status_store import (
+    IDEMPOTENCY_TTL,
+    RECORD_FIELDS,
+    IdempotencyClaim,
+    StatusRecord,
+    StatusStore,
+    record_from_fields,
+    record_to_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "mail:req:"
-FIELDS = (
-    "status",
-    "sender",
-    "recipients",
-    "pending",
-    "created_at",
-    "updated_at",
-    "attempts",
-    "error",
-    "refused",
-)
+OWNER_PREFIX = "mail:owner:"
+IDEMPOTENCY_PREFIX = "mail:idem:"
+UNFINISHED = "mail:unfinished"
+
+# KEYS: record, unfinished set, [idempotency key]. ARGV: request_id, claim JSON, claim TTL,
+# then field/value pairs. Returns the earlier claim's JSON, or nil once created.
+CREATE = """
+if KEYS[3] then
+  local earlier = redis.call('GET', KEYS[3])
+  if earlier then return earlier end
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('SADD', KEYS[2], ARGV[1])
+return false
+"""
+
+# KEYS: record, unfinished set. ARGV: owner, final (0/1), ttl, request_id, field/value pairs.
+SAVE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+if ARGV[2] == '1' then
+  redis.call('HDEL', KEYS[1], 'payload')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('SREM', KEYS[2], ARGV[4])
+end
+return 1
+"""
+
+# KEYS: unfinished set. ARGV: limit. Unfinished ids whose owner holds no lease.
+ORPHANS = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local owner = redis.call('HGET', 'mail:req:' .. id, 'owner')
+  if not owner then
+    redis.call('SREM', KEYS[1], id)
+  elseif redis.call('EXISTS', 'mail:owner:' .. owner) == 0 then
+    out[#out + 1] = id
+    if #out >= tonumber(ARGV[1]) then break end
+  end
+end
+return out
+"""
+
+# KEYS: record. ARGV: new owner. 1 when taken over (unfinished, owner without a lease).
+CLAIM = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner or redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return 0 end
+if owner ~= ARGV[1] and redis.call('EXISTS', 'mail:owner:' .. owner) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
 
 
-def _encode(record: StatusRecord) -> dict[str, str]:
-    return {
-        "status": str(record.status),
-        "sender": record.sender,
-        "recipients": json.dumps(record.recipients),
-        "pending": json.dumps(record.pending),
-        "created_at": record.created_at.isoformat(),
-        "updated_at": record.updated_at.isoformat(),
-        "attempts": str(record.attempts),
-        "error": "" if record.error is None else record.error,
-        "refused": json.dumps(record.refused),
-    }
-
-
-def _decode(request_id: str, values: list[str | None]) -> StatusRecord | None:
-    fields = dict(zip(FIELDS, values, strict=True))
-    if fields["status"] is None:
-        return None
-    return StatusRecord(
-        request_id=request_id,
-        status=EmailStatus(fields["status"]),
-        sender=fields["sender"] or "",
-        recipients=tuple(json.loads(fields["recipients"] or "[]")),
-        pending=tuple(json.loads(fields["pending"] or "[]")),
-        created_at=datetime.fromisoformat(fields["created_at"] or ""),
-        updated_at=datetime.fromisoformat(fields["updated_at"] or ""),
-        attempts=int(fields["attempts"] or 0),
-        error=fields["error"] or None,
-        refused=json.loads(fields["refused"] or "{}"),
-    )
+def _claim_json(claim: IdempotencyClaim) -> str:
+    return json.dumps([claim.fingerprint, claim.request_id])
 
 
 class RedisStatusStore(StatusStore):
@@ -78,6 +101,10 @@ class RedisStatusStore(StatusStore):
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         super().__init__(ttl)
         self.client = client
+        self._create = client.register_script(CREATE)
+        self._save = client.register_script(SAVE)
+        self._orphans = client.register_script(ORPHANS)
+        self._claim = client.register_script(CLAIM)
         self._down = False
         self._down_lock = threading.Lock()
 
@@ -110,30 +137,63 @@ class RedisStatusStore(StatusStore):
             if was_down:
                 logger.warning("status store reachable again")
 
-    def create(self, record: StatusRecord, payload: str) -> None:
+    def create(
+        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyClaim | None:
+        keys = [KEY_PREFIX + record.request_id, UNFINISHED]
+        claim_json = ""
+        if idempotency is not None:
+            keys.append(IDEMPOTENCY_PREFIX + idempotency.scope)
+            claim_json = _claim_json(idempotency)
+        fields = {**record_to_fields(record), "payload": payload}
+        args = [record.request_id, claim_json, IDEMPOTENCY_TTL]
+        args += [item for pair in fields.items() for item in pair]
         with self._guard():
-            self.client.hset(
-                KEY_PREFIX + record.request_id, mapping={**_encode(record), "payload": payload}
-            )
+            earlier = self._create(keys=keys, args=args)
+        if earlier is None or idempotency is None:
+            return None
+        fingerprint, request_id = json.loads(earlier)
+        return IdempotencyClaim(idempotency.scope, fingerprint, request_id)
 
-    def save(self, record: StatusRecord) -> None:
-        key = KEY_PREFIX + record.request_id
+    def save(self, record: StatusRecord) -> bool:
+        fields = record_to_fields(record)
+        args = [record.owner, "1" if record.status.final else "0", self.ttl, record.request_id]
+        args += [item for pair in fields.items() for item in pair]
         with self._guard():
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(key, mapping=_encode(record))
-            if record.status.final:
-                pipe.hdel(key, "payload")
-                pipe.expire(key, self.ttl)
-            pipe.execute()
+            return bool(self._save(keys=[KEY_PREFIX + record.request_id, UNFINISHED], args=args))
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._guard():
-            values = self.client.hmget(KEY_PREFIX + request_id, FIELDS)
-        return _decode(request_id, values)
+            values = self.client.hmget(KEY_PREFIX + request_id, RECORD_FIELDS)
+        return record_from_fields(request_id, values)
 
     def payload(self, request_id: str) -> str | None:
         with self._guard():
             return self.client.hget(KEY_PREFIX + request_id, "payload")
+
+    def heartbeat(self, owner: str, lease_seconds: float) -> None:
+        with self._guard():
+            if lease_seconds > 0:
+                self.client.set(OWNER_PREFIX + owner, "1", px=int(lease_seconds * 1000))
+            else:
+                self.client.delete(OWNER_PREFIX + owner)
+
+    def orphans(self, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._guard():
+            return list(self._orphans(keys=[UNFINISHED], args=[limit]))
+
+    def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
+        key = KEY_PREFIX + request_id
+        with self._guard():
+            if not self._claim(keys=[key], args=[owner]):
+                return None
+            values = self.client.hmget(key, [*RECORD_FIELDS, "payload"])
+        record = record_from_fields(request_id, values[:-1])
+        if record is None or values[-1] is None:
+            return None
+        return record, values[-1]
 
     def ping(self) -> None:
         with self._guard():

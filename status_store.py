@@ -8,11 +8,12 @@ of SMTP or HTTP. Backends are chosen by URL scheme through `STORE_BACKENDS`.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -42,7 +43,8 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class StatusRecord:
-    """One request's status; `pending` are the recipients still to be delivered to."""
+    """One request's status; `pending` are the recipients still to be delivered to and
+    `owner` the process whose lease covers the work (internal, never shown)."""
 
     request_id: str
     status: EmailStatus
@@ -54,6 +56,7 @@ class StatusRecord:
     attempts: int = 0
     error: str | None = None
     refused: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /email-status/<id> (API.md section 4): no content, no internals."""
@@ -70,10 +73,77 @@ class StatusRecord:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """An Idempotency-Key in use: `scope` names the API key and Idempotency-Key (digested),
+    `fingerprint` the request it was first used for, `request_id` what that request got."""
+
+    scope: str
+    fingerprint: str
+    request_id: str
+
+
+IDEMPOTENCY_TTL = 24 * 3600
+
+# A record as flat text fields, for backends that store strings (Redis hashes, SQLite rows).
+RECORD_FIELDS = (
+    "status",
+    "sender",
+    "recipients",
+    "pending",
+    "created_at",
+    "updated_at",
+    "attempts",
+    "error",
+    "refused",
+    "owner",
+)
+
+
+def record_to_fields(record: StatusRecord) -> dict[str, str]:
+    """The record as RECORD_FIELDS -> text."""
+    return {
+        "status": str(record.status),
+        "sender": record.sender,
+        "recipients": json.dumps(record.recipients),
+        "pending": json.dumps(record.pending),
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "attempts": str(record.attempts),
+        "error": "" if record.error is None else record.error,
+        "refused": json.dumps(record.refused),
+        "owner": record.owner,
+    }
+
+
+def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusRecord | None:
+    """The record from values in RECORD_FIELDS order; None if it has no status (unknown)."""
+    fields = dict(zip(RECORD_FIELDS, values, strict=True))
+    if not fields["status"]:
+        return None
+    return StatusRecord(
+        request_id=request_id,
+        status=EmailStatus(fields["status"]),
+        sender=fields["sender"] or "",
+        recipients=tuple(json.loads(fields["recipients"] or "[]")),
+        pending=tuple(json.loads(fields["pending"] or "[]")),
+        created_at=datetime.fromisoformat(fields["created_at"] or ""),
+        updated_at=datetime.fromisoformat(fields["updated_at"] or ""),
+        attempts=int(fields["attempts"] or 0),
+        error=fields["error"] or None,
+        refused=json.loads(fields["refused"] or "{}"),
+        owner=fields["owner"] or "",
+    )
+
+
 class StatusStore(ABC):
     """The interface every backend implements; `tests/test_status_store.py` is its contract.
 
-    `durable` says whether an accepted request outlives this process in the store.
+    `durable` says whether an accepted request outlives this process in the store. A durable
+    store also keeps leases: each record names its `owner`, each owner renews its lease with
+    `heartbeat()`, and unfinished records whose owner's lease ran out can be `claim()`ed by
+    another process. `save()` writes only while the record's owner still holds it, so two
+    processes never both send one request.
     """
 
     durable = False
@@ -82,12 +152,18 @@ class StatusStore(ABC):
         self.ttl = ttl
 
     @abstractmethod
-    def create(self, record: StatusRecord, payload: str) -> None:
-        """Record a newly accepted request with its message; StoreError if it can't."""
+    def create(
+        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyClaim | None:
+        """Record a newly accepted request with its message, in one step with its
+        Idempotency-Key if any. Returns the earlier claim, creating nothing, when that key
+        was already used; StoreError if the store can't be written."""
 
     @abstractmethod
-    def save(self, record: StatusRecord) -> None:
-        """Write a changed record; a final one drops its payload and expires after `ttl`."""
+    def save(self, record: StatusRecord) -> bool:
+        """Write a changed record if `record.owner` still owns it (False, writing nothing,
+        if another process took it over). A final record drops its payload and expires
+        after `ttl`."""
 
     @abstractmethod
     def get(self, request_id: str) -> StatusRecord | None:
@@ -100,6 +176,22 @@ class StatusStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
+
+    def heartbeat(self, owner: str, lease_seconds: float) -> None:  # noqa: B027
+        """Renew `owner`'s lease on its records; 0 gives them up at once."""
+
+    def orphans(self, limit: int) -> list[str]:
+        """Unfinished requests whose owner's lease ran out (none where nothing outlives a
+        process)."""
+        return []
+
+    def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
+        """Take over an orphaned request: its record (now owned by `owner`) and payload, or
+        None if it is finished or someone else holds it."""
+        return None
+
+    def purge_expired(self) -> None:  # noqa: B027
+        """Delete what has expired, for backends that don't expire by themselves."""
 
     def durability_warnings(self) -> list[str]:
         """What in the backend's setup can lose accepted requests (logged at start-up)."""
@@ -119,6 +211,8 @@ class MemoryStatusStore(StatusStore):
         self._records: dict[str, StatusRecord] = {}
         self._payloads: dict[str, str] = {}
         self._expiry: deque[tuple[float, str]] = deque()
+        self._claims: dict[str, IdempotencyClaim] = {}
+        self._claim_expiry: deque[tuple[float, str]] = deque()
 
     def _purge(self, now: float) -> None:
         while self._expiry and self._expiry[0][0] <= now:
@@ -126,14 +220,26 @@ class MemoryStatusStore(StatusStore):
             record = self._records.get(request_id)
             if record is not None and record.status.final:
                 del self._records[request_id]
+        while self._claim_expiry and self._claim_expiry[0][0] <= now:
+            self._claims.pop(self._claim_expiry.popleft()[1], None)
 
-    def create(self, record: StatusRecord, payload: str) -> None:
+    def create(
+        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyClaim | None:
         with self._lock:
-            self._purge(self._clock())
+            now = self._clock()
+            self._purge(now)
+            if idempotency is not None:
+                earlier = self._claims.get(idempotency.scope)
+                if earlier is not None:
+                    return earlier
+                self._claims[idempotency.scope] = idempotency
+                self._claim_expiry.append((now + IDEMPOTENCY_TTL, idempotency.scope))
             self._records[record.request_id] = record
             self._payloads[record.request_id] = payload
+            return None
 
-    def save(self, record: StatusRecord) -> None:
+    def save(self, record: StatusRecord) -> bool:
         with self._lock:
             now = self._clock()
             self._purge(now)
@@ -141,6 +247,7 @@ class MemoryStatusStore(StatusStore):
             if record.status.final:
                 self._payloads.pop(record.request_id, None)
                 self._expiry.append((now + self.ttl, record.request_id))
+            return True
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._lock:
@@ -168,7 +275,18 @@ def _redis(url: str, ttl: int) -> StatusStore:
     return RedisStatusStore.from_url(url, ttl)
 
 
-STORE_BACKENDS: dict[str, StoreFactory] = {"memory": _memory, "redis": _redis, "rediss": _redis}
+def _sqlite(url: str, ttl: int) -> StatusStore:
+    from sqlite_store import SqliteStatusStore
+
+    return SqliteStatusStore.from_url(url, ttl)
+
+
+STORE_BACKENDS: dict[str, StoreFactory] = {
+    "memory": _memory,
+    "redis": _redis,
+    "rediss": _redis,
+    "sqlite": _sqlite,
+}
 
 
 def store_from_url(url: str, ttl: int) -> StatusStore:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import random
+import secrets
+import socket
 import threading
 import time
 import uuid
@@ -24,7 +27,7 @@ from mailer import SmtpClient, SmtpTarget, build_message, needs_smtputf8
 from request_log import RequestLog
 from schemas import SendRequest
 from senders import Sender
-from status_store import EmailStatus, StatusRecord, StatusStore, utcnow
+from status_store import EmailStatus, IdempotencyClaim, StatusRecord, StatusStore, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +108,11 @@ class WorkerPool:
         queue_max: int = 10000,
         max_attempts: int = 5,
         retry_backoff: float = 2.0,
+        owner: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self.owner = owner or new_owner_id()
         self.smtp = smtp
         self.request_log = request_log
         self.workers = workers
@@ -131,8 +136,22 @@ class WorkerPool:
         with self._cond:
             return len(self._jobs)
 
-    def accept(self, request: SendRequest, sender: Sender) -> StatusRecord:
-        """Record the request as queued and schedule it; Unavailable or StoreError if not."""
+    def room(self) -> int:
+        """How many more requests this process may hold."""
+        with self._cond:
+            return self.queue_max - len(self._jobs) if self._accepting else 0
+
+    def accept(
+        self,
+        request: SendRequest,
+        sender: Sender,
+        idempotency: tuple[str, str] | None = None,
+    ) -> StatusRecord | IdempotencyClaim:
+        """Record the request as queued and schedule it; Unavailable or StoreError if not.
+
+        With `idempotency` (scope, fingerprint) already used, nothing is created and the
+        earlier claim is returned instead of a record.
+        """
         request_id = str(uuid.uuid4())
         with self._cond:
             if not self._accepting:
@@ -149,19 +168,50 @@ class WorkerPool:
                 pending=recipients,
                 created_at=now,
                 updated_at=now,
+                owner=self.owner,
             )
             job = Job(request, sender, record)
             self._jobs[request_id] = job
+        claim = IdempotencyClaim(*idempotency, request_id) if idempotency else None
         try:
-            self.store.create(record, request.model_dump_json(by_alias=True))
+            earlier = self.store.create(record, request.model_dump_json(by_alias=True), claim)
         except StoreError:
-            with self._cond:
-                del self._jobs[request_id]
-                self._cond.notify_all()
+            self._forget(request_id)
             raise
+        if earlier is not None:
+            self._forget(request_id)
+            return earlier
         self.request_log.write(request_id, sender.email, recipients, "queued", when=now)
         self._submit(job)
         return record
+
+    def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
+        """Take up a recorded request another process left unfinished (already claimed)."""
+        if sender is None:
+            reason = "its sender is no longer configured"
+            self._record_final(
+                replace(
+                    record,
+                    owner=self.owner,
+                    status=EmailStatus.FAILED,
+                    error=reason,
+                    updated_at=utcnow(),
+                )
+            )
+            return
+        request = SendRequest.model_validate_json(payload)
+        job = Job(request, sender, replace(record, owner=self.owner))
+        with self._cond:
+            if record.request_id in self._jobs:
+                return
+            self._jobs[record.request_id] = job
+        logger.info("resuming request_id=%s (status %s)", record.request_id, record.status)
+        self._submit(job)
+
+    def _forget(self, request_id: str) -> None:
+        with self._cond:
+            self._jobs.pop(request_id, None)
+            self._cond.notify_all()
 
     def _submit(self, job: Job) -> None:
         try:
@@ -171,13 +221,18 @@ class WorkerPool:
 
     # -- delivering ------------------------------------------------------------------------
 
-    def _save(self, record: StatusRecord) -> None:
+    def _save(self, record: StatusRecord) -> bool:
+        """Record a change; False when another process has taken the request over."""
         try:
-            self.store.save(record)
+            if self.store.save(record):
+                return True
         except StoreError:
             logger.exception(
                 "could not record status %s request_id=%s", record.status, record.request_id
             )
+            return True  # keep going: this process still holds the job
+        logger.warning("request_id=%s was taken over by another process", record.request_id)
+        return False
 
     def _attempt(self, job: Job) -> None:
         with self._cond:
@@ -200,7 +255,9 @@ class WorkerPool:
             updated_at=utcnow(),
         )
         job.record = record
-        self._save(record)
+        if not self._save(record):
+            self._forget(record.request_id)
+            return
         if job.data is None:
             msg = build_message(job.request, job.sender, job.request_id, record.created_at)
             job.data = msg.as_bytes()
@@ -261,18 +318,22 @@ class WorkerPool:
             )
         record = replace(record, status=status, error=error, updated_at=utcnow())
         job.record = record
+        self._record_final(record)
+        with self._cond:
+            self._jobs.pop(record.request_id, None)
+            self._cond.notify_all()
+        job.done.set()
+
+    def _record_final(self, record: StatusRecord) -> None:
+        """Save a final record and write its log line."""
         self._save(record)
         self.request_log.write(
             record.request_id,
             record.sender,
             record.recipients,
-            str(status),
-            reason=error if status is EmailStatus.FAILED else None,
+            str(record.status),
+            reason=record.error if record.status is EmailStatus.FAILED else None,
         )
-        with self._cond:
-            self._jobs.pop(record.request_id, None)
-            self._cond.notify_all()
-        job.done.set()
 
     def wait(self, request_id: str, timeout: float) -> StatusRecord | None:
         """The final record of a request, waiting up to `timeout`; None if not final by then."""
@@ -309,3 +370,8 @@ class WorkerPool:
             logger.info("left for recovery request_id=%s", job.request_id)
             return
         self._finish(job, EmailStatus.FAILED, "shutdown before send")
+
+
+def new_owner_id() -> str:
+    """A name for this process's leases: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"

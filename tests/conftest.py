@@ -93,8 +93,8 @@ def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
 
     yield factory
     for app in apps:
-        app.extensions[EXTENSION].pool.drain(0)
-        app.extensions[EXTENSION].request_log.close()
+        app.extensions[EXTENSION].shutdown(0)
+        app.extensions[EXTENSION].store.close()
 
 
 @pytest.fixture

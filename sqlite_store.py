@@ -1,0 +1,211 @@
+"""The SQLite status store (`sqlite:///path/to/file.db`): the durable choice for one machine.
+
+Standard library sqlite3 in WAL mode with `synchronous=NORMAL`: a committed request survives a
+crash or `kill -9` of the process (not a power cut in the last moments before a checkpoint).
+Several processes on the machine may share the file: leases live in the `owners` table, and
+every check-and-write (owner check, take-over, Idempotency-Key) is one SQL statement or one
+`BEGIN IMMEDIATE` transaction. Expired statuses are deleted by `purge_expired()`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from errors import ConfigError, StoreError
+from status_store import (
+    IDEMPOTENCY_TTL,
+    RECORD_FIELDS,
+    IdempotencyClaim,
+    StatusRecord,
+    StatusStore,
+    record_from_fields,
+    record_to_fields,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL,
+    pending TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    attempts TEXT NOT NULL, error TEXT NOT NULL, refused TEXT NOT NULL, owner TEXT NOT NULL,
+    payload TEXT,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (owner) WHERE payload IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, lease_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, request_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+COLUMNS = ", ".join(RECORD_FIELDS)
+LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
+
+
+class SqliteStatusStore(StatusStore):
+    """Status records in one SQLite file; one connection per store, behind a lock."""
+
+    durable = True
+
+    def __init__(self, path: str, ttl: int, clock=time.time) -> None:
+        super().__init__(ttl)
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=10, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigError(f"STATUS_STORE_URL: cannot open SQLite file {path}: {exc}") from exc
+
+    @classmethod
+    def from_url(cls, url: str, ttl: int) -> SqliteStatusStore:
+        """`sqlite:///relative.db` or `sqlite:////absolute/path.db`."""
+        path = urlsplit(url).path.removeprefix("/")
+        if not path:
+            raise ConfigError("STATUS_STORE_URL: give a file, e.g. sqlite:///mail.db")
+        return cls(path, ttl)
+
+    @contextmanager
+    def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                if immediate:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield self._db
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                else:
+                    yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite: {exc}") from exc
+
+    def create(
+        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyClaim | None:
+        now = self._clock()
+        fields = record_to_fields(record)
+        with self._transaction(immediate=True) as db:
+            if idempotency is not None:
+                row = db.execute(
+                    "SELECT fingerprint, request_id FROM idempotency"
+                    " WHERE scope = ? AND expires_at > ?",
+                    (idempotency.scope, now),
+                ).fetchone()
+                if row is not None:
+                    return IdempotencyClaim(idempotency.scope, row[0], row[1])
+                db.execute(
+                    "INSERT OR REPLACE INTO idempotency VALUES (?, ?, ?, ?)",
+                    (
+                        idempotency.scope,
+                        idempotency.fingerprint,
+                        idempotency.request_id,
+                        now + IDEMPOTENCY_TTL,
+                    ),
+                )
+            db.execute(
+                f"INSERT INTO requests (request_id, {COLUMNS}, payload) "
+                f"VALUES (?, {', '.join('?' * len(RECORD_FIELDS))}, ?)",
+                (record.request_id, *fields.values(), payload),
+            )
+        return None
+
+    def save(self, record: StatusRecord) -> bool:
+        fields = record_to_fields(record)
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        final = record.status.final
+        extra = ", payload = NULL, expires_at = ?" if final else ""
+        params: list[object] = list(fields.values())
+        if final:
+            params.append(self._clock() + self.ttl)
+        params += [record.request_id, record.owner]
+        with self._transaction() as db:
+            cursor = db.execute(
+                f"UPDATE requests SET {assignments}{extra} WHERE request_id = ? AND owner = ?",
+                params,
+            )
+            return cursor.rowcount == 1
+
+    def get(self, request_id: str) -> StatusRecord | None:
+        with self._transaction() as db:
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM requests WHERE request_id = ?"
+                " AND (expires_at IS NULL OR expires_at > ?)",
+                (request_id, self._clock()),
+            ).fetchone()
+        return None if row is None else record_from_fields(request_id, row)
+
+    def payload(self, request_id: str) -> str | None:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT payload FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def ping(self) -> None:
+        with self._transaction() as db:
+            db.execute("SELECT 1").fetchone()
+
+    def heartbeat(self, owner: str, lease_seconds: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO owners VALUES (?, ?)"
+                " ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
+                (owner, self._clock() + lease_seconds),
+            )
+
+    def orphans(self, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT request_id FROM requests WHERE payload IS NOT NULL"
+                f" AND owner NOT IN ({LIVE_OWNERS}) ORDER BY created_at LIMIT :limit",
+                {"now": self._clock(), "limit": limit},
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
+        with self._transaction(immediate=True) as db:
+            cursor = db.execute(
+                "UPDATE requests SET owner = :owner WHERE request_id = :id"
+                " AND payload IS NOT NULL"
+                f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS}))",
+                {"owner": owner, "id": request_id, "now": self._clock()},
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(
+                f"SELECT {COLUMNS}, payload FROM requests WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        record = record_from_fields(request_id, row[:-1])
+        return None if record is None else (record, row[-1])
+
+    def purge_expired(self) -> None:
+        now = self._clock()
+        with self._transaction() as db:
+            db.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
