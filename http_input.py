@@ -7,6 +7,8 @@ in the view, in the contract's order: 415 content type, 413 size, 400 JSON.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from flask import g, request
@@ -63,3 +65,25 @@ def reject_key_in_url() -> None:
     """API keys are never accepted in the URL (they end up in proxy and access logs)."""
     if any(name.lower() in URL_KEY_PARAMETERS for name in request.args):
         raise ApiError(400, "API keys are never accepted in the URL; use a header.")
+
+
+def key_digest(key: str) -> str:
+    """A key's stand-in wherever something must be counted or remembered per key."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def idempotency(body: dict[str, Any], key: str) -> tuple[str, str] | None:
+    """(scope, fingerprint) of the request's Idempotency-Key header, or None without one.
+
+    The scope is the API key and Idempotency-Key together (digested); the fingerprint is the
+    route and the body as canonical JSON, so a retry that only re-spaces the JSON matches.
+    """
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not (value.isascii() and value.isprintable()):
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    scope = hashlib.sha256(f"{key_digest(key)}\0{value}".encode()).hexdigest()
+    canonical = json.dumps({k: v for k, v in body.items() if k != "key"}, sort_keys=True)
+    fingerprint = hashlib.sha256(f"{request.path}\0{canonical}".encode()).hexdigest()
+    return scope, fingerprint

@@ -28,14 +28,14 @@ from werkzeug.exceptions import HTTPException
 from config import Settings, load_settings
 from demo import demo_senders, start_catcher
 from errors import ApiError, ConfigError, FieldError, StoreError, Unavailable
-from http_input import json_body, presented_key, reject_key_in_url
+from http_input import idempotency, json_body, presented_key, reject_key_in_url
 from mailer import SmtpClient
 from rate_limit import init_rate_limit
 from recovery import LeaseKeeper
 from request_log import RequestLog
 from schemas import SendRequest, validation_errors
 from senders import Sender, SenderDirectory, load_senders
-from status_store import StatusStore, store_from_url
+from status_store import EmailStatus, IdempotencyClaim, StatusStore, store_from_url
 from worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -126,17 +126,32 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
     return send
 
 
-def accepted(pool: WorkerPool, send: SendRequest, sender: Sender) -> tuple[Response, str]:
-    """Record the request (the 202 promise) and answer it."""
-    record = pool.accept(send, sender)
+def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
+    """Record the request (the 202 promise), once per Idempotency-Key; its request_id.
+
+    A repeated Idempotency-Key with the same body gets the first request's id and sends
+    nothing; with another body it is a 409.
+    """
+    claim = idempotency(body, presented_key(body) or "")
+    result = service().pool.accept(send, sender, claim)
+    if isinstance(result, IdempotencyClaim):
+        if claim is None or result.fingerprint != claim[1]:
+            raise ApiError(409, "This Idempotency-Key was used for a different request.")
+        return result.request_id
+    return result.request_id
+
+
+def accepted_response(request_id: str, **extra: str) -> Response:
+    """The 202 answer of a send route (the same again for a repeated Idempotency-Key)."""
     response = jsonify(
         message="Email request is being processed",
-        request_id=record.request_id,
-        status=str(record.status),
+        request_id=request_id,
+        status=str(EmailStatus.QUEUED),
+        **extra,
     )
     response.status_code = 202
-    response.headers["Location"] = f"/email-status/{record.request_id}"
-    return response, record.request_id
+    response.headers["Location"] = f"/email-status/{request_id}"
+    return response
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -149,8 +164,7 @@ def register_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) ->
         body = json_body()
         sender = authenticate(body)
         send = validate_send(body, sender)
-        response, _ = accepted(service().pool, send, sender)
-        return response
+        return accepted_response(accept(body, send, sender))
 
     @app.get("/email-status/<request_id>")
     def email_status(request_id: str) -> Response:

@@ -9,7 +9,6 @@ headers; a 429 adds Retry-After.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from flask_limiter import Limiter
 
 from config import Settings
 from errors import ApiError
-from http_input import json_body, presented_key
+from http_input import json_body, key_digest, presented_key
 
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
@@ -31,7 +30,7 @@ def rate_limit_key() -> str:
         body = None  # the view answers the body error; count it against the address
     key = presented_key(body)
     if key:
-        return "key:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return "key:" + key_digest(key)
     return f"addr:{request.remote_addr or 'unknown'}"
 
 

@@ -14,6 +14,7 @@ import pytest
 from errors import ConfigError
 from status_store import (
     EmailStatus,
+    IdempotencyClaim,
     MemoryStatusStore,
     StatusRecord,
     StatusStore,
@@ -32,20 +33,37 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture(params=["memory", "redis"])
+def open_store(kind: str, request: pytest.FixtureRequest, ttl: int = 60) -> StatusStore:
+    if kind == "memory":
+        return store_from_url("memory://", ttl=ttl)
+    if kind == "sqlite":
+        path = request.getfixturevalue("tmp_path") / "status.db"
+        return store_from_url(f"sqlite:///{path}", ttl=ttl)
+    return store_from_url(request.getfixturevalue("redis_server").url, ttl=ttl)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest) -> Iterator[StatusStore]:
-    if request.param == "memory":
-        backend: StatusStore = store_from_url("memory://", ttl=60)
-    else:
-        server = request.getfixturevalue("redis_server")
-        backend = store_from_url(server.url, ttl=60)
+    backend = open_store(request.param, request)
     yield backend
     backend.close()
 
 
-def new_record(request_id: str = "11111111-1111-4111-8111-111111111111") -> StatusRecord:
+@pytest.fixture(params=["sqlite", "redis"])
+def durable_pair(request: pytest.FixtureRequest) -> Iterator[tuple[StatusStore, StatusStore]]:
+    """Two store objects on one durable store, as two processes would have."""
+    first, second = open_store(request.param, request), open_store(request.param, request)
+    yield first, second
+    first.close()
+    second.close()
+
+
+def new_record(
+    request_id: str = "11111111-1111-4111-8111-111111111111", owner: str = "p1"
+) -> StatusRecord:
     now = utcnow()
     return StatusRecord(
+        owner=owner,
         request_id=request_id,
         status=EmailStatus.QUEUED,
         sender="sender@example.com",
@@ -193,3 +211,97 @@ def test_redis_store_expiry_really_removes_the_status(redis_server: Any) -> None
 def test_unknown_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="STATUS_STORE_URL"):
         store_from_url("postgres://localhost/x", ttl=60)
+
+
+def test_idempotency_claim_is_set_once(store: StatusStore) -> None:
+    first = new_record("44444444-4444-4444-8444-000000000001")
+    claim = IdempotencyClaim("scope-1", "fingerprint-a", first.request_id)
+    assert store.create(first, "{}", claim) is None
+    second = new_record("44444444-4444-4444-8444-000000000002")
+    earlier = store.create(
+        second, "{}", IdempotencyClaim("scope-1", "fingerprint-b", second.request_id)
+    )
+    assert earlier == claim
+    assert store.get(second.request_id) is None, "a repeated key creates nothing"
+    third = new_record("44444444-4444-4444-8444-000000000003")
+    assert store.create(third, "{}", IdempotencyClaim("scope-2", "f", third.request_id)) is None
+
+
+def test_durable_stores_say_so(store: StatusStore) -> None:
+    assert store.durable is (not isinstance(store, MemoryStatusStore))
+
+
+def test_save_by_a_process_that_lost_the_request_writes_nothing(durable_pair) -> None:
+    first, second = durable_pair
+    record = new_record(owner="dead-process")
+    first.create(record, "{}")
+    assert second.orphans(10) == [record.request_id], "an owner with no lease is dead"
+    claimed = second.claim(record.request_id, "live-process")
+    assert claimed is not None
+    taken, payload = claimed
+    assert taken.owner == "live-process" and payload == "{}"
+    stale = replace(record, status=EmailStatus.SENDING, attempts=1)
+    assert first.save(stale) is False
+    assert second.get(record.request_id).status is EmailStatus.QUEUED  # type: ignore[union-attr]
+    assert second.save(replace(taken, status=EmailStatus.SENT, pending=())) is True
+
+
+def test_a_live_lease_protects_a_request(durable_pair) -> None:
+    first, second = durable_pair
+    first.heartbeat("p1", 30)
+    record = new_record(owner="p1")
+    first.create(record, "{}")
+    assert second.orphans(10) == []
+    assert second.claim(record.request_id, "p2") is None
+    first.heartbeat("p1", 0)  # given up at shutdown
+    assert second.orphans(10) == [record.request_id]
+
+
+def test_only_one_of_two_claimants_wins(durable_pair) -> None:
+    first, second = durable_pair
+    ids = [f"55555555-5555-4555-8555-{i:012d}" for i in range(50)]
+    for request_id in ids:
+        first.create(new_record(request_id, owner="dead"), "{}")
+    first.heartbeat("a", 30)
+    second.heartbeat("b", 30)
+    wins: dict[str, list[str]] = {"a": [], "b": []}
+
+    def claim_all(store: StatusStore, owner: str) -> None:
+        for request_id in ids:
+            if store.claim(request_id, owner) is not None:
+                wins[owner].append(request_id)
+
+    threads = [
+        threading.Thread(target=claim_all, args=(first, "a")),
+        threading.Thread(target=claim_all, args=(second, "b")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins["a"] + wins["b"]) == sorted(ids)
+    assert not set(wins["a"]) & set(wins["b"])
+
+
+def test_finished_requests_are_not_orphans(durable_pair) -> None:
+    first, second = durable_pair
+    record = new_record(owner="dead")
+    first.create(record, "{}")
+    first.save(replace(record, status=EmailStatus.FAILED, error="550", pending=()))
+    assert second.orphans(10) == []
+    assert second.claim(record.request_id, "p2") is None
+
+
+def test_sqlite_store_expires_final_records(tmp_path) -> None:
+    from sqlite_store import SqliteStatusStore
+
+    clock = FakeClock()
+    store = SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+    record = new_record()
+    store.create(record, "{}")
+    store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    clock.now += 61
+    assert store.get(record.request_id) is None
+    store.purge_expired()
+    assert store.payload(record.request_id) is None
+    store.close()
