@@ -27,21 +27,23 @@ class ServiceProcess:
         self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **env}
         self.args = args
         self.process: subprocess.Popen[str] | None = None
-        self.output = ""
+        # A file, not a pipe: a chatty process must never block on a full pipe buffer.
+        self.log_path = cwd / f"service-{self.port}.out"
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 15.0) -> ServiceProcess:
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "mail_server.py"), *self.args],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with self.log_path.open("a") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "mail_server.py"), *self.args],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -74,18 +76,22 @@ class ServiceProcess:
             exc.close()
             return exc.code, dict(exc.headers), json.loads(raw) if raw else None
 
+    @property
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        """Signal the process, wait for it, keep its output; its exit code."""
+        """Signal the process and wait for it; its exit code."""
         if self.process is None:
             return 0
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            out, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            out, _ = self.process.communicate()
-        self.output += out or ""
+            self.process.wait()
         code = self.process.returncode
         self.process = None
         return code
