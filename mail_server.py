@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from config import Settings, load_settings
 from demo import demo_senders, start_catcher
@@ -259,11 +260,20 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
 # -- running it ------------------------------------------------------------------------------
 
 
+class AccessLogHandler(WSGIRequestHandler):
+    """Werkzeug's request handler, logging paths without their query string: a client that
+    wrongly puts a key in the URL must not get it written to the access log."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = self.path.partition("?")[0]
+        self.log("info", '"%s %s %s" %s %s', self.command, path, self.request_version, code, size)
+
+
 def _serve(app: Flask, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain the pool and exit 0."""
-    from werkzeug.serving import make_server
-
-    server = make_server(settings.host, settings.port, app, threaded=True)
+    server = make_server(
+        settings.host, settings.port, app, threaded=True, request_handler=AccessLogHandler
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
