@@ -15,120 +15,27 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
-from pydantic import ValidationError
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from config import Settings, load_settings
 from demo import demo_senders, start_catcher
-from errors import ApiError, ConfigError, FieldError, StoreError, Unavailable
-from http_input import json_body, presented_key, reject_key_in_url
+from errors import ApiError, ConfigError, StoreError, Unavailable
+from http_input import json_body
 from mailer import SmtpClient
 from rate_limit import init_rate_limit
 from request_log import RequestLog
-from schemas import SendRequest, validation_errors
-from senders import Sender, SenderDirectory, load_senders
-from status_store import StatusStore, store_from_url
+from request_path import EXTENSION, Service, accepted, authenticate, problem, service, validate_send
+from senders import SenderDirectory, load_senders
+from status_store import store_from_url
 from worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
-EXTENSION = "mail_service"
 RETRY_AFTER_SECONDS = "5"
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """What the routes need, kept on `app.extensions["mail_service"]`."""
-
-    settings: Settings
-    senders: SenderDirectory
-    store: StatusStore
-    pool: WorkerPool
-    request_log: RequestLog
-
-
-def service() -> Service:
-    return current_app.extensions[EXTENSION]
-
-
-def problem(
-    status: int, detail: str, errors: list[FieldError] | None = None, **headers: str
-) -> Response:
-    """An application/problem+json answer."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if status == 400:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
-    response = jsonify(body)
-    response.status_code = status
-    response.mimetype = "application/problem+json"
-    for name, value in headers.items():
-        response.headers[name.replace("_", "-")] = value
-    return response
-
-
-# -- the request path ------------------------------------------------------------------------
-
-
-def authenticate(body: dict[str, Any]) -> Sender:
-    """The sender of the presented key; 401 when there is none or it is unknown."""
-    reject_key_in_url()
-    sender = service().senders.authenticate(presented_key(body))
-    if sender is None:
-        raise ApiError(
-            401,
-            "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
-            headers={"WWW-Authenticate": 'Bearer realm="mail"'},
-        )
-    return sender
-
-
-def _count(value: Any) -> int:
-    return len(value) if isinstance(value, list) else 1 if value is not None else 0
-
-
-def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
-    """The validated request; 400 for bad fields, 403 for a foreign From address."""
-    limit = service().settings.max_recipients
-    total = sum(_count(body.get(name)) for name in ("recipient", "to", "cc", "bcc"))
-    if total > limit:
-        raise ApiError(
-            400,
-            f"At most {limit} recipients (to + cc + bcc) per message.",
-            [FieldError("recipient", f"{total} recipients; the limit is {limit}")],
-        )
-    try:
-        send = SendRequest.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
-    if send.from_ is not None and send.from_.lower() != sender.email.lower():
-        raise ApiError(403, "`from` must be the address of the key's own sender.")
-    return send
-
-
-def accepted(pool: WorkerPool, send: SendRequest, sender: Sender) -> tuple[Response, str]:
-    """Record the request (the 202 promise) and answer it."""
-    record = pool.accept(send, sender)
-    response = jsonify(
-        message="Email request is being processed",
-        request_id=record.request_id,
-        status=str(record.status),
-    )
-    response.status_code = 202
-    response.headers["Location"] = f"/email-status/{record.request_id}"
-    return response, record.request_id
-
 
 # -- the app ---------------------------------------------------------------------------------
 
