@@ -43,12 +43,17 @@ def json_body() -> dict[str, Any]:
     return g.json_body
 
 
-def header_key() -> str | None:
-    """The credential of `Authorization: Bearer` or, failing that, `X-API-Key`."""
+def bearer_credential() -> str | None:
+    """The credential of `Authorization: Bearer` (an API key or a /token token), if any."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return request.headers.get("X-API-Key", "").strip() or None
+    return None
+
+
+def header_key() -> str | None:
+    """The credential of `Authorization: Bearer` or, failing that, `X-API-Key`."""
+    return bearer_credential() or request.headers.get("X-API-Key", "").strip() or None
 
 
 def presented_key(body: dict[str, Any] | None) -> str | None:

@@ -25,12 +25,14 @@ from config import Settings, load_settings
 from demo import demo_senders, start_catcher
 from errors import ApiError, ConfigError, StoreError, Unavailable
 from http_input import json_body
+from legacy_routes import is_email_to_shape, register_legacy_routes, send_email_to
 from mailer import SmtpClient
 from rate_limit import init_rate_limit
 from request_log import RequestLog
 from request_path import EXTENSION, Service, accepted, authenticate, problem, service, validate_send
-from senders import SenderDirectory, load_senders
+from senders import SenderDirectory, key_digest, load_senders
 from status_store import store_from_url
+from tokens import TokenIssuer
 from worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
@@ -42,10 +44,13 @@ RETRY_AFTER_SECONDS = "5"
 
 def register_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) -> None:
     @app.post("/send-email")
+    @app.post("/send-email/")
     @rate_limited
     def send_email() -> Response:
         body = json_body()
         sender = authenticate(body)
+        if is_email_to_shape(body):  # seeds 002/003 (API.md section 7)
+            return send_email_to(body, sender)
         send = validate_send(body, sender)
         response, _ = accepted(service().pool, send, sender)
         return response
@@ -130,10 +135,18 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log)
+    tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
+    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log, tokens)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
-    register_routes(app, init_rate_limit(app, settings))
+
+    def budget_of(credential: str) -> bytes:
+        """A token counts against its key's budget: fresh tokens buy no extra sending."""
+        return tokens.key_digest(credential) or key_digest(credential)
+
+    rate_limited = init_rate_limit(app, settings, budget_of)
+    register_routes(app, rate_limited)
+    register_legacy_routes(app, rate_limited)
     register_error_handlers(app)
     return app
 

@@ -17,11 +17,12 @@ from pydantic import ValidationError
 
 from config import Settings
 from errors import ApiError, FieldError
-from http_input import presented_key, reject_key_in_url
+from http_input import bearer_credential, presented_key, reject_key_in_url
 from request_log import RequestLog
 from schemas import SendRequest, validation_errors
 from senders import Sender, SenderDirectory
-from status_store import StatusStore
+from status_store import StatusRecord, StatusStore
+from tokens import TokenIssuer
 from worker_pool import WorkerPool
 
 EXTENSION = "mail_service"
@@ -36,6 +37,7 @@ class Service:
     store: StatusStore
     pool: WorkerPool
     request_log: RequestLog
+    tokens: TokenIssuer
 
 
 def service() -> Service:
@@ -43,9 +45,13 @@ def service() -> Service:
 
 
 def problem(
-    status: int, detail: str, errors: list[FieldError] | None = None, **headers: str
+    status: int,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    members: dict[str, Any] | None = None,
+    **headers: str,
 ) -> Response:
-    """An application/problem+json answer."""
+    """An application/problem+json answer; `members` are extension members (e.g. request_id)."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -54,6 +60,7 @@ def problem(
     }
     if status == 400:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
+    body.update(members or {})
     response = jsonify(body)
     response.status_code = status
     response.mimetype = "application/problem+json"
@@ -66,13 +73,17 @@ def problem(
 
 
 def authenticate(body: dict[str, Any]) -> Sender:
-    """The sender of the presented key; 401 when there is none or it is unknown."""
+    """The sender of the presented key or Bearer token; 401 when unknown, bad or expired."""
     reject_key_in_url()
-    sender = service().senders.authenticate(presented_key(body))
+    svc = service()
+    sender = svc.senders.authenticate(presented_key(body))
+    if sender is None and (bearer := bearer_credential()) is not None:
+        sender = svc.tokens.sender_of(bearer)
     if sender is None:
         raise ApiError(
             401,
-            "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
+            "A valid API key or unexpired token is required "
+            "(Authorization: Bearer <key or token>, or X-API-Key).",
             headers={"WWW-Authenticate": 'Bearer realm="mail"'},
         )
     return sender
@@ -104,11 +115,17 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
 def accepted(pool: WorkerPool, send: SendRequest, sender: Sender) -> tuple[Response, str]:
     """Record the request (the 202 promise) and answer it."""
     record = pool.accept(send, sender)
+    return accepted_answer(record), record.request_id
+
+
+def accepted_answer(record: StatusRecord, **members: Any) -> Response:
+    """The 202 of API.md section 3 for a recorded request, with any extra members."""
     response = jsonify(
         message="Email request is being processed",
         request_id=record.request_id,
         status=str(record.status),
+        **members,
     )
     response.status_code = 202
     response.headers["Location"] = f"/email-status/{record.request_id}"
-    return response, record.request_id
+    return response
