@@ -34,10 +34,12 @@ from status_store import EmailStatus, StatusRecord
 class SeedShape:
     """How one seed system's body maps onto SendRequest: seed field -> core field.
 
-    A dotted seed field (`message.text`) is a member of a nested object.
+    A dotted seed field (`message.text`) is a member of a nested object; `content` is the seed
+    field that errors about the message content as a whole are reported under.
     """
 
     fields: Mapping[str, str]
+    content: str = "body"
 
     def to_core(self, body: dict[str, Any]) -> dict[str, Any]:
         """The core body; ApiError 400 naming every unknown or misshapen field."""
@@ -68,7 +70,7 @@ class SeedShape:
         try:
             return validate_send(self.to_core(body), sender)
         except ApiError as exc:
-            seed_name = {core: seed for seed, core in self.fields.items()}
+            seed_name = {"body": self.content} | {core: seed for seed, core in self.fields.items()}
             detail = exc.detail
             for core, seed in seed_name.items():
                 detail = detail.replace(f"`{core}`", f"`{seed}`")
@@ -88,9 +90,12 @@ EMAIL_TO = SeedShape(
         "message.text": "text",
         "message.html": "html",
         "key": "key",
-    }
+    },
+    content="message",
 )
-SMTP_API = SeedShape({"to": "recipient", "subject": "subject", "message": "body", "key": "key"})
+SMTP_API = SeedShape(
+    {"to": "recipient", "subject": "subject", "message": "body", "key": "key"}, content="message"
+)
 
 
 def is_email_to_shape(body: dict[str, Any]) -> bool:
@@ -156,7 +161,7 @@ def _issue_token() -> Response:
     sender = svc.senders.authenticate(password)
     if sender is None or not sender.is_address(username):
         return _oauth_error(
-            401, "invalid_grant", "The username is not the sender address of this key."
+            401, "invalid_grant", "The username (sender address) or password (API key) is wrong."
         )
     response = jsonify(
         access_token=svc.tokens.issue(password),

@@ -2,8 +2,9 @@
 
 A send request goes: content type (415) -> size (413) -> strict JSON (400) -> key (401) ->
 fields (400/403) -> `WorkerPool.accept()` records it (202, or 503 when it can't). Every error is
-application/problem+json (RFC 9457). Run it with `python mail_server.py [--demo]` or
-`gunicorn 'mail_server:create_app()'`.
+application/problem+json (RFC 9457). The steps every send route shares live in `request_path`;
+the seed systems' routes (/mail, /token, /smtp/send-email, the email_to body) in `legacy_routes`.
+Run it with `python mail_server.py [--demo]` or `gunicorn 'mail_server:create_app()'`.
 """
 
 from __future__ import annotations

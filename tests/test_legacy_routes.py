@@ -189,6 +189,10 @@ def test_seed_002_errors_name_the_seed_fields(client, smtp_server):
     answer = client.post("/send-email/", json=example, headers=AUTH)
     assert answer.status_code == 400
     assert {e["field"] for e in answer.get_json()["errors"]} == {"email_to", "subject"}
+    answer = client.post(
+        "/send-email/", json={"email_to": "u@example.com", "subject": "Hi"}, headers=AUTH
+    )
+    assert [e["field"] for e in answer.get_json()["errors"]] == ["message"]
     assert smtp_server.received == []
 
 
