@@ -144,8 +144,8 @@ def test_an_expired_token_is_401_on_the_api(tmp_path, smtp_server):
         workers=1,
     )
     app = create_app(settings)
+    service = app.extensions[EXTENSION]
     try:
-        service = app.extensions[EXTENSION]
         expired = TokenIssuer(SECRET, 60, service.senders, clock=lambda: AN_HOUR_AGO)
         client = app.test_client()
         assert send(client, key=expired.issue(API_KEY)).status_code == 401
