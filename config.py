@@ -16,6 +16,8 @@ from dotenv import dotenv_values, find_dotenv
 from errors import ConfigError
 
 SECURITY_MODES = ("starttls", "ssl", "none")
+# A route that waits for the outcome (API.md section 7) waits SMTP_TIMEOUT plus this long.
+WAIT_MARGIN_SECONDS = 5.0
 
 T = TypeVar("T")
 
@@ -48,6 +50,7 @@ class Settings:
     email_log_backups: int = 5
     token_secret: str = field(default="", repr=False)
     token_ttl: int = 3600
+    wait_margin: float = WAIT_MARGIN_SECONDS
     max_request_bytes: int = 10 * 1024 * 1024
     max_recipients: int = 50
 
@@ -111,6 +114,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "EMAIL_LOG_BACKUPS": ("email_log_backups", _positive(int, allow_zero=True)),
     "TOKEN_SECRET": ("token_secret", str),
     "TOKEN_TTL": ("token_ttl", _positive(int)),
+    "WAIT_MARGIN": ("wait_margin", _positive(float, allow_zero=True)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
     "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
 }

@@ -45,12 +45,17 @@ def json_body() -> dict[str, Any]:
     return g.json_body
 
 
-def header_key() -> str | None:
-    """The credential of `Authorization: Bearer` or, failing that, `X-API-Key`."""
+def bearer_credential() -> str | None:
+    """The credential of `Authorization: Bearer` (an API key or a /token token), if any."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return request.headers.get("X-API-Key", "").strip() or None
+    return None
+
+
+def header_key() -> str | None:
+    """The credential of `Authorization: Bearer` or, failing that, `X-API-Key`."""
+    return bearer_credential() or request.headers.get("X-API-Key", "").strip() or None
 
 
 def presented_key(body: dict[str, Any] | None) -> str | None:
@@ -67,12 +72,7 @@ def reject_key_in_url() -> None:
         raise ApiError(400, "API keys are never accepted in the URL; use a header.")
 
 
-def key_digest(key: str) -> str:
-    """A key's stand-in wherever something must be counted or remembered per key."""
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def idempotency(body: dict[str, Any], key: str) -> tuple[str, str] | None:
+def idempotency(body: dict[str, Any], key_digest: bytes) -> tuple[str, str] | None:
     """(scope, fingerprint) of the request's Idempotency-Key header, or None without one.
 
     The scope is the API key and Idempotency-Key together (digested); the fingerprint is the
@@ -83,7 +83,7 @@ def idempotency(body: dict[str, Any], key: str) -> tuple[str, str] | None:
         return None
     if not 1 <= len(value) <= 255 or not (value.isascii() and value.isprintable()):
         raise ApiError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters.")
-    scope = hashlib.sha256(f"{key_digest(key)}\0{value}".encode()).hexdigest()
+    scope = hashlib.sha256(key_digest + b"\0" + value.encode()).hexdigest()
     canonical = json.dumps({k: v for k, v in body.items() if k != "key"}, sort_keys=True)
     fingerprint = hashlib.sha256(f"{request.path}\0{canonical}".encode()).hexdigest()
     return scope, fingerprint

@@ -2,8 +2,9 @@
 
 A send request goes: content type (415) -> size (413) -> strict JSON (400) -> key (401) ->
 fields (400/403) -> `WorkerPool.accept()` records it (202, or 503 when it can't). Every error is
-application/problem+json (RFC 9457). Run it with `python mail_server.py [--demo]` or
-`gunicorn 'mail_server:create_app()'`.
+application/problem+json (RFC 9457). The steps every send route shares live in `request_path`;
+the seed systems' routes (/mail, /token, /smtp/send-email, the email_to body) in `legacy_routes`.
+Run it with `python mail_server.py [--demo]` or `gunicorn 'mail_server:create_app()'`.
 """
 
 from __future__ import annotations
@@ -15,157 +16,56 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
-from flask import Flask, Response, current_app, jsonify, request
-from pydantic import ValidationError
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from config import Settings, load_settings
 from demo import demo_senders, start_catcher
-from errors import ApiError, ConfigError, FieldError, StoreError, Unavailable
-from http_input import idempotency, json_body, presented_key, reject_key_in_url
+from errors import ApiError, ConfigError, StoreError, Unavailable
+from http_input import json_body
+from legacy_routes import is_email_to_shape, register_legacy_routes, send_email_to
 from mailer import SmtpClient
 from rate_limit import init_rate_limit
 from recovery import LeaseKeeper
 from request_log import RequestLog
-from schemas import SendRequest, validation_errors
-from senders import Sender, SenderDirectory, load_senders
-from status_store import EmailStatus, IdempotencyClaim, StatusStore, store_from_url
+from request_path import (
+    EXTENSION,
+    Service,
+    accept,
+    accepted_answer,
+    authenticate,
+    credential_digest,
+    problem,
+    service,
+    validate_send,
+)
+from senders import SenderDirectory, load_senders
+from status_store import store_from_url
+from tokens import TokenIssuer
 from worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
-EXTENSION = "mail_service"
 RETRY_AFTER_SECONDS = "5"
-
-
-@dataclass(frozen=True, slots=True)
-class Service:
-    """What the routes need, kept on `app.extensions["mail_service"]`."""
-
-    settings: Settings
-    senders: SenderDirectory
-    store: StatusStore
-    pool: WorkerPool
-    request_log: RequestLog
-    leases: LeaseKeeper
-
-    def shutdown(self, drain_seconds: float) -> int:
-        """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
-        left = self.pool.drain(drain_seconds)
-        self.leases.stop()
-        self.request_log.close()
-        return left
-
-
-def service() -> Service:
-    return current_app.extensions[EXTENSION]
-
-
-def problem(
-    status: int, detail: str, errors: list[FieldError] | None = None, **headers: str
-) -> Response:
-    """An application/problem+json answer."""
-    body: dict[str, Any] = {
-        "type": "about:blank",
-        "title": HTTPStatus(status).phrase,
-        "status": status,
-        "detail": detail,
-    }
-    if status == 400:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
-    response = jsonify(body)
-    response.status_code = status
-    response.mimetype = "application/problem+json"
-    for name, value in headers.items():
-        response.headers[name.replace("_", "-")] = value
-    return response
-
-
-# -- the request path ------------------------------------------------------------------------
-
-
-def authenticate(body: dict[str, Any]) -> Sender:
-    """The sender of the presented key; 401 when there is none or it is unknown."""
-    reject_key_in_url()
-    sender = service().senders.authenticate(presented_key(body))
-    if sender is None:
-        raise ApiError(
-            401,
-            "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
-            headers={"WWW-Authenticate": 'Bearer realm="mail"'},
-        )
-    return sender
-
-
-def _count(value: Any) -> int:
-    return len(value) if isinstance(value, list) else 1 if value is not None else 0
-
-
-def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
-    """The validated request; 400 for bad fields, 403 for a foreign From address."""
-    limit = service().settings.max_recipients
-    total = sum(_count(body.get(name)) for name in ("recipient", "to", "cc", "bcc"))
-    if total > limit:
-        raise ApiError(
-            400,
-            f"At most {limit} recipients (to + cc + bcc) per message.",
-            [FieldError("recipient", f"{total} recipients; the limit is {limit}")],
-        )
-    try:
-        send = SendRequest.model_validate(body)
-    except ValidationError as exc:
-        raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
-    if send.from_ is not None and send.from_.lower() != sender.email.lower():
-        raise ApiError(403, "`from` must be the address of the key's own sender.")
-    return send
-
-
-def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
-    """Record the request (the 202 promise), once per Idempotency-Key; its request_id.
-
-    A repeated Idempotency-Key with the same body gets the first request's id and sends
-    nothing; with another body it is a 409.
-    """
-    claim = idempotency(body, presented_key(body) or "")
-    result = service().pool.accept(send, sender, claim)
-    if isinstance(result, IdempotencyClaim):
-        if claim is None or result.fingerprint != claim[1]:
-            raise ApiError(409, "This Idempotency-Key was used for a different request.")
-        return result.request_id
-    return result.request_id
-
-
-def accepted_response(request_id: str, **extra: str) -> Response:
-    """The 202 answer of a send route (the same again for a repeated Idempotency-Key)."""
-    response = jsonify(
-        message="Email request is being processed",
-        request_id=request_id,
-        status=str(EmailStatus.QUEUED),
-        **extra,
-    )
-    response.status_code = 202
-    response.headers["Location"] = f"/email-status/{request_id}"
-    return response
-
 
 # -- the app ---------------------------------------------------------------------------------
 
 
 def register_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) -> None:
     @app.post("/send-email")
+    @app.post("/send-email/")
     @rate_limited
     def send_email() -> Response:
         body = json_body()
         sender = authenticate(body)
+        if is_email_to_shape(body):  # seeds 002/003 (API.md section 7)
+            return send_email_to(body, sender)
         send = validate_send(body, sender)
-        return accepted_response(accept(body, send, sender))
+        return accepted_answer(accept(body, send, sender))
 
     @app.get("/email-status/<request_id>")
     def email_status(request_id: str) -> Response:
@@ -248,10 +148,14 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log, leases)
+    tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
+    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log, tokens, leases)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
-    register_routes(app, init_rate_limit(app, settings))
+
+    rate_limited = init_rate_limit(app, settings, credential_digest)
+    register_routes(app, rate_limited)
+    register_legacy_routes(app, rate_limited)
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app

@@ -17,12 +17,17 @@ from flask_limiter import Limiter
 
 from config import Settings
 from errors import ApiError
-from http_input import json_body, key_digest, presented_key
+from http_input import json_body, presented_key
+from senders import key_digest
 
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
+# A presented credential -> the digest of the key it counts against (a token counts against
+# its key's budget, so that fresh tokens cannot buy more sending).
+BudgetOf = Callable[[str], bytes]
 
-def rate_limit_key() -> str:
+
+def rate_limit_key(budget_of: BudgetOf = key_digest) -> str:
     """`key:<digest>` for a request that presents a key, `addr:<ip>` for one that doesn't."""
     try:
         body: dict[str, Any] | None = json_body()
@@ -30,15 +35,17 @@ def rate_limit_key() -> str:
         body = None  # the view answers the body error; count it against the address
     key = presented_key(body)
     if key:
-        return "key:" + key_digest(key)
+        return "key:" + budget_of(key).hex()[:32]
     return f"addr:{request.remote_addr or 'unknown'}"
 
 
-def init_rate_limit(app: Flask, settings: Settings) -> Callable[[Callable], Callable]:
+def init_rate_limit(
+    app: Flask, settings: Settings, budget_of: BudgetOf = key_digest
+) -> Callable[[Callable], Callable]:
     """Attach a Limiter to the app; the decorator that puts a route under RATE_LIMIT."""
     storage = settings.rate_limit_storage_url
     limiter = Limiter(
-        rate_limit_key,
+        lambda: rate_limit_key(budget_of),
         app=app,
         storage_uri=storage,
         storage_options=REDIS_OPTIONS if storage.startswith(("redis", "rediss")) else {},

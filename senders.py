@@ -1,7 +1,9 @@
 """API keys and the sender identity each one sends as (API.md section 2).
 
-`load_senders(path)` reads `data.csv` (columns `key,email,app_password`, optionally
-`smtp_host,smtp_port,smtp_security,name`). `SenderDirectory.authenticate()` finds the sender of
+`load_senders(settings)` reads `data.csv` (columns `key,email,app_password`, optionally
+`smtp_host,smtp_port,smtp_security,name`) or, when SENDERS_FILE ends in `.json`, seed 000's
+`credentials.json` (`smtp_host,smtp_port,user,password`: one sender, whose API key is
+CREDENTIALS_KEY). `SenderDirectory.authenticate()` finds the sender of
 a presented key in constant time: keys are looked up by their SHA-256 digest and the digest is
 confirmed with `hmac.compare_digest`, so timing says nothing about how much of a key matched.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ from errors import ConfigError
 
 REQUIRED_COLUMNS = ("key", "email", "app_password")
 OPTIONAL_COLUMNS = ("smtp_host", "smtp_port", "smtp_security", "name")
+CREDENTIALS_FIELDS = ("smtp_host", "smtp_port", "user", "password")
+IMPLICIT_TLS_PORT = 465
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +44,19 @@ class Sender:
     def domain(self) -> str:
         return self.email.rpartition("@")[2]
 
+    def is_address(self, candidate: str) -> bool:
+        """True when `candidate` is this sender's address (normalised; domain in any case)."""
+        try:
+            normalised = validate_email(candidate, check_deliverability=False).normalized
+        except EmailNotValidError:
+            return False
+        local, _, domain = normalised.rpartition("@")
+        own_local, _, own_domain = self.email.rpartition("@")
+        return local == own_local and domain.casefold() == own_domain.casefold()
 
-def _digest(key: str) -> bytes:
+
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest a key is known by: the directory keeps no key in clear."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -51,7 +67,7 @@ class SenderDirectory:
         self._by_digest: dict[bytes, tuple[bytes, Sender]] = {}
         self._by_email: dict[str, Sender] = {}
         for key, sender in entries:
-            digest = _digest(key)
+            digest = key_digest(key)
             if digest in self._by_digest:
                 raise ConfigError("the senders file lists the same key twice")
             self._by_digest[digest] = (digest, sender)
@@ -67,11 +83,18 @@ class SenderDirectory:
         """The sender of this key, or None for a missing or unknown key."""
         if not key:
             return None
-        digest = _digest(key)
+        return self.by_key_digest(key_digest(key))
+
+    def by_key_digest(self, digest: bytes) -> Sender | None:
+        """The sender of the key with this digest (see `key_digest`), or None."""
         stored_digest, sender = self._by_digest.get(digest, (b"\0" * 32, None))
         if hmac.compare_digest(digest, stored_digest):
             return sender
         return None
+
+    def key_digests(self) -> list[bytes]:
+        """The digests of every key (for tokens that name a key without holding it)."""
+        return list(self._by_digest)
 
     def by_email(self, email: str) -> Sender | None:
         """The sender whose address this is (used to resume recorded requests)."""
@@ -117,6 +140,12 @@ def _row_sender(row: dict[str, str], where: str, settings: Settings) -> tuple[st
 def load_senders(settings: Settings) -> SenderDirectory:
     """Read `settings.senders_file`; raise ConfigError naming the file on any problem."""
     path = Path(settings.senders_file)
+    if path.suffix.lower() == ".json":
+        return _load_credentials_json(path, settings)
+    return _load_csv(path, settings)
+
+
+def _load_csv(path: Path, settings: Settings) -> SenderDirectory:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
@@ -140,3 +169,47 @@ def load_senders(settings: Settings) -> SenderDirectory:
     if not entries:
         raise ConfigError(f"senders file {path} has no sender rows")
     return SenderDirectory(entries)
+
+
+def _load_credentials_json(path: Path, settings: Settings) -> SenderDirectory:
+    """Seed 000's credentials.json: one sender, whose API key is CREDENTIALS_KEY."""
+    where = f"senders file {path}"
+    if not settings.credentials_key:
+        raise ConfigError(
+            f"{where} is a credentials.json file: set CREDENTIALS_KEY to the API key "
+            "that sends as its user"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{where} not found (set SENDERS_FILE)") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold one JSON object with {', '.join(CREDENTIALS_FIELDS)}")
+    unknown = sorted(set(data) - set(CREDENTIALS_FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    for name in ("user", "password"):
+        if not isinstance(data.get(name), str) or not data[name]:
+            raise ConfigError(f"{where}: {name} must be a non-empty string")
+    host, port = data.get("smtp_host", settings.smtp_host), data.get("smtp_port")
+    if not isinstance(host, str) or not host.strip():
+        raise ConfigError(f"{where}: smtp_host must be a non-empty string")
+    if port is None:
+        port = settings.smtp_port
+    elif isinstance(port, str) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"{where}: smtp_port must be a port number, 1 to 65535")
+    sender = Sender(
+        email=_normalise_email(data["user"], where),
+        password=data["password"],
+        smtp_host=host.strip(),
+        smtp_port=port,
+        # The seed's client chose SMTP_SSL or STARTTLS by port; keep that choice.
+        smtp_security="ssl" if port == IMPLICIT_TLS_PORT else settings.smtp_security,
+    )
+    return SenderDirectory([(settings.credentials_key, sender)])

@@ -1,0 +1,212 @@
+"""Drop-in routes for the five seed systems (API.md section 7).
+
+Each seed body is translated, field by field, into the core `SendRequest` and then takes the
+core's path (`request_path`): the same key check, the same validation (header injection,
+addresses, recipient limits, 403 for a foreign From), the same `WorkerPool.accept()`. Unknown
+fields are a 400 as in the core API, and field errors name the seed's own fields.
+
+    POST /mail               seed 000   waits; 200 {"message": "message Sent", "request_id"}
+    POST /send-email[/]      seed 001 (core shape) and seeds 002/003 (`email_to` shape): 202
+    POST /token              seed 004   OAuth2 password grant -> a Bearer token
+    POST /smtp/send-email    seed 004   waits; 200 {"status": "Email sent successfully", ...}
+
+A route that waits holds the request at most SMTP_TIMEOUT + WAIT_MARGIN seconds and then
+answers 504 with the request_id; the send goes on and GET /email-status/<id> tells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+
+from errors import ApiError, FieldError
+from http_input import json_body
+from request_path import accept, accepted_answer, authenticate, problem, service, validate_send
+from schemas import SendRequest
+from senders import Sender
+from status_store import EmailStatus, StatusRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SeedShape:
+    """How one seed system's body maps onto SendRequest: seed field -> core field.
+
+    A dotted seed field (`message.text`) is a member of a nested object; `content` is the seed
+    field that errors about the message content as a whole are reported under.
+    """
+
+    fields: Mapping[str, str]
+    content: str = "body"
+
+    def to_core(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The core body; ApiError 400 naming every unknown or misshapen field."""
+        core: dict[str, Any] = {}
+        errors: list[FieldError] = []
+        for name, value in body.items():
+            members = {f for f in self.fields if f.startswith(f"{name}.")}
+            if name in self.fields:
+                core[self.fields[name]] = value
+            elif not members:
+                errors.append(FieldError(name, "is not a known field"))
+            elif isinstance(value, dict):
+                for member, member_value in value.items():
+                    path = f"{name}.{member}"
+                    if path in members:
+                        core[self.fields[path]] = member_value
+                    else:
+                        errors.append(FieldError(path, "is not a known field"))
+            elif value is not None:
+                parts = " and/or ".join(sorted(m.partition(".")[2] for m in members))
+                errors.append(FieldError(name, f"must be an object with {parts}"))
+        if errors:
+            raise ApiError(400, "The request has invalid fields.", errors)
+        return core
+
+    def validate(self, body: dict[str, Any], sender: Sender) -> SendRequest:
+        """The validated SendRequest; errors name the seed's fields, not the core's."""
+        try:
+            return validate_send(self.to_core(body), sender)
+        except ApiError as exc:
+            seed_name = {"body": self.content} | {core: seed for seed, core in self.fields.items()}
+            detail = exc.detail
+            for core, seed in seed_name.items():
+                detail = detail.replace(f"`{core}`", f"`{seed}`")
+            errors = [
+                FieldError(seed_name.get(e.field.split(".")[0], e.field), e.message)
+                for e in exc.errors
+            ]
+            raise ApiError(exc.status, detail, errors, exc.headers) from exc
+
+
+MAIL = SeedShape({"recipient": "recipient", "subject": "subject", "body": "body", "key": "key"})
+EMAIL_TO = SeedShape(
+    {
+        "email_to": "recipient",
+        "email_from": "from",
+        "subject": "subject",
+        "message.text": "text",
+        "message.html": "html",
+        "key": "key",
+    },
+    content="message",
+)
+SMTP_API = SeedShape(
+    {"to": "recipient", "subject": "subject", "message": "body", "key": "key"}, content="message"
+)
+
+
+def is_email_to_shape(body: dict[str, Any]) -> bool:
+    """Seeds 002/003 post to /send-email(/) too; their bodies are told apart by `email_to`."""
+    return "email_to" in body
+
+
+def send_email_to(body: dict[str, Any], sender: Sender) -> Response:
+    """Seeds 002/003: 202 as in API.md section 3, plus `"result": "<request_id>"`."""
+    request_id = accept(body, EMAIL_TO.validate(body, sender), sender)
+    return accepted_answer(request_id, result=request_id)
+
+
+def _send_and_wait(shape: SeedShape) -> StatusRecord | Response:
+    """Accept the request and wait for its outcome; a 504 answer when it isn't known in time."""
+    body = json_body()
+    sender = authenticate(body)
+    send = shape.validate(body, sender)
+    svc = service()
+    request_id = accept(body, send, sender)
+    final = svc.pool.wait(request_id, svc.settings.smtp_timeout + svc.settings.wait_margin)
+    if final is None:
+        return problem(
+            504,
+            f"The outcome is not known yet; the send goes on and GET /email-status/{request_id} "
+            "tells.",
+            members={"request_id": request_id},
+            Location=f"/email-status/{request_id}",
+        )
+    return final
+
+
+# -- /token: OAuth2 password grant (RFC 6749 section 4.3) --------------------------------------
+
+
+def _oauth_error(status: int, error: str, description: str) -> Response:
+    """An RFC 6749 section 5.2 error: what OAuth2 client libraries parse."""
+    response = jsonify(error=error, error_description=description)
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="mail"'
+    return response
+
+
+def _issue_token() -> Response:
+    if request.mimetype != "application/x-www-form-urlencoded":
+        return _oauth_error(
+            400, "invalid_request", "Send the form as application/x-www-form-urlencoded."
+        )
+    if request.args:
+        return _oauth_error(400, "invalid_request", "Parameters go in the body, not the URL.")
+    form = request.form
+    if any(len(form.getlist(name)) > 1 for name in ("grant_type", "username", "password")):
+        return _oauth_error(400, "invalid_request", "A parameter is given more than once.")
+    # FastAPI's OAuth2PasswordRequestForm (seed 004) lets clients leave grant_type out.
+    if form.get("grant_type", "password") != "password":
+        return _oauth_error(400, "unsupported_grant_type", "Only grant_type=password is supported.")
+    username, password = form.get("username", ""), form.get("password", "")
+    if not username or not password:
+        return _oauth_error(400, "invalid_request", "username and password are required.")
+    svc = service()
+    sender = svc.senders.authenticate(password)
+    if sender is None or not sender.is_address(username):
+        return _oauth_error(
+            401, "invalid_grant", "The username (sender address) or password (API key) is wrong."
+        )
+    response = jsonify(
+        access_token=svc.tokens.issue(password),
+        token_type="bearer",  # noqa: S106 - the OAuth2 token type, not a secret
+        expires_in=svc.tokens.ttl,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- the routes ------------------------------------------------------------------------------
+
+
+def register_legacy_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) -> None:
+    """Add /mail, /token and /smtp/send-email; every send route shares one per-key budget."""
+
+    @app.post("/mail")
+    @rate_limited
+    def mail() -> Response:
+        outcome = _send_and_wait(MAIL)
+        if isinstance(outcome, Response):
+            return outcome
+        if outcome.status is EmailStatus.FAILED:
+            return problem(
+                502,
+                f"The message was not sent: {outcome.error}",
+                members={"request_id": outcome.request_id},
+            )
+        return jsonify(message="message Sent", request_id=outcome.request_id)
+
+    @app.post("/smtp/send-email")
+    @rate_limited
+    def smtp_send_email() -> Response:
+        outcome = _send_and_wait(SMTP_API)
+        if isinstance(outcome, Response):
+            return outcome
+        if outcome.status is EmailStatus.FAILED:
+            return problem(
+                400,
+                f"The email could not be sent: {outcome.error}",
+                members={"request_id": outcome.request_id},
+            )
+        return jsonify(status="Email sent successfully", request_id=outcome.request_id)
+
+    @app.post("/token")
+    @rate_limited  # counted per client address: a brake on guessing keys here
+    def token() -> Response:
+        return _issue_token()

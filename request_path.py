@@ -1,0 +1,153 @@
+"""The steps every send route shares: the `Service` on `app.extensions`, problem answers,
+authentication, validation and acceptance.
+
+`mail_server` (the core routes) and `legacy_routes` (the seed systems' routes, API.md section 7)
+both build on these, so that each route is a short sequence of the same checks in the
+contract's order: key (401) -> fields (400/403) -> recorded (202, or 503).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from flask import Response, current_app, jsonify
+from pydantic import ValidationError
+
+from config import Settings
+from errors import ApiError, FieldError
+from http_input import bearer_credential, idempotency, presented_key, reject_key_in_url
+from recovery import LeaseKeeper
+from request_log import RequestLog
+from schemas import SendRequest, validation_errors
+from senders import Sender, SenderDirectory, key_digest
+from status_store import EmailStatus, IdempotencyClaim, StatusStore
+from tokens import TokenIssuer
+from worker_pool import WorkerPool
+
+EXTENSION = "mail_service"
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """What the routes need, kept on `app.extensions["mail_service"]`."""
+
+    settings: Settings
+    senders: SenderDirectory
+    store: StatusStore
+    pool: WorkerPool
+    request_log: RequestLog
+    tokens: TokenIssuer
+    leases: LeaseKeeper
+
+    def shutdown(self, drain_seconds: float) -> int:
+        """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
+        left = self.pool.drain(drain_seconds)
+        self.leases.stop()
+        self.request_log.close()
+        return left
+
+
+def service() -> Service:
+    return current_app.extensions[EXTENSION]
+
+
+def problem(
+    status: int,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    members: dict[str, Any] | None = None,
+    **headers: str,
+) -> Response:
+    """An application/problem+json answer; `members` are extension members (e.g. request_id)."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if status == 400:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
+    body.update(members or {})
+    response = jsonify(body)
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    for name, value in headers.items():
+        response.headers[name.replace("_", "-")] = value
+    return response
+
+
+# -- the request path ------------------------------------------------------------------------
+
+
+def authenticate(body: dict[str, Any]) -> Sender:
+    """The sender of the presented key or Bearer token; 401 when unknown, bad or expired."""
+    reject_key_in_url()
+    svc = service()
+    sender = svc.senders.authenticate(presented_key(body))
+    if sender is None and (bearer := bearer_credential()) is not None:
+        sender = svc.tokens.sender_of(bearer)
+    if sender is None:
+        raise ApiError(
+            401,
+            "A valid API key or unexpired token is required "
+            "(Authorization: Bearer <key or token>, or X-API-Key).",
+            headers={"WWW-Authenticate": 'Bearer realm="mail"'},
+        )
+    return sender
+
+
+def _count(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 1 if value is not None else 0
+
+
+def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
+    """The validated request; 400 for bad fields, 403 for a foreign From address."""
+    limit = service().settings.max_recipients
+    total = sum(_count(body.get(name)) for name in ("recipient", "to", "cc", "bcc"))
+    if total > limit:
+        raise ApiError(
+            400,
+            f"At most {limit} recipients (to + cc + bcc) per message.",
+            [FieldError("recipient", f"{total} recipients; the limit is {limit}")],
+        )
+    try:
+        send = SendRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
+    if send.from_ is not None and send.from_.lower() != sender.email.lower():
+        raise ApiError(403, "`from` must be the address of the key's own sender.")
+    return send
+
+
+def credential_digest(credential: str) -> bytes:
+    """The digest of the key a credential stands for: a token stands for its key, so that it
+    shares the key's rate limit and Idempotency-Keys."""
+    return service().tokens.key_digest(credential) or key_digest(credential)
+
+
+def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
+    """Record the request (the 202 promise), once per Idempotency-Key; its request_id.
+
+    A repeated Idempotency-Key with the same body gets the first request's id and sends
+    nothing; with another body it is a 409.
+    """
+    claim = idempotency(body, credential_digest(presented_key(body) or ""))
+    result = service().pool.accept(send, sender, claim)
+    if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
+        raise ApiError(409, "This Idempotency-Key was used for a different request.")
+    return result.request_id
+
+
+def accepted_answer(request_id: str, **members: Any) -> Response:
+    """The 202 of API.md section 3 (the same again for a repeated Idempotency-Key)."""
+    response = jsonify(
+        message="Email request is being processed",
+        request_id=request_id,
+        status=str(EmailStatus.QUEUED),
+        **members,
+    )
+    response.status_code = 202
+    response.headers["Location"] = f"/email-status/{request_id}"
+    return response
