@@ -8,8 +8,6 @@ with `SmtpClient` and records the outcome. A transient failure schedules the nex
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import os
 import random
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from errors import PermanentDelivery, StoreError, TransientDelivery, Unavailable
 from mailer import SmtpClient, SmtpTarget, build_message, needs_smtputf8
 from request_log import RequestLog
+from retry_scheduler import RetryScheduler
 from schemas import SendRequest
 from senders import Sender
 from status_store import EmailStatus, IdempotencyClaim, StatusRecord, StatusStore, utcnow
@@ -46,53 +45,6 @@ class Job:
     @property
     def request_id(self) -> str:
         return self.record.request_id
-
-
-class RetryScheduler:
-    """Runs callbacks at a later monotonic time on one thread, in due order."""
-
-    def __init__(self, run: Callable[[Job], None], clock: Callable[[], float]) -> None:
-        self._run = run
-        self._clock = clock
-        self._heap: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._heap)
-
-    def schedule(self, delay: float, job: Job) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (self._clock() + delay, next(self._seq), job))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="retry", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > self._clock()):
-                    timeout = self._heap[0][0] - self._clock() if self._heap else None
-                    self._cond.wait(timeout)
-                if self._stopped:
-                    return
-                _, _, job = heapq.heappop(self._heap)
-            self._run(job)
-
-    def stop(self) -> list[Job]:
-        """Stop and return the jobs that were still waiting."""
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-            left = [job for _, _, job in self._heap]
-            self._heap.clear()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        return left
 
 
 class WorkerPool:
