@@ -274,3 +274,26 @@ def test_credentials_json_sender_logs_in_and_sends(make_app, start_smtp, tmp_pat
     [received] = server.received
     assert received.mail_from == "me@example.com"
     assert received.rcpt_tos == ["example@example.com"]
+
+
+def test_idempotency_key_on_a_waiting_route_answers_the_same_outcome_once(client, smtp_server):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "reset-99"}
+    first = client.post("/mail", json=SEED_000_EXAMPLE, headers=headers)
+    again = client.post("/mail", json=SEED_000_EXAMPLE, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.get_json() == again.get_json()
+    assert len(smtp_server.received) == 1
+    other = client.post("/mail", json={**SEED_000_EXAMPLE, "subject": "other"}, headers=headers)
+    assert other.status_code == 409
+
+
+def test_idempotency_key_on_the_email_to_shape_replays_the_202(client, smtp_server):
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "welcome-5"}
+    body = {"email_to": "user@example.com", "subject": "Hi", "message": {"text": "t"}}
+    first = client.post("/send-email/", json=body, headers=headers)
+    again = client.post("/send-email/", json=body, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert first.get_json() == again.get_json()
+    assert first.get_json()["result"] == first.get_json()["request_id"]
+    wait_final(client, first.get_json()["request_id"])
+    assert len(smtp_server.received) == 1
