@@ -138,7 +138,7 @@ class Bench:
                 return row
             self.redis.flush()
         rowdir = self.workdir / name
-        rowdir.mkdir()
+        rowdir.mkdir(exist_ok=True)
         env = {
             "SENDERS_FILE": str(self.senders_file),
             "SMTP_SECURITY": "none",
@@ -176,7 +176,8 @@ class Bench:
         if sorted(pids) != sorted(pids_before):
             row.notes.append("the set of service processes changed during the run (a restart?)")
         if exit_code:
-            row.notes.append(f"exit code {exit_code} on SIGTERM; see {service.log_path}")
+            row.notes.append(f"exit code {exit_code} on SIGTERM; its log's tail is in the JSON")
+            row.details["log_tail"] = service.log_tail(80)
         row.details.update(
             processes=len(pids),
             rss_before_mb=rss_before / 1024,

@@ -133,7 +133,11 @@ class ServiceProcess:
             return ""
 
     def stop(self, timeout: float = 40.0) -> int | None:
-        """SIGTERM (the service drains), then SIGKILL after `timeout`; the exit code."""
+        """SIGTERM (the service drains), then SIGKILL after `timeout`; the exit code.
+
+        A process that does not exit in time has its threads' stacks written to its log first,
+        by py-spy when it is installed, so that a hang at shutdown can be read afterwards.
+        """
         process, self.process = self.process, None
         if process is None:
             return None
@@ -142,8 +146,28 @@ class ServiceProcess:
         try:
             return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            self._dump_stacks(process.pid)
             process.kill()
             return process.wait()
+
+    def _dump_stacks(self, pid: int) -> None:
+        py_spy = shutil.which("py-spy") or shutil.which(
+            "py-spy", path=str(Path(sys.executable).parent)
+        )
+        if py_spy is None:
+            return
+        with self.log_path.open("ab") as log:
+            log.write(f"\n--- no exit {pid} after SIGTERM: py-spy dump ---\n".encode())
+            log.flush()
+            targets = [pid, *children(pid)]
+            for target in targets:
+                subprocess.run(
+                    [py_spy, "dump", "--pid", str(target)],
+                    stdout=log,
+                    stderr=log,
+                    timeout=30,
+                    check=False,
+                )
 
 
 class RedisProcess:
