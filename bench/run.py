@@ -86,8 +86,10 @@ def per_message(seconds: float, messages: int) -> float | None:
 
 def ceiling_row(args: argparse.Namespace, sink: SinkProcess) -> RowResult:
     sink.reset()
+    sink_cpu = cpu_seconds(sink.pids())
     figures = run_ceiling(sink.port, args.messages, args.workers, args.max_seconds + 60)
     stats = wait_for_sink(sink, figures["sent"], args.wait, args.stall)
+    sink_cpu = cpu_seconds(sink.pids()) - sink_cpu
     row = RowResult(f"ceiling (smtplib x{args.workers})", args.messages)
     row.delivered = stats.messages
     row.delivered_per_s = per_second(stats.messages, figures["start"], stats.last_message)
@@ -96,7 +98,11 @@ def ceiling_row(args: argparse.Namespace, sink: SinkProcess) -> RowResult:
     row.peak_rss_mb = figures["peak_rss_kb"] / 1024
     row.cpu_us_per_msg = per_message(figures["cpu_seconds"], figures["sent"])
     row.notes.extend(f"send failed: {failure}" for failure in figures["failures"])
-    row.details = {"ceiling": figures, "sink_last_message": stats.last_message}
+    row.details = {
+        "ceiling": figures,
+        "sink_last_message": stats.last_message,
+        "sink_cpu_us_per_msg": per_message(sink_cpu, stats.messages),
+    }
     return row
 
 
@@ -158,11 +164,13 @@ class Bench:
             rss_before = memory_kb(pids_before, "VmRSS")
             redis_pids = self.redis.pids() if store == "redis" and self.redis else []
             redis_cpu_before = cpu_seconds(redis_pids)
+            sink_cpu_before = cpu_seconds(self.sink.pids())
             load = self.fire(service)
             stats = wait_for_sink(self.sink, load.accepted, args.wait, args.stall)
             pids = service.pids()
             cpu = cpu_seconds(pids) - cpu_before
             redis_cpu = cpu_seconds(redis_pids) - redis_cpu_before
+            sink_cpu = cpu_seconds(self.sink.pids()) - sink_cpu_before
             peak_kb = memory_kb(pids, "VmHWM")
             rss_after = memory_kb(pids, "VmRSS")
         except RuntimeError as exc:
@@ -183,6 +191,7 @@ class Bench:
             rss_before_mb=rss_before / 1024,
             rss_after_mb=rss_after / 1024,
             redis_cpu_us_per_msg=per_message(redis_cpu, load.accepted) if redis_pids else None,
+            sink_cpu_us_per_msg=per_message(sink_cpu, stats.messages),
         )
         return row
 

@@ -98,20 +98,31 @@ class ServiceProcess:
         return [sys.executable, str(ROOT / "mail_server.py")]
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
-        """Start it and wait until /healthz answers (and, for gunicorn, every worker is up)."""
+        """Start it; wait until /healthz answers, every gunicorn worker is up, and all idle."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.command(), cwd=self.workdir, env=self.env, stdout=log, stderr=log
             )
         expected = int(self.env.get("GUNICORN_WORKERS", "2")) if self.kind == "gunicorn" else 0
         deadline = time.monotonic() + timeout
-        while True:
-            if self._healthy() and len(children(self.process.pid)) >= expected:
-                return self
+        while not (self._healthy() and len(children(self.process.pid)) >= expected):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"{self.kind} did not start:\n{self.log_tail()}")
             time.sleep(0.1)
+        self._settle(deadline)
+        return self
+
+    def _settle(self, deadline: float, quiet: float = 0.02, interval: float = 0.3) -> None:
+        """Wait until the processes are idle: a gunicorn worker answers /healthz while its
+        sibling may still be importing the app, whose CPU would count against the burst."""
+        before = cpu_seconds(self.pids())
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            now = cpu_seconds(self.pids())
+            if now - before < quiet:
+                return
+            before = now
 
     def _healthy(self) -> bool:
         try:

@@ -164,6 +164,9 @@ class SinkProcess:
     def stats(self) -> SinkStats:
         return SinkStats(**json.loads(self._command("stats")))
 
+    def pids(self) -> list[int]:
+        return [self.process.pid] if self.process is not None else []
+
     def reset(self) -> None:
         if self._command("reset") != "OK":
             raise RuntimeError("the SMTP sink did not reset")
