@@ -119,7 +119,6 @@ class Bench:
         self.wrk = shutil.which("wrk") if args.generator != "python" else None
         if args.generator == "wrk" and self.wrk is None:
             raise SystemExit("bench: --generator wrk, but wrk is missing (apt-get install wrk)")
-        self.generator = "wrk" if self.wrk else "python"
 
     def fire(self, service: ServiceProcess) -> LoadResult:
         args = self.args
