@@ -1,0 +1,275 @@
+"""`make bench`: the service under a bounded burst, row by row, against the in-run SMTP ceiling.
+
+For each row the bench starts the service as production runs it (gunicorn with the app factory,
+or `python mail_server.py`) with the memory or the Redis store, fires `--messages` sends at
+`--concurrency` from wrk (or the Python client when wrk is missing), waits (with a deadline) for
+the counting sink to receive every accepted message, reads CPU time and peak RSS from /proc,
+and stops the service. The first row is the ceiling: plain smtplib, same messages, no HTTP,
+no store. Every process it starts listens on 127.0.0.1 only and is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.ceiling import run_ceiling
+from bench.load import LoadResult, lua_script, run_python, run_wrk
+from bench.report import RowResult, format_table, write_results
+from bench.services import ROOT, RedisProcess, ServiceProcess, cpu_seconds, memory_kb
+from bench.sink import SinkProcess, SinkStats
+from bench.workload import API_KEY, SEND_PATH, body_bytes, free_port, write_senders_file
+
+ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-redis")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--messages", type=int, default=5000, help="sends per row (5000)")
+    parser.add_argument("--concurrency", type=int, default=32, help="open connections (32)")
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}"
+    )
+    parser.add_argument("--workers", type=int, default=8, help="WORKERS sending threads (8)")
+    parser.add_argument("--gunicorn-workers", type=int, default=2, help="GUNICORN_WORKERS (2)")
+    parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk -t (1: 2 cores only)")
+    parser.add_argument("--max-seconds", type=float, default=120, help="bound of one burst (s)")
+    parser.add_argument("--wait", type=float, default=120, help="deadline for the sink (s)")
+    parser.add_argument("--stall", type=float, default=30, help="give up after no progress (s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    args.rows = [name.strip() for name in args.rows.split(",") if name.strip()]
+    unknown = [name for name in args.rows if name not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if args.messages < args.concurrency or args.concurrency < 1 or args.workers < 1:
+        parser.error("--messages must be at least --concurrency, and both positive")
+    if args.concurrency % args.wrk_threads:
+        parser.error("--concurrency must be a multiple of --wrk-threads")
+    return args
+
+
+def wait_for_sink(sink: SinkProcess, expected: int, timeout: float, stall: float) -> SinkStats:
+    """The sink's counts once it has `expected` messages, at the deadline, or after a stall."""
+    deadline = time.monotonic() + timeout
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        stats = sink.stats()
+        now = time.monotonic()
+        if stats.messages >= expected:
+            return stats
+        if stats.messages != last_count:
+            last_count, last_change = stats.messages, now
+        if now > deadline or now - last_change > stall:
+            return stats
+        time.sleep(0.05)
+
+
+def per_second(count: int, start: float | None, end: float | None) -> float | None:
+    if not count or start is None or end is None or end <= start:
+        return None
+    return count / (end - start)
+
+
+def per_message(seconds: float, messages: int) -> float | None:
+    """CPU microseconds per message."""
+    return seconds * 1e6 / messages if messages else None
+
+
+def ceiling_row(args: argparse.Namespace, sink: SinkProcess) -> RowResult:
+    sink.reset()
+    sink_cpu = cpu_seconds(sink.pids())
+    figures = run_ceiling(sink.port, args.messages, args.workers, args.max_seconds + 60)
+    stats = wait_for_sink(sink, figures["sent"], args.wait, args.stall)
+    sink_cpu = cpu_seconds(sink.pids()) - sink_cpu
+    row = RowResult(f"ceiling (smtplib x{args.workers})", args.messages)
+    row.delivered = stats.messages
+    row.delivered_per_s = per_second(stats.messages, figures["start"], stats.last_message)
+    row.vs_ceiling = 1.0
+    row.smtp_sessions = stats.sessions
+    row.peak_rss_mb = figures["peak_rss_kb"] / 1024
+    row.cpu_us_per_msg = per_message(figures["cpu_seconds"], figures["sent"])
+    row.notes.extend(f"send failed: {failure}" for failure in figures["failures"])
+    row.details = {
+        "ceiling": figures,
+        "sink_last_message": stats.last_message,
+        "sink_cpu_us_per_msg": per_message(sink_cpu, stats.messages),
+    }
+    return row
+
+
+class Bench:
+    """One run: the sink, Redis when a row needs it, the rows in order."""
+
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.sink = SinkProcess(free_port())
+        self.redis: RedisProcess | None = None
+        self.senders_file = workdir / "data.csv"
+        self.script = workdir / "send.lua"
+        self.wrk = shutil.which("wrk") if args.generator != "python" else None
+        if args.generator == "wrk" and self.wrk is None:
+            raise SystemExit("bench: --generator wrk, but wrk is missing (apt-get install wrk)")
+
+    def fire(self, service: ServiceProcess) -> LoadResult:
+        args = self.args
+        if self.wrk is not None:
+            url = service.url + SEND_PATH
+            return run_wrk(
+                self.wrk, url, self.script, args.messages, args.concurrency,
+                args.wrk_threads, args.max_seconds,
+            )  # fmt: skip
+        return run_python(
+            "127.0.0.1", service.port, SEND_PATH, body_bytes(), API_KEY,
+            args.messages, args.concurrency, args.max_seconds,
+        )  # fmt: skip
+
+    def service_row(self, name: str) -> RowResult:
+        args = self.args
+        kind, store = name.split("-")
+        row = RowResult(name, args.messages, accepted=0)
+        if store == "redis":
+            if self.redis is None:
+                row.notes.append("skipped: redis-server is not installed")
+                return row
+            self.redis.flush()
+        rowdir = self.workdir / name
+        rowdir.mkdir(exist_ok=True)
+        env = {
+            "SENDERS_FILE": str(self.senders_file),
+            "SMTP_SECURITY": "none",
+            "STATUS_STORE_URL": self.redis.url if store == "redis" and self.redis else "memory://",
+            "RATE_LIMIT": "",
+            "EMAIL_LOG": str(rowdir / "email_log.txt"),
+            "WORKERS": str(args.workers),
+            "GUNICORN_WORKERS": str(args.gunicorn_workers),
+            "DRAIN_SECONDS": "5",
+        }
+        self.sink.reset()
+        service = ServiceProcess(kind, env, rowdir)
+        try:
+            service.start()
+            pids_before = service.pids()
+            cpu_before = cpu_seconds(pids_before)
+            rss_before = memory_kb(pids_before, "VmRSS")
+            redis_pids = self.redis.pids() if store == "redis" and self.redis else []
+            redis_cpu_before = cpu_seconds(redis_pids)
+            sink_cpu_before = cpu_seconds(self.sink.pids())
+            load = self.fire(service)
+            stats = wait_for_sink(self.sink, load.accepted, args.wait, args.stall)
+            pids = service.pids()
+            cpu = cpu_seconds(pids) - cpu_before
+            redis_cpu = cpu_seconds(redis_pids) - redis_cpu_before
+            sink_cpu = cpu_seconds(self.sink.pids()) - sink_cpu_before
+            peak_kb = memory_kb(pids, "VmHWM")
+            rss_after = memory_kb(pids, "VmRSS")
+        except RuntimeError as exc:
+            row.notes.append(f"failed: {exc}")
+            return row
+        finally:
+            exit_code = service.stop()
+        self._fill(row, load, stats)
+        row.peak_rss_mb = peak_kb / 1024
+        row.cpu_us_per_msg = per_message(cpu, load.accepted)
+        if sorted(pids) != sorted(pids_before):
+            row.notes.append("the set of service processes changed during the run (a restart?)")
+        if exit_code:
+            row.notes.append(f"exit code {exit_code} on SIGTERM; its log's tail is in the JSON")
+            row.details["log_tail"] = service.log_tail(80)
+        row.details.update(
+            processes=len(pids),
+            rss_before_mb=rss_before / 1024,
+            rss_after_mb=rss_after / 1024,
+            redis_cpu_us_per_msg=per_message(redis_cpu, load.accepted) if redis_pids else None,
+            sink_cpu_us_per_msg=per_message(sink_cpu, stats.messages),
+        )
+        return row
+
+    @staticmethod
+    def _fill(row: RowResult, load: LoadResult, stats: SinkStats) -> None:
+        row.accepted = load.accepted
+        row.accepted_per_s = load.accepted_per_s
+        row.p50_ms, row.p99_ms = load.p50_ms, load.p99_ms
+        row.delivered = stats.messages
+        row.delivered_per_s = per_second(stats.messages, load.first_202, stats.last_message)
+        row.smtp_sessions = stats.sessions
+        other = {code: n for code, n in load.statuses.items() if code != "202"}
+        if other:
+            row.notes.append(f"answers other than 202: {other}")
+        if load.errors:
+            row.notes.append(f"load generator errors: {load.errors}")
+        row.notes.extend(load.notes)
+        row.details = {
+            "generator": load.generator,
+            "statuses": load.statuses,
+            "max_ms": load.max_ms,
+            "first_request": load.first_request,
+            "first_202": load.first_202,
+            "last_response": load.last_response,
+            "sink": {"first_message": stats.first_message, "last_message": stats.last_message},
+        }
+
+    def run(self) -> tuple[list[RowResult], str]:
+        self.sink.start()
+        write_senders_file(self.senders_file, self.sink.port)
+        self.script.write_text(lua_script(body_bytes(), API_KEY, SEND_PATH), encoding="utf-8")
+        if any(name.endswith("-redis") for name in self.args.rows) and shutil.which("redis-server"):
+            self.redis = RedisProcess(self.workdir).start()
+        rows = [ceiling_row(self.args, self.sink)]
+        generator = "none"
+        for name in self.args.rows:
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            row = self.service_row(name)
+            if row.delivered_per_s and rows[0].delivered_per_s:
+                row.vs_ceiling = row.delivered_per_s / rows[0].delivered_per_s
+            generator = row.details.get("generator", generator)
+            rows.append(row)
+        return rows, generator
+
+    def close(self) -> None:
+        if self.redis is not None:
+            self.redis.stop()
+        self.sink.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(UTC)
+    loadavg_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    with tempfile.TemporaryDirectory(prefix="mail-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            rows, generator = bench.run()
+        finally:
+            bench.close()
+    meta: dict[str, Any] = {
+        "timestamp": started.strftime("%Y%m%dT%H%M%SZ"),
+        "date": started.isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": loadavg_before,
+        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "generator": generator,
+        "messages": args.messages,
+        "concurrency": args.concurrency,
+        "workers": args.workers,
+        "gunicorn_workers": args.gunicorn_workers,
+        "python": sys.version.split()[0],
+    }
+    print(f"\nload generator: {generator}; {os.cpu_count()} cores; load {loadavg_before}\n")
+    print(format_table(rows))
+    path = write_results(rows, meta, args.out)
+    print(f"\nresults: {path} and {path.parent / 'summary.md'}")
+    return 1 if any(row.shortfall for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The benchmark's parts work (a second or two); no speed is ever asserted here."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+
+from bench.load import lua_script, percentile
+from bench.report import RowResult, format_markdown, format_table
+from bench.sink import SinkProcess
+from bench.workload import API_KEY, SEND_PATH, body_bytes, free_port
+
+
+def test_sink_counts_messages_and_sessions_then_resets() -> None:
+    sink = SinkProcess(free_port()).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as conn:
+            for n in range(3):
+                conn.sendmail("a@example.com", ["b@example.com"], f"Subject: {n}\r\n\r\nhi\r\n")
+        stats = sink.stats()
+        assert (stats.messages, stats.sessions) == (3, 1)
+        assert stats.first_message is not None and stats.last_message is not None
+        assert stats.first_message <= stats.last_message
+        sink.reset()
+        assert sink.stats().messages == 0
+    finally:
+        sink.stop()
+
+
+def test_wrk_script_posts_the_body_with_a_bearer_key_and_bounds_the_count() -> None:
+    script = lua_script(body_bytes(), API_KEY, SEND_PATH)
+    for part in ("function init(", "function request(", "function delay(", "function response("):
+        assert part in script
+    assert "function done(summary, latency, requests)" in script
+    assert f'wrk.headers["Authorization"] = "Bearer {API_KEY}"' in script
+    assert f'wrk.path = "{SEND_PATH}"' in script
+    body = script.split("wrk.body = [==[", 1)[1].split("]==]", 1)[0]
+    assert json.loads(body)["recipient"]
+    top_level_ends = [line for line in script.splitlines() if line == "end"]
+    assert script.count("function ") == len(top_level_ends)  # every function is closed
+
+
+def test_table_and_markdown_show_figures_and_flag_a_shortfall() -> None:
+    full = RowResult("gunicorn-memory", 10, accepted=10, delivered=10, accepted_per_s=1234.5)
+    full.p99_ms, full.cpu_us_per_msg = 12.345, 987.0
+    short = RowResult("plain-redis", 10, accepted=10, delivered=7, notes=["a note"])
+    table = format_table([full, short])
+    header, rule, first, second, *notes = table.splitlines()
+    assert len(header) == len(rule) == len(first) == len(second)
+    assert "1,234" in first and "12.3" in first and "10/10" in first
+    assert "7/10 SHORT" in second
+    assert notes[0].startswith("!! plain-redis: 3 accepted")
+    meta = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "cpu_count": 2,
+        "loadavg_before": "0.00 0.00 0.00",
+        "generator": "fake",
+        "messages": 10,
+        "concurrency": 2,
+        "workers": 8,
+        "gunicorn_workers": 2,
+    }
+    markdown = format_markdown([full, short], meta)
+    assert "2 cores" in markdown and "| gunicorn-memory |" in markdown
+    assert "**plain-redis: 3 accepted message(s) never reached the sink**" in markdown
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(n) for n in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 50) is None
