@@ -2,9 +2,10 @@
 
     Request ID: <id>, Sender: <a>, Recipient: <a>;<b>, Date: 2026-11-20 16:14:34, Status: sent
 
-Lines from threads and processes never interleave: each write takes an exclusive `flock` on a
-sidecar `.lock` file, reopens the log if another process rotated it, writes one whole line and
-rotates by size. Values are stripped of line breaks so that no value can forge a line.
+Lines from threads and processes never interleave: one thread per process writes them, and each
+write takes an exclusive `flock` on a sidecar `.lock` file, reopens the log if another process
+rotated it, writes one whole line and rotates by size. Values are stripped of line breaks so
+that no value can forge a line.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import queue
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from logging.handlers import RotatingFileHandler
+from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 
 
 def _one_line(value: str) -> str:
@@ -68,13 +70,23 @@ class _LockedRotatingFileHandler(RotatingFileHandler):
 
 
 class RequestLog:
-    """Appends request lines to EMAIL_LOG; never a subject, body, key or password."""
+    """Appends request lines to EMAIL_LOG; never a subject, body, key or password.
+
+    `write()` only queues the line: one listener thread per process writes the lines in order
+    (logging's QueueHandler/QueueListener), so request and sending threads never wait for the
+    file lock. `close()` writes what is queued before it returns.
+    """
 
     def __init__(self, path: str, max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
         self.path = path
-        self._handler = _LockedRotatingFileHandler(path, max_bytes, backups)
-        self._handler.setFormatter(logging.Formatter("%(message)s"))
+        self._file_handler = _LockedRotatingFileHandler(path, max_bytes, backups)
+        self._file_handler.setFormatter(logging.Formatter("%(message)s"))
+        lines: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        self._handler = QueueHandler(lines)
+        self._listener = QueueListener(lines, self._file_handler)
+        self._listener.start()
         self._lock = threading.Lock()
+        self._closed = False
 
     def write(
         self,
@@ -94,9 +106,19 @@ class RequestLog:
             f"Date: {when:%Y-%m-%d %H:%M:%S}, Status: {_one_line(shown)}"
         )
         record = logging.LogRecord("request_log", logging.INFO, __file__, 0, line, None, None)
+        self._handler.handle(record)
+
+    def flush(self) -> None:
+        """Wait until every queued line is in the file."""
         with self._lock:
-            self._handler.handle(record)
+            if not self._closed:
+                self._listener.stop()  # writes what is queued
+                self._listener.start()
 
     def close(self) -> None:
         with self._lock:
-            self._handler.close()
+            if self._closed:
+                return
+            self._closed = True
+            self._listener.stop()
+            self._file_handler.close()
