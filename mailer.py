@@ -52,7 +52,9 @@ UTF8_POLICY = MESSAGE_POLICY.clone(utf8=True)
 
 
 def _address(addr_spec: str, display_name: str = "") -> Address:
-    # username and domain given apart: no re-parsing of an address already validated.
+    # Given as username and domain: Address(addr_spec=...) re-parses the address (slow) and
+    # raises NonASCIILocalPartDefect for an international local part even under a utf8 policy;
+    # the address is validated already.
     username, _, domain = addr_spec.rpartition("@")
     return Address(display_name=display_name, username=username, domain=domain)
 
@@ -240,6 +242,12 @@ class SmtpClient:
         """MAIL FROM, reconnecting once if a reused connection was closed while idle."""
         for _ in range(2):
             conn, fresh = self._checkout(target)
+            if "SMTPUTF8" in options and not conn.has_extn("smtputf8"):
+                # Checked before MAIL FROM: smtplib's mail() would raise SMTPNotSupportedError,
+                # an OSError, which reads as a dropped connection and would be retried.
+                raise PermanentDelivery(
+                    "server does not support SMTPUTF8 for international addresses"
+                )
             try:
                 code, reply = conn.mail(sender, options)
             except (OSError, smtplib.SMTPServerDisconnected) as exc:
@@ -271,9 +279,6 @@ class SmtpClient:
         """One SMTP transaction; raises Transient/PermanentDelivery for the whole message."""
         options = ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
         conn = self._mail_from(target, sender, options)
-        if smtputf8 and not conn.has_extn("smtputf8"):
-            self._reset_or_discard(target, 0)
-            raise PermanentDelivery("server does not support SMTPUTF8 for international addresses")
         try:
             accepted: list[str] = []
             refused: dict[str, str] = {}

@@ -32,6 +32,7 @@ from errors import ApiError, FieldError
 MAX_DEPTH = 32
 MAX_EXTRA_HEADERS = 20
 ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[a-z]\?[^?\s]*\?=", re.IGNORECASE)
+TYPE_TAG = re.compile(r"str|constrained-str|(list|function-[a-z-]+)\[.*\]")
 HEADER_NAME = re.compile(r"X-[A-Za-z0-9][A-Za-z0-9-]{0,74}")
 ALLOWED_HEADERS = {
     "list-unsubscribe": "List-Unsubscribe",
@@ -115,7 +116,8 @@ def check_address(value: str) -> str:
         raise ValueError("is too long to be an email address")
     check_header_value(value)
     try:
-        result = validate_email(value, check_deliverability=False)
+        # strict: enforce the 64-octet local part of RFC 5321 (API.md section 3).
+        result = validate_email(value, check_deliverability=False, strict=True)
     except EmailNotValidError as exc:
         raise ValueError(f"is not a valid email address: {exc}") from exc
     return result.ascii_email or result.normalized
@@ -195,9 +197,9 @@ def validation_errors(exc: ValidationError) -> list[FieldError]:
     """Field errors without echoing input values (they may hold a key)."""
     errors = []
     for error in exc.errors(include_input=False, include_url=False):
-        loc = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
-        # Union members add their type name to the location; keep the user's field path.
-        loc = [p for p in loc if p not in ("str", "list[str]", "constrained-str")]
+        # Union members and validators add type tags to the location (`str`,
+        # `list[function-after[check_address(), str]]`); keep only the user's field path.
+        loc = [str(part) for part in error["loc"] if not TYPE_TAG.fullmatch(str(part))]
         name = ".".join(loc) or "body"
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
