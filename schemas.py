@@ -33,7 +33,8 @@ MAX_DEPTH = 32
 MAX_EXTRA_HEADERS = 20
 ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[a-z]\?[^?\s]*\?=", re.IGNORECASE)
 TYPE_TAG = re.compile(r"str|constrained-str|(list|function-[a-z-]+)\[.*\]")
-HEADER_NAME = re.compile(r"X-[A-Za-z0-9][A-Za-z0-9-]{0,74}")
+# Header names are case-insensitive (RFC 5322): x-campaign is as good as X-Campaign.
+HEADER_NAME = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]{0,74}")
 ALLOWED_HEADERS = {
     "list-unsubscribe": "List-Unsubscribe",
     "list-unsubscribe-post": "List-Unsubscribe-Post",

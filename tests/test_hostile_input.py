@@ -805,3 +805,11 @@ def test_property_app_delivers_what_it_accepts(property_client: FlaskClient, smt
     assert response.status_code == 202
     assert wait_final(property_client, response.get_json()["request_id"])["status"] == "sent"
     wait_for(lambda: smtp_server.received)
+
+
+def test_lowercase_x_header_name_is_accepted_and_sent(client, smtp_server):
+    body = {"recipient": "user@example.com", "subject": "s", "body": "b"}
+    answer = send(client, {**body, "headers": {"x-campaign": "spring"}})
+    assert answer.status_code == 202
+    wait_final(client, answer.get_json()["request_id"])
+    assert smtp_server.received[-1].message["X-Campaign"] == "spring"
