@@ -14,6 +14,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -56,6 +57,8 @@ class ScriptedHandler:
         self.scripts: dict[str, deque[Any]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
         self.refuse: dict[str, str] = {}  # recipient -> reply, every time
         self.connections = 0
+        self.disconnections = 0
+        self.open_sessions: set[SmtpProtocol] = set()
         self.transactions = 0
         self._lock = threading.Lock()
 
@@ -121,13 +124,21 @@ class ScriptedHandler:
 
 
 class CountingSmtp(SmtpProtocol):
-    """aiosmtpd's SMTP protocol that counts connections on its handler."""
+    """aiosmtpd's SMTP protocol that counts connections opened and closed on its handler."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         handler = self.event_handler
         with handler._lock:
             handler.connections += 1
+            handler.open_sessions.add(self)
         super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        handler = self.event_handler
+        with handler._lock:
+            handler.disconnections += 1
+            handler.open_sessions.discard(self)
+        super().connection_lost(error)
 
 
 class _Controller(Controller):
@@ -190,7 +201,27 @@ class SmtpServer:
         self.controller.start()
         return self
 
+    def close_sessions(self, timeout: float = 2.0) -> None:
+        """Close every open client connection from the server side and wait until they are."""
+        handler = self.handler
+
+        def close_all() -> None:
+            for session in list(handler.open_sessions):
+                if session.transport is not None:
+                    session.transport.close()
+
+        loop = self.controller.loop
+        if loop.is_closed() or not loop.is_running():
+            return
+        loop.call_soon_threadsafe(close_all)
+        deadline = time.monotonic() + timeout
+        while handler.open_sessions and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def stop(self) -> None:
+        # Open sessions left to the loop's shutdown leak their sockets (a ResourceWarning).
+        with contextlib.suppress(Exception):
+            self.close_sessions()
         with contextlib.suppress(Exception):
             self.controller.stop()
 
