@@ -115,7 +115,8 @@ def check_address(value: str) -> str:
         raise ValueError("is too long to be an email address")
     check_header_value(value)
     try:
-        result = validate_email(value, check_deliverability=False)
+        # strict: enforce the 64-octet local part of RFC 5321 (API.md section 3).
+        result = validate_email(value, check_deliverability=False, strict=True)
     except EmailNotValidError as exc:
         raise ValueError(f"is not a valid email address: {exc}") from exc
     return result.ascii_email or result.normalized
