@@ -31,7 +31,10 @@ UTF8_POLICY = MESSAGE_POLICY.clone(utf8=True)
 
 
 def _address(addr_spec: str, display_name: str = "") -> Address:
-    return Address(display_name=display_name, addr_spec=addr_spec)
+    # Address(addr_spec=...) re-parses the address and raises NonASCIILocalPartDefect for an
+    # international local part, even under a utf8 policy; the address is validated already.
+    username, _, domain = addr_spec.rpartition("@")
+    return Address(display_name=display_name, username=username, domain=domain)
 
 
 def needs_smtputf8(addresses: list[str]) -> bool:
