@@ -220,6 +220,12 @@ class SmtpClient:
         """MAIL FROM, reconnecting once if a reused connection was closed while idle."""
         for _ in range(2):
             conn, fresh = self._checkout(target)
+            if "SMTPUTF8" in options and not conn.has_extn("smtputf8"):
+                # Checked before MAIL FROM: smtplib's mail() would raise SMTPNotSupportedError,
+                # an OSError, which reads as a dropped connection and would be retried.
+                raise PermanentDelivery(
+                    "server does not support SMTPUTF8 for international addresses"
+                )
             try:
                 code, reply = conn.mail(sender, options)
             except (OSError, smtplib.SMTPServerDisconnected) as exc:
@@ -251,9 +257,6 @@ class SmtpClient:
         """One SMTP transaction; raises Transient/PermanentDelivery for the whole message."""
         options = ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
         conn = self._mail_from(target, sender, options)
-        if smtputf8 and not conn.has_extn("smtputf8"):
-            self._reset_or_discard(target, 0)
-            raise PermanentDelivery("server does not support SMTPUTF8 for international addresses")
         try:
             accepted: list[str] = []
             refused: dict[str, str] = {}
