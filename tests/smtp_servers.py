@@ -157,11 +157,12 @@ class SmtpServer:
         require_starttls: bool = False,
         logins: dict[str, str] | None = None,
         idle_timeout: float = 300,
+        smtputf8: bool = False,
         port: int | None = None,
     ) -> None:
         self.handler = ScriptedHandler()
         self.port = port or free_port()
-        kwargs: dict[str, Any] = {"timeout": idle_timeout}
+        kwargs: dict[str, Any] = {"timeout": idle_timeout, "enable_SMTPUTF8": smtputf8}
         if logins is not None:
             kwargs["authenticator"] = self._authenticator(logins)
             kwargs["auth_require_tls"] = tls_context is not None and not implicit_tls
@@ -195,10 +196,16 @@ class SmtpServer:
         return self.handler.received
 
     def start(self) -> SmtpServer:
-        if self.controller.ssl_context is not None:
-            # Controller's readiness probe speaks plain TCP; skip it for implicit TLS.
-            self.controller._trigger_server = lambda: None  # type: ignore[method-assign]
         self.controller.start()
+        # Controller.start() opens one probe connection (over TLS for implicit TLS); wait until
+        # it is gone and forget it, so that `connections` counts only the client's.
+        handler = self.handler
+        deadline = time.monotonic() + 5
+        while handler.disconnections < 1 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        with handler._lock:
+            handler.connections -= handler.disconnections
+            handler.disconnections = 0
         return self
 
     def close_sessions(self, timeout: float = 2.0) -> None:
