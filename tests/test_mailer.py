@@ -369,7 +369,7 @@ def test_one_connection_is_reused_for_consecutive_messages(make_app, smtp_server
 
 
 def test_connection_closed_by_server_while_idle_is_reopened_transparently(make_app, start_smtp):
-    server = start_smtp(idle_timeout=0.3)
+    server = start_smtp(idle_timeout=0.5)
     client = make_app(server.port, workers=1).test_client()
     first = final_status(client, send(client))
     assert first["status"] == "sent"

@@ -28,7 +28,7 @@ def to(*recipients: str) -> dict[str, Any]:
 
 
 def test_transient_451_at_data_is_retried_then_sent(make_app, smtp_server):
-    client = make_app(smtp_server.port, retry_backoff=0.3).test_client()
+    client = make_app(smtp_server.port, retry_backoff=0.5).test_client()
     smtp_server.handler.script("DATA", "451 4.3.0 try later")
     request_id = accepted_id(send(client))
     retrying = wait_for(
@@ -210,12 +210,13 @@ def test_backoff_does_not_hold_a_worker_thread(make_app, start_smtp):
     failing, healthy = start_smtp(), start_smtp()
     failing.handler.script("DATA", *["451 4.3.0 try later"] * 20)
     client = make_app(
-        failing.port, other_port=healthy.port, workers=1, retry_backoff=2.0, max_attempts=5
+        failing.port, other_port=healthy.port, workers=1, retry_backoff=5.0, max_attempts=5
     ).test_client()
     stuck = accepted_id(send(client))
     wait_for(lambda: status_of(client, stuck)["status"] == "retrying", timeout=5)
     quick = accepted_id(send(client, key=OTHER_KEY))
-    status = wait_final(client, quick, timeout=1.5)
+    # The stuck one's next attempt is at least 3.75 s away (5 s backoff, jitter 0.75).
+    status = wait_final(client, quick, timeout=3)
     assert status["status"] == "sent"
     assert len(healthy.received) == 1
     # Still waiting for its next attempt: the healthy send did not queue behind its backoff.
