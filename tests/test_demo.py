@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -138,3 +139,26 @@ def test_demo_refuses_a_request_without_the_key(demo: DemoProcess):
     assert body["status"] == 401
     demo.proc.send_signal(signal.SIGINT)
     assert demo.proc.wait(timeout=15) == 0
+
+
+def test_demo_with_smtp_port_in_use_exits_with_one_line(tmp_path: Path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        smtp_port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "STATUS_"))}
+        env.update({"PORT": str(free_port()), "SMTP_PORT": str(smtp_port)})
+        result = subprocess.run(
+            [sys.executable, str(REPO / "mail_server.py"), "--demo"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "SMTP_PORT" in lines[0]
+    assert str(smtp_port) in lines[0]
