@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -340,6 +341,8 @@ def test_invalid_field_is_400_naming_the_field(client, body, field):
     fields = error_fields(problem)
     assert fields, problem
     assert any(f == field or f.startswith(f"{field}.") for f in fields), fields
+    # Field paths are the user's (recipient.1, headers.X-Tag), never pydantic's type names.
+    assert not any(re.search(r"[\[\]()]|function|str\b", f) for f in fields), fields
     for error in problem["errors"]:
         assert error["message"]
 
@@ -353,6 +356,20 @@ def test_longest_valid_address_is_accepted(client):
 
 def test_international_address_is_accepted(client):
     assert send(client, with_(recipient="用户@例子.广告")).status_code == 202
+
+
+def test_one_bad_address_is_one_error(client):
+    response = send(client, with_(recipient="not-an-address"))
+    problem = assert_problem(response, 400)
+    assert len(problem["errors"]) == 1, problem["errors"]
+    assert problem["errors"][0]["field"] in ("recipient", "recipient.0")
+    assert "valid list" not in problem["errors"][0]["message"]
+
+
+def test_bad_address_in_a_list_is_named_by_position(client):
+    response = send(client, with_(recipient=["ok@example.com", "bad"]))
+    problem = assert_problem(response, 400)
+    assert error_fields(problem) == ["recipient.1"]
 
 
 def test_invalid_field_error_does_not_echo_the_value(client):
