@@ -60,13 +60,17 @@ class RetryScheduler:
         with self._cond:
             return len(self._heap)
 
-    def schedule(self, delay: float, job: Job) -> None:
+    def schedule(self, delay: float, job: Job) -> bool:
+        """Run `job` after `delay` seconds; False once stopped."""
         with self._cond:
+            if self._stopped:
+                return False
             heapq.heappush(self._heap, (self._clock() + delay, next(self._seq), job))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="retry", daemon=True)
                 self._thread.start()
             self._cond.notify()
+        return True
 
     def _loop(self) -> None:
         while True:
@@ -117,6 +121,7 @@ class WorkerPool:
         self._retries = RetryScheduler(self._submit, clock)
         self._jobs: dict[str, Job] = {}
         self._sending = 0
+        self._in_flight: set[str] = set()
         self._cond = threading.Condition()
         self._accepting = True
 
@@ -181,6 +186,7 @@ class WorkerPool:
     def _attempt(self, job: Job) -> None:
         with self._cond:
             self._sending += 1
+            self._in_flight.add(job.request_id)
         try:
             self._deliver(job)
         except Exception as exc:  # the one catch-all: a bug must not kill the worker thread
@@ -189,6 +195,7 @@ class WorkerPool:
         finally:
             with self._cond:
                 self._sending -= 1
+                self._in_flight.discard(job.request_id)
                 self._cond.notify_all()
 
     def _deliver(self, job: Job) -> None:
@@ -240,7 +247,8 @@ class WorkerPool:
             reason,
             delay,
         )
-        self._retries.schedule(delay, job)
+        if not self._retries.schedule(delay, job):  # draining: no more attempts
+            self._abandon(job)
 
     def _finish(self, job: Job, status: EmailStatus, error: str | None) -> None:
         record = job.record
@@ -286,11 +294,14 @@ class WorkerPool:
         with self._cond:
             while self._sending and (remaining := deadline + 1 - time.monotonic()) > 0:
                 self._cond.wait(remaining)
-            left = list(self._jobs.values())
+            # A job still being sent is finished by its own worker (closing its connection
+            # below ends the send); abandoning it here too gave it two final log lines.
+            left = [j for j in self._jobs.values() if j.request_id not in self._in_flight]
+            in_flight = len(self._jobs) - len(left)
         for job in left:
             self._abandon(job)
         self.smtp.close_all()
-        return len(left)
+        return len(left) + in_flight
 
     def _abandon(self, job: Job) -> None:
         """A job left at shutdown: recorded for recovery, or failed where nothing keeps it."""
