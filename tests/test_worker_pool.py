@@ -287,3 +287,25 @@ def test_after_drain_new_requests_get_503(make_app, smtp_server):
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert smtp_server.handler.transactions == 0
+
+
+def test_drain_deadline_during_a_send_logs_one_final_line(make_app, smtp_server, tmp_path: Path):
+    # The send outlasts drain(0)'s grace: whatever the outcome, one final status and one final line.
+    app = make_app(smtp_server.port, smtp_timeout=5.0)
+    client = app.test_client()
+    smtp_server.handler.script("DATA", ("SLEEP", 1.5))
+    request_id = accepted_id(send(client))
+    wait_for(lambda: smtp_server.handler.transactions == 1, timeout=5)
+    pool = app.extensions[EXTENSION].pool
+    pool.drain(0)
+    pool._executor.shutdown(wait=True)  # the worker has finished with the request
+    lines = (tmp_path / "email_log.txt").read_text(encoding="utf-8").splitlines()
+    final = [line for line in lines if request_id in line and "Status: queued" not in line]
+    assert len(final) == 1, final
+    status = status_of(client, request_id)
+    if status["status"] == "sent":
+        assert final[0].endswith("Status: sent")
+    else:
+        assert status["status"] == "failed"
+        assert final[0].endswith(f"Status: failed ({status['error']})")
+    assert pool.unfinished() == 0
