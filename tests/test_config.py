@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +12,7 @@ import pytest
 import config
 from config import Settings, load_settings, settings_from_mapping
 from errors import ConfigError
+from tests.smtp_servers import free_port
 
 
 @pytest.fixture
@@ -171,8 +175,6 @@ def test_bad_value_in_dotenv_names_the_variable(clean_env):
 
 
 def test_dotenv_does_not_change_the_process_environment(clean_env):
-    import os
-
     (clean_env / ".env").write_text("PORT=6002\n", encoding="utf-8")
     assert load_settings().port == 6002
     assert "PORT" not in os.environ
@@ -190,3 +192,44 @@ def test_demo_defaults_send_to_the_local_catcher(clean_env):
 def test_demo_smtp_port_can_be_set(clean_env, monkeypatch):
     monkeypatch.setenv("SMTP_PORT", "2525")
     assert load_settings(demo=True).smtp_port == 2525
+
+
+# -- start-up with a bad setting -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_server(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python mail_server.py` with a valid senders file and these variables."""
+    (tmp_path / "data.csv").write_text(
+        "key,email,app_password\nk-123,me@example.com,pw-123\n", encoding="utf-8"
+    )
+    full_env = {k: v for k, v in os.environ.items() if k not in config._VARIABLES}
+    full_env.update({"PORT": str(free_port()), **env})
+    return subprocess.run(
+        [sys.executable, str(REPO / "mail_server.py")],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STATUS_STORE_URL", "nosuch://x"),
+        ("EMAIL_LOG", "/nonexistent-dir/for/sure/email_log.txt"),
+        ("SMTP_SECURITY", "plain"),
+    ],
+)
+def test_server_with_bad_setting_exits_with_one_line_naming_it(tmp_path, name, value):
+    result = start_server(tmp_path, **{name: value})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "pw-123" not in result.stderr
+    assert "k-123" not in result.stderr
