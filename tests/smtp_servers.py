@@ -54,6 +54,7 @@ class ScriptedHandler:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.rejected: list[Received] = []  # messages whose DATA got a scripted answer
         self.scripts: dict[str, deque[Any]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
         self.refuse: dict[str, str] = {}  # recipient -> reply, every time
         self.connections = 0
@@ -108,18 +109,19 @@ class ScriptedHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
+        message = Received(
+            envelope.mail_from,
+            list(envelope.rcpt_tos),
+            envelope.original_content or b"",
+            list(envelope.mail_options),
+        )
         reply = await self._scripted("DATA", server)
         if reply is not None:
+            with self._lock:
+                self.rejected.append(message)
             return reply
         with self._lock:
-            self.received.append(
-                Received(
-                    envelope.mail_from,
-                    list(envelope.rcpt_tos),
-                    envelope.original_content or b"",
-                    list(envelope.mail_options),
-                )
-            )
+            self.received.append(message)
         return "250 OK: queued"
 
 

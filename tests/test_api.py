@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mail_server import EXTENSION
 from tests.conftest import API_KEY, OTHER_KEY, SENDER, send, wait_final, wait_for
 
 PROBLEM = "application/problem+json"
@@ -94,6 +95,21 @@ def test_seed_body_with_key_field_is_accepted_and_delivered(client, smtp_server)
     assert received.message["Subject"] == "Welcome to Our Service"
     assert received.message.get_content_type() == "text/html"
     assert API_KEY.encode() not in received.content
+
+
+def test_key_field_is_not_kept_with_the_stored_request(make_app, smtp_server):
+    app = make_app(smtp_server.port, retry_backoff=10.0)
+    client = app.test_client()
+    smtp_server.handler.script("DATA", "451 4.3.0 later")  # keeps the request unfinished
+    response = send(client, {**VALID, "key": API_KEY}, key="")
+    request_id = response.get_json()["request_id"]
+    wait_for(lambda: client.get(f"/email-status/{request_id}").get_json()["status"] == "retrying")
+    store = app.extensions[EXTENSION].store
+    payload = store.payload(request_id)
+    assert payload is not None
+    assert "Hello" in payload
+    assert API_KEY not in payload
+    assert API_KEY not in repr(store.get(request_id))
 
 
 def test_key_in_x_api_key_header_is_accepted(client):

@@ -42,6 +42,10 @@ def test_transient_451_at_data_is_retried_then_sent(make_app, smtp_server):
     assert status["error"] is None
     assert len(smtp_server.received) == 1
     assert smtp_server.handler.transactions == 2
+    # Every attempt carries the same message, so a receiver can recognise a duplicate.
+    [first] = smtp_server.handler.rejected
+    assert first.content == smtp_server.received[0].content
+    assert first.message["Message-ID"] == f"<{request_id}@example.com>"
 
 
 def test_421_greeting_is_retried_up_to_max_attempts_then_failed(make_app, greeting_server):
