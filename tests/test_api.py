@@ -187,6 +187,11 @@ def test_wrong_content_type_is_415_problem(client):
     assert_problem(response, 415)
 
 
+def test_missing_content_type_is_415_problem(client):
+    response = client.post("/send-email", data=json.dumps(VALID), headers={"X-API-Key": API_KEY})
+    assert_problem(response, 415)
+
+
 def test_form_content_type_is_415_problem(client):
     response = client.post(
         "/send-email", data={"recipient": "user@example.com"}, headers={"X-API-Key": API_KEY}

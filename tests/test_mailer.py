@@ -242,6 +242,16 @@ def test_longest_subject_is_folded_to_at_most_998_octets(client, smtp_server):
     assert received.message["Subject"] == subject
 
 
+def test_long_header_values_are_folded_to_at_most_998_octets(client, smtp_server):
+    headers = {"X-Long": "h" * 998, "X-Long-Words": "wörd " * 190}
+    _, received = deliver(client, smtp_server, headers=headers, from_name="N" * 200)
+    for line in received.content.split(b"\r\n"):
+        assert len(line) <= 998
+    assert received.message["X-Long"] == "h" * 998
+    assert received.message["X-Long-Words"] == "wörd " * 190
+    assert received.message["From"].addresses[0].display_name == "N" * 200
+
+
 # -- addresses -------------------------------------------------------------------------------
 
 
