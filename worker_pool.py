@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from errors import PermanentDelivery, StoreError, TransientDelivery, Unavailable
-from mailer import SmtpClient, SmtpTarget, build_message, needs_smtputf8
+from mailer import SmtpClient, SmtpTarget, build_message
 from request_log import RequestLog
 from schemas import SendRequest
 from senders import Sender
@@ -210,7 +210,7 @@ class WorkerPool:
         if job.data is None:
             msg = build_message(job.request, job.sender, job.request_id, record.created_at)
             job.data = msg.as_bytes()
-            job.smtputf8 = needs_smtputf8([job.sender.email, *record.recipients])
+            job.smtputf8 = bool(msg.policy.utf8)  # UTF-8 headers need SMTPUTF8 on the wire
         try:
             outcome = self.smtp.send(
                 SmtpTarget.for_sender(job.sender),
