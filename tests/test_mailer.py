@@ -281,6 +281,28 @@ def test_international_local_part_fails_without_smtputf8_support(client, smtp_se
     assert smtp_server.received == []
 
 
+def test_international_reply_to_uses_smtputf8_not_an_encoded_word(make_app, start_smtp):
+    server = start_smtp(smtputf8=True)
+    client = make_app(server.port).test_client()
+    _, received = deliver(client, server, reply_to="回复@example.com")
+    assert "SMTPUTF8" in received.mail_options
+    assert "\r\nReply-To: 回复@example.com\r\n".encode() in received.content
+    assert b"=?" not in raw_headers(received)["reply-to"]
+
+
+def test_international_reply_to_fails_without_smtputf8_support(client, smtp_server):
+    body = {
+        "recipient": "a@example.com",
+        "subject": "Hi",
+        "body": "x",
+        "reply_to": "回复@example.com",
+    }
+    status = final_status(client, send(client, body))
+    assert status["status"] == "failed"
+    assert "SMTPUTF8" in status["error"]
+    assert smtp_server.received == []
+
+
 # -- AUTH and TLS ------------------------------------------------------------------------------
 
 
