@@ -313,3 +313,34 @@ def test_drain_deadline_during_a_send_logs_one_final_line(make_app, smtp_server,
         assert status["status"] == "failed"
         assert final[0].endswith(f"Status: failed ({status['error']})")
     assert pool.unfinished() == 0
+
+
+def test_421_at_mail_on_a_reused_connection_reconnects_transparently(make_app, smtp_server):
+    client = make_app(smtp_server.port, workers=1).test_client()
+    assert wait_final(client, accepted_id(send(client)))["status"] == "sent"
+    smtp_server.handler.script("MAIL", "421 4.3.2 closing idle connection")
+    status = wait_final(client, accepted_id(send(client)))
+    assert status["status"] == "sent"
+    assert status["attempts"] == 1
+    assert smtp_server.handler.connections == 2
+    assert len(smtp_server.received) == 2
+
+
+def test_421_at_mail_on_a_fresh_connection_is_retried(make_app, smtp_server):
+    client = make_app(smtp_server.port).test_client()
+    smtp_server.handler.script("MAIL", "421 4.3.2 busy")
+    status = wait_final(client, accepted_id(send(client)))
+    assert status["status"] == "sent"
+    assert status["attempts"] == 2
+
+
+def test_server_that_comes_up_later_gets_the_message(make_app, start_smtp):
+    port = free_port()
+    client = make_app(port, retry_backoff=0.3, max_attempts=5).test_client()
+    request_id = accepted_id(send(client))
+    wait_for(lambda: status_of(client, request_id)["status"] == "retrying", timeout=5)
+    server = start_smtp(port=port)
+    status = wait_final(client, request_id)
+    assert status["status"] == "sent"
+    assert status["attempts"] >= 2
+    assert len(server.received) == 1
