@@ -34,7 +34,10 @@ class OutboxHandler:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = self.outbox / f"{stamp}-{next(self._counter):06d}.eml"
         content = envelope.original_content or b""
-        path.write_bytes(content)
+        # Written under another name and renamed, so that a .eml file is never seen half-written.
+        partial = path.with_suffix(".part")
+        partial.write_bytes(content)
+        partial.replace(path)
         return "250 OK: kept in outbox"
 
 
