@@ -105,7 +105,7 @@ def make_app(
             "smtp_host": "127.0.0.1",
             "smtp_port": smtp_port,
             "smtp_security": security,
-            "smtp_timeout": 2.0,
+            "smtp_timeout": 5.0,  # generous: only a hung server should ever reach it
             "workers": 2,
             "retry_backoff": 0.05,
             "max_attempts": 3,

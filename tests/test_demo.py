@@ -119,8 +119,10 @@ def test_demo_sends_to_the_outbox_and_stops_cleanly_on_sigterm(demo: DemoProcess
     )
     assert final["attempts"] == 1
 
-    log = (demo.workdir / "email_log.txt").read_text(encoding="utf-8")
+    log_path = demo.workdir / "email_log.txt"
+    log = wait_for(lambda: (t := log_path.read_text(encoding="utf-8")).count(request_id) == 2 and t)
     assert f"Request ID: {request_id}, Sender: demo@example.com" in log
+    assert log.rstrip("\n").endswith("Status: sent")
     assert key not in log
 
     demo.proc.send_signal(signal.SIGTERM)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from request_log import RequestLog
-from tests.conftest import API_KEY, SENDER, send, wait_final
+from tests.conftest import API_KEY, SENDER, send, wait_final, wait_for
 from tests.smtp_servers import SmtpServer
 
 LINE = re.compile(
@@ -40,6 +40,12 @@ def lines_of(path: Path, request_id: str) -> list[re.Match[str]]:
     return matches
 
 
+def wait_lines(path: Path, request_id: str, count: int = 2) -> list[re.Match[str]]:
+    """The request's lines once there are `count`: the final status is saved just before
+    its line is written, so a status that reads final does not mean the line is there yet."""
+    return wait_for(lambda: len(found := lines_of(path, request_id)) >= count and found)
+
+
 @pytest.fixture
 def log_path(tmp_path: Path) -> Path:
     return tmp_path / "email_log.txt"
@@ -58,7 +64,7 @@ def test_accepted_and_sent_request_logs_queued_then_sent(client, smtp_server, lo
     }
     request_id = send(client, body).get_json()["request_id"]
     wait_final(client, request_id)
-    queued, sent = lines_of(log_path, request_id)
+    queued, sent = wait_lines(log_path, request_id)
     assert re.fullmatch(UUID, request_id)
     for match in (queued, sent):
         assert match["sender"] == SENDER
@@ -84,7 +90,7 @@ def test_failed_request_logs_failed_with_reason(client, smtp_server, log_path):
     smtp_server.handler.script("DATA", "550 5.7.1 content rejected")
     request_id = send(client).get_json()["request_id"]
     assert wait_final(client, request_id)["status"] == "failed"
-    queued, failed = lines_of(log_path, request_id)
+    queued, failed = wait_lines(log_path, request_id)
     assert queued["status"] == "queued"
     assert failed["status"].startswith("failed (550 5.7.1 content rejected")
     assert failed["status"].endswith(")")
@@ -95,6 +101,7 @@ def test_retries_do_not_add_lines(make_app, smtp_server, log_path):
     smtp_server.handler.script("DATA", "451 4.3.0 later", "451 4.3.0 later")
     request_id = send(client).get_json()["request_id"]
     assert wait_final(client, request_id)["attempts"] == 3
+    wait_lines(log_path, request_id)
     assert [m["status"] for m in lines_of(log_path, request_id)] == ["queued", "sent"]
 
 
@@ -120,6 +127,8 @@ def test_no_subject_body_key_or_password_in_the_log(make_app, start_smtp, log_pa
     server.handler.script("DATA", "554 5.6.0 BODY-SECRET-43 is spam")
     failed = send(client, body, key="").get_json()["request_id"]
     assert wait_final(client, failed)["status"] == "failed"
+    wait_lines(log_path, ok)
+    wait_lines(log_path, failed)
     text = log_path.read_text(encoding="utf-8")
     assert len(log_lines(log_path)) == 4
     for secret in ("SUBJECT-SECRET-42", "HEADER-SECRET-44", API_KEY, password):

@@ -67,7 +67,7 @@ def test_dropped_connection_during_data_is_retried_then_sent(make_app, smtp_serv
 
 
 def test_server_slower_than_smtp_timeout_is_retried(make_app, smtp_server):
-    client = make_app(smtp_server.port, smtp_timeout=0.5).test_client()
+    client = make_app(smtp_server.port, smtp_timeout=1.0).test_client()
     smtp_server.handler.script("DATA", ("SLEEP", 3))
     status = wait_final(client, accepted_id(send(client)))
     assert status["status"] == "sent"
