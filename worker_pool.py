@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from errors import PermanentDelivery, StoreError, TransientDelivery, Unavailable
 from mailer import SmtpClient, SmtpTarget, build_message
@@ -38,6 +38,7 @@ class Job:
     record: StatusRecord
     data: bytes | None = None
     smtputf8: bool = False
+    deferred: dict[str, str] = field(default_factory=dict)  # 4xx at RCPT, last attempt
 
     @property
     def request_id(self) -> str:
@@ -206,6 +207,7 @@ class WorkerPool:
             updated_at=utcnow(),
         )
         job.record = record
+        job.deferred = {}
         self._save(record)
         if job.data is None:
             msg = build_message(job.request, job.sender, job.request_id, record.created_at)
@@ -227,6 +229,7 @@ class WorkerPool:
             return
         refused = {**record.refused, **outcome.refused}
         job.record = replace(record, refused=refused, pending=tuple(outcome.deferred))
+        job.deferred = dict(outcome.deferred)
         if outcome.deferred:
             self._retry_or_fail(job, "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items()))
         else:
@@ -258,7 +261,10 @@ class WorkerPool:
         if status is EmailStatus.FAILED and delivered:
             # Someone has the message: it was sent; the rest are listed as refused.
             refused = dict(record.refused)
-            refused.update({r: error or "not delivered" for r in record.pending})
+            # Each with its own last "<code> <text>" where it has one (API.md section 4).
+            refused.update(
+                {r: job.deferred.get(r) or error or "not delivered" for r in record.pending}
+            )
             record = replace(record, refused=refused, pending=())
             status, error = EmailStatus.SENT, None
         elif status is EmailStatus.SENT and not delivered:
