@@ -203,7 +203,8 @@ def test_deferred_recipient_that_never_accepts_is_listed_as_refused(make_app, sm
     assert status["status"] == "sent"
     assert status["attempts"] == 2
     assert list(status["refused"]) == ["slow@example.com"]
-    assert "451 4.2.1 still busy" in status["refused"]["slow@example.com"]
+    # The contract's form: "<code> <text>", the recipient's own last reply.
+    assert status["refused"]["slow@example.com"] == "451 4.2.1 still busy"
     assert [r.rcpt_tos for r in smtp_server.received] == [["ok@example.com"]]
 
 
