@@ -6,6 +6,7 @@ naming the variable, which the entry point turns into one clear line and a non-z
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,10 @@ class Settings:
 def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
     def parse(raw: str) -> T:
         value = kind(raw)
+        # float() takes "nan" and "inf": an unbounded timeout or backoff, or one that never
+        # compares, so both are refused.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
         if value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
             raise ValueError("must be positive")
         return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpProtocol
 from aiosmtpd.smtp import Envelope, Session
 
+from errors import ConfigError
 from senders import Sender, SenderDirectory
 
 DEMO_SENDER = "demo@example.com"
@@ -32,14 +34,27 @@ class OutboxHandler:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         path = self.outbox / f"{stamp}-{next(self._counter):06d}.eml"
         content = envelope.original_content or b""
-        path.write_bytes(content)
+        # Written under another name and renamed, so that a .eml file is never seen half-written.
+        partial = path.with_suffix(".part")
+        partial.write_bytes(content)
+        partial.replace(path)
         return "250 OK: kept in outbox"
 
 
 def start_catcher(host: str, port: int, outbox: Path) -> Controller:
-    """Start the catcher on host:port; the caller stops it."""
+    """Start the catcher on host:port; the caller stops it. ConfigError if it cannot listen."""
     controller = Controller(OutboxHandler(outbox), hostname=host, port=port)
-    controller.start()
+    try:
+        # Bind once first: Controller.start() reports a failed bind only after its 5 s timeout.
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(address)
+        controller.start()
+    except OSError as exc:  # port in use or host not local: a setting to change, not a crash
+        raise ConfigError(
+            f"the demo SMTP catcher cannot listen on {host}:{port} "
+            f"(set SMTP_HOST/SMTP_PORT): {exc.strerror or exc}"
+        ) from exc
     return controller
 
 

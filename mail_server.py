@@ -132,9 +132,12 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     settings = settings or load_settings()
     senders = senders if senders is not None else load_senders(settings)
     store = store_from_url(settings.status_store_url, settings.status_ttl)
-    request_log = RequestLog(
-        settings.email_log, settings.email_log_max_bytes, settings.email_log_backups
-    )
+    try:
+        request_log = RequestLog(
+            settings.email_log, settings.email_log_max_bytes, settings.email_log_backups
+        )
+    except OSError as exc:  # e.g. its folder is missing: a setting to fix, not a traceback
+        raise ConfigError(f"EMAIL_LOG={settings.email_log!r} cannot be opened: {exc}") from exc
     pool = WorkerPool(
         store,
         SmtpClient(settings.smtp_timeout, settings.smtp_ca_file),

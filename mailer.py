@@ -69,7 +69,9 @@ def build_message(
 ) -> EmailMessage:
     """The message of one request, with a Message-ID that every attempt shares."""
     to = request.recipient if isinstance(request.recipient, list) else [request.recipient]
-    smtputf8 = needs_smtputf8([sender.email, *request.recipients])
+    # Every address in a header counts: under the ASCII policy a non-ASCII local part of
+    # Reply-To became an encoded word inside the addr-spec, an address nobody can reply to.
+    smtputf8 = needs_smtputf8([sender.email, *request.recipients, request.reply_to or ""])
     msg = EmailMessage(policy=UTF8_POLICY if smtputf8 else MESSAGE_POLICY)
     msg["From"] = _address(sender.email, request.from_name or sender.name)
     msg["To"] = tuple(_address(a) for a in to)

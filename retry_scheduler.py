@@ -31,13 +31,17 @@ class RetryScheduler(Generic[T]):
         with self._cond:
             return len(self._heap)
 
-    def schedule(self, delay: float, job: T) -> None:
+    def schedule(self, delay: float, job: T) -> bool:
+        """Run `job` after `delay` seconds; False once stopped."""
         with self._cond:
+            if self._stopped:
+                return False
             heapq.heappush(self._heap, (self._clock() + delay, next(self._seq), job))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="retry", daemon=True)
                 self._thread.start()
             self._cond.notify()
+        return True
 
     def _loop(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -124,6 +125,12 @@ def check_address(value: str) -> str:
     return result.ascii_email or result.normalized
 
 
+def _as_list(value: Any) -> Any:
+    """One address may be given as a string; it is checked here so that an error about it
+    names the field itself (`recipient`), not a list item (`recipient.0`)."""
+    return [check_address(value)] if isinstance(value, str) else value
+
+
 HeaderText = Annotated[StrictStr, AfterValidator(check_header_value)]
 Address = Annotated[StrictStr, AfterValidator(check_address)]
 Text = Annotated[StrictStr, Field(max_length=50_000_000)]
@@ -134,7 +141,11 @@ class SendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    recipient: Address | list[Address] = Field(validation_alias=AliasChoices("recipient", "to"))
+    # One address or a list: a string is made a list first rather than using a union, whose
+    # errors would name pydantic's member types and add a spurious "should be a list".
+    recipient: Annotated[list[Address], BeforeValidator(_as_list)] = Field(
+        validation_alias=AliasChoices("recipient", "to")
+    )
     cc: list[Address] = Field(default_factory=list)
     bcc: list[Address] = Field(default_factory=list)
     subject: Annotated[HeaderText, Field(min_length=1, max_length=998)]
@@ -152,8 +163,7 @@ class SendRequest(BaseModel):
 
     @field_validator("recipient", mode="after")
     @classmethod
-    def _recipient_list(cls, value: str | list[str]) -> list[str]:
-        value = [value] if isinstance(value, str) else value
+    def _recipient_list(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("needs at least one address")
         return value

@@ -168,7 +168,10 @@ def _load_csv(path: Path, settings: Settings) -> SenderDirectory:
         raise ConfigError(f"senders file {path} cannot be read: {exc}") from exc
     if not entries:
         raise ConfigError(f"senders file {path} has no sender rows")
-    return SenderDirectory(entries)
+    try:
+        return SenderDirectory(entries)
+    except ConfigError as exc:  # a duplicate key: say which file holds it
+        raise ConfigError(f"senders file {path}: {exc}") from exc
 
 
 def _load_credentials_json(path: Path, settings: Settings) -> SenderDirectory:

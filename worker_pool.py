@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from errors import PermanentDelivery, StoreError, TransientDelivery, Unavailable
-from mailer import SmtpClient, SmtpTarget, build_message, needs_smtputf8
+from mailer import SmtpClient, SmtpTarget, build_message
 from request_log import RequestLog
 from retry_scheduler import RetryScheduler
 from schemas import SendRequest
@@ -41,6 +41,7 @@ class Job:
     data: bytes | None = None
     smtputf8: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    deferred: dict[str, str] = field(default_factory=dict)  # 4xx at RCPT, last attempt
 
     @property
     def request_id(self) -> str:
@@ -75,6 +76,7 @@ class WorkerPool:
         self._retries = RetryScheduler(self._submit, clock)
         self._jobs: dict[str, Job] = {}
         self._sending = 0
+        self._in_flight: set[str] = set()
         self._cond = threading.Condition()
         self._accepting = True
 
@@ -189,6 +191,7 @@ class WorkerPool:
     def _attempt(self, job: Job) -> None:
         with self._cond:
             self._sending += 1
+            self._in_flight.add(job.request_id)
         try:
             self._deliver(job)
         except Exception as exc:  # the one catch-all: a bug must not kill the worker thread
@@ -197,6 +200,7 @@ class WorkerPool:
         finally:
             with self._cond:
                 self._sending -= 1
+                self._in_flight.discard(job.request_id)
                 self._cond.notify_all()
 
     def _deliver(self, job: Job) -> None:
@@ -207,13 +211,14 @@ class WorkerPool:
             updated_at=utcnow(),
         )
         job.record = record
+        job.deferred = {}
         if not self._save(record):
             self._forget(record.request_id)
             return
         if job.data is None:
             msg = build_message(job.request, job.sender, job.request_id, record.created_at)
             job.data = msg.as_bytes()
-            job.smtputf8 = needs_smtputf8([job.sender.email, *record.recipients])
+            job.smtputf8 = bool(msg.policy.utf8)  # UTF-8 headers need SMTPUTF8 on the wire
         try:
             outcome = self.smtp.send(
                 SmtpTarget.for_sender(job.sender),
@@ -230,6 +235,7 @@ class WorkerPool:
             return
         refused = {**record.refused, **outcome.refused}
         job.record = replace(record, refused=refused, pending=tuple(outcome.deferred))
+        job.deferred = dict(outcome.deferred)
         if outcome.deferred:
             self._retry_or_fail(job, "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items()))
         else:
@@ -250,7 +256,8 @@ class WorkerPool:
             reason,
             delay,
         )
-        self._retries.schedule(delay, job)
+        if not self._retries.schedule(delay, job):  # draining: no more attempts
+            self._abandon(job)
 
     def _finish(self, job: Job, status: EmailStatus, error: str | None) -> None:
         record = job.record
@@ -260,7 +267,10 @@ class WorkerPool:
         if status is EmailStatus.FAILED and delivered:
             # Someone has the message: it was sent; the rest are listed as refused.
             refused = dict(record.refused)
-            refused.update({r: error or "not delivered" for r in record.pending})
+            # Each with its own last "<code> <text>" where it has one (API.md section 4).
+            refused.update(
+                {r: job.deferred.get(r) or error or "not delivered" for r in record.pending}
+            )
             record = replace(record, refused=refused, pending=())
             status, error = EmailStatus.SENT, None
         elif status is EmailStatus.SENT and not delivered:
@@ -310,11 +320,14 @@ class WorkerPool:
         with self._cond:
             while self._sending and (remaining := deadline + 1 - time.monotonic()) > 0:
                 self._cond.wait(remaining)
-            left = list(self._jobs.values())
+            # A job still being sent is finished by its own worker (closing its connection
+            # below ends the send); abandoning it here too gave it two final log lines.
+            left = [j for j in self._jobs.values() if j.request_id not in self._in_flight]
+            in_flight = len(self._jobs) - len(left)
         for job in left:
             self._abandon(job)
         self.smtp.close_all()
-        return len(left)
+        return len(left) + in_flight
 
     def _abandon(self, job: Job) -> None:
         """A job left at shutdown: recorded for recovery, or failed where nothing keeps it."""

@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from config import Settings
 from mail_server import EXTENSION, create_app
-from tests.smtp_servers import SmtpServer
+from tests.smtp_servers import GreetingServer, SmtpServer
 
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "other-key-9876543210"
@@ -35,13 +35,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 
 
 @pytest.fixture
-def smtp_server() -> Iterator[SmtpServer]:
-    server = SmtpServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def start_smtp() -> Iterator[Callable[..., SmtpServer]]:
     """Start extra SMTP servers with options (TLS, logins, idle timeout...)."""
     servers: list[SmtpServer] = []
@@ -56,30 +49,63 @@ def start_smtp() -> Iterator[Callable[..., SmtpServer]]:
         server.stop()
 
 
-def write_senders(path: Path, port: int, security: str = "none", password: str = "") -> Path:
+@pytest.fixture
+def smtp_server(start_smtp: Callable[..., SmtpServer]) -> SmtpServer:
+    return start_smtp()
+
+
+@pytest.fixture
+def greeting_server() -> Iterator[GreetingServer]:
+    """A server that greets every connection with 421 and hangs up."""
+    server = GreetingServer().start()
+    yield server
+    server.stop()
+
+
+def write_senders(
+    path: Path,
+    port: int,
+    security: str = "none",
+    password: str = "",
+    other_port: int | None = None,
+) -> Path:
+    """Two senders: API_KEY's on `port`, OTHER_KEY's on `other_port` (default the same)."""
+    other_port = other_port or port
     path.write_text(
         "key,email,app_password,smtp_host,smtp_port,smtp_security,name\n"
         f"{API_KEY},{SENDER},{password},127.0.0.1,{port},{security},Test Sender\n"
-        f"{OTHER_KEY},{OTHER_SENDER},{password},127.0.0.1,{port},{security},\n",
+        f"{OTHER_KEY},{OTHER_SENDER},{password},127.0.0.1,{other_port},{security},\n",
         encoding="utf-8",
     )
     return path
 
 
 @pytest.fixture
-def make_app(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
-    """Build apps whose senders send to the given SMTP port; drained after the test."""
+def make_app(
+    tmp_path: Path, start_smtp: Callable[..., SmtpServer]
+) -> Iterator[Callable[..., Flask]]:
+    """Build apps whose senders send to the given SMTP port; drained after the test.
+
+    It depends on `start_smtp` so that its apps are drained before the SMTP servers stop: a
+    worker still sending must not open a new connection to a server that is shutting down.
+    """
     apps: list[Flask] = []
 
-    def factory(smtp_port: int, security: str = "none", password: str = "", **overrides) -> Flask:
-        senders = write_senders(tmp_path / "data.csv", smtp_port, security, password)
+    def factory(
+        smtp_port: int,
+        security: str = "none",
+        password: str = "",
+        other_port: int | None = None,
+        **overrides: Any,
+    ) -> Flask:
+        senders = write_senders(tmp_path / "data.csv", smtp_port, security, password, other_port)
         values: dict[str, Any] = {
             "senders_file": str(senders),
             "email_log": str(tmp_path / "email_log.txt"),
             "smtp_host": "127.0.0.1",
             "smtp_port": smtp_port,
             "smtp_security": security,
-            "smtp_timeout": 2.0,
+            "smtp_timeout": 5.0,  # generous: only a hung server should ever reach it
             "workers": 2,
             "retry_backoff": 0.05,
             "max_attempts": 3,

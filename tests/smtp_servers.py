@@ -14,6 +14,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -53,11 +54,13 @@ class ScriptedHandler:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.rejected: list[Received] = []  # messages whose DATA got a scripted answer
         self.scripts: dict[str, deque[Any]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
         self.refuse: dict[str, str] = {}  # recipient -> reply, every time
         self.connections = 0
+        self.disconnections = 0
+        self.open_sessions: set[SmtpProtocol] = set()
         self.transactions = 0
-        self.transports: list[asyncio.BaseTransport] = []
         self._lock = threading.Lock()
 
     def script(self, hook: str, *replies: Any) -> None:
@@ -106,30 +109,38 @@ class ScriptedHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
+        message = Received(
+            envelope.mail_from,
+            list(envelope.rcpt_tos),
+            envelope.original_content or b"",
+            list(envelope.mail_options),
+        )
         reply = await self._scripted("DATA", server)
         if reply is not None:
+            with self._lock:
+                self.rejected.append(message)
             return reply
         with self._lock:
-            self.received.append(
-                Received(
-                    envelope.mail_from,
-                    list(envelope.rcpt_tos),
-                    envelope.original_content or b"",
-                    list(envelope.mail_options),
-                )
-            )
+            self.received.append(message)
         return "250 OK: queued"
 
 
 class CountingSmtp(SmtpProtocol):
-    """aiosmtpd's SMTP protocol that counts connections on its handler."""
+    """aiosmtpd's SMTP protocol that counts connections opened and closed on its handler."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         handler = self.event_handler
         with handler._lock:
             handler.connections += 1
-            handler.transports.append(transport)
+            handler.open_sessions.add(self)
         super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        handler = self.event_handler
+        with handler._lock:
+            handler.disconnections += 1
+            handler.open_sessions.discard(self)
+        super().connection_lost(error)
 
 
 class _Controller(Controller):
@@ -148,11 +159,12 @@ class SmtpServer:
         require_starttls: bool = False,
         logins: dict[str, str] | None = None,
         idle_timeout: float = 300,
+        smtputf8: bool = False,
         port: int | None = None,
     ) -> None:
         self.handler = ScriptedHandler()
         self.port = port or free_port()
-        kwargs: dict[str, Any] = {"timeout": idle_timeout}
+        kwargs: dict[str, Any] = {"timeout": idle_timeout, "enable_SMTPUTF8": smtputf8}
         if logins is not None:
             kwargs["authenticator"] = self._authenticator(logins)
             kwargs["auth_require_tls"] = tls_context is not None and not implicit_tls
@@ -186,29 +198,39 @@ class SmtpServer:
         return self.handler.received
 
     def start(self) -> SmtpServer:
-        if self.controller.ssl_context is not None:
-            # Controller's readiness probe speaks plain TCP; skip it for implicit TLS.
-            self.controller._trigger_server = lambda: None  # type: ignore[method-assign]
         self.controller.start()
+        # Controller.start() opens one probe connection (over TLS for implicit TLS); wait until
+        # it is gone and forget it, so that `connections` counts only the client's.
+        handler = self.handler
+        deadline = time.monotonic() + 5
+        while handler.disconnections < 1 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        with handler._lock:
+            handler.connections -= handler.disconnections
+            handler.disconnections = 0
         return self
 
+    def close_sessions(self, timeout: float = 2.0) -> None:
+        """Close every open client connection from the server side and wait until they are."""
+        handler = self.handler
+
+        def close_all() -> None:
+            for session in list(handler.open_sessions):
+                if session.transport is not None:
+                    session.transport.close()
+
+        loop = self.controller.loop
+        if loop.is_closed() or not loop.is_running():
+            return
+        loop.call_soon_threadsafe(close_all)
+        deadline = time.monotonic() + timeout
+        while handler.open_sessions and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def stop(self) -> None:
-        """Close the connections clients left open, then stop the server."""
-        done = threading.Event()
-
-        def close_transports() -> None:
-            for transport in self.handler.transports:
-                transport.close()
-            done.set()
-
+        # Open sessions left to the loop's shutdown leak their sockets (a ResourceWarning).
         with contextlib.suppress(Exception):
-            self.controller.loop.call_soon_threadsafe(close_transports)
-            done.wait(2)
-            # Let the closed transports finish (connection_lost runs on the next loop turns).
-            for _ in range(3):
-                step = threading.Event()
-                self.controller.loop.call_soon_threadsafe(step.set)
-                step.wait(2)
+            self.close_sessions()
         with contextlib.suppress(Exception):
             self.controller.stop()
 

@@ -1,70 +1,229 @@
-"""Senders sources: seed 000's credentials.json (SENDERS_FILE ending in .json)."""
+"""The senders file and API keys (API.md section 2), and start-up failing on a bad one."""
 
 from __future__ import annotations
 
-import json
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from config import Settings
 from errors import ConfigError
-from senders import load_senders
+from senders import Sender, SenderDirectory, load_senders
+from tests.smtp_servers import free_port
 
-SEED_000 = {
-    "smtp_host": "smtp.gmail.com",
-    "smtp_port": 587,
-    "user": "me@gmail.com",
-    "password": "pw",
+REPO = Path(__file__).resolve().parent.parent
+KEY = "key-abcdef-123456"
+PASSWORD = "app-password-xyz"
+
+
+def write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load(path: Path, **settings) -> SenderDirectory:
+    return load_senders(Settings(senders_file=str(path), **settings))
+
+
+def test_seed_format_file_is_loaded_with_defaults_from_settings(tmp_path):
+    path = write(tmp_path, f"key,email,app_password\n{KEY},me@example.com,{PASSWORD}\n")
+    directory = load(path, smtp_host="smtp.example.net", smtp_port=2525, smtp_security="ssl")
+    assert len(directory) == 1
+    sender = directory.authenticate(KEY)
+    assert sender == Sender(
+        email="me@example.com",
+        password=PASSWORD,
+        smtp_host="smtp.example.net",
+        smtp_port=2525,
+        smtp_security="ssl",
+        name="",
+    )
+    assert sender.domain == "example.com"
+
+
+def test_optional_columns_are_honoured(tmp_path):
+    path = write(
+        tmp_path,
+        "key,email,app_password,smtp_host,smtp_port,smtp_security,name\n"
+        f"{KEY},me@example.com,{PASSWORD},mail.example.org,465,SSL,Me Myself\n"
+        "key-2,you@example.com,pw2,,,,\n",
+    )
+    directory = load(path)
+    me = directory.authenticate(KEY)
+    assert me is not None
+    assert (me.smtp_host, me.smtp_port, me.smtp_security, me.name) == (
+        "mail.example.org",
+        465,
+        "ssl",
+        "Me Myself",
+    )
+    you = directory.authenticate("key-2")
+    assert you is not None
+    assert (you.smtp_host, you.smtp_port, you.smtp_security, you.name) == (
+        "smtp.gmail.com",
+        587,
+        "starttls",
+        "",
+    )
+
+
+def test_columns_in_any_order_with_bom_and_blank_lines(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_bytes(
+        "\ufeffemail, app_password ,key\r\nme@example.com,pw,k1\r\n\r\n,,\r\n".encode()
+    )
+    directory = load(path)
+    assert len(directory) == 1
+    assert directory.authenticate("k1").email == "me@example.com"
+
+
+def test_by_email_finds_the_sender_case_insensitively(tmp_path):
+    path = write(tmp_path, f"key,email,app_password\n{KEY},Me@Example.com,pw\n")
+    directory = load(path)
+    assert directory.by_email("me@example.com") is directory.authenticate(KEY)
+    assert directory.by_email("nobody@example.com") is None
+
+
+BAD_FILES = {
+    "empty_file": "",
+    "header_only": "key,email,app_password\n",
+    "missing_column": f"key,email\n{KEY},me@example.com\n",
+    "no_header": f"{KEY},me@example.com,{PASSWORD}\n",
+    "bad_email": f"key,email,app_password\n{KEY},not-an-email,{PASSWORD}\n",
+    "email_list": f'key,email,app_password\n{KEY},"a@example.com, b@example.com",pw\n',
+    "empty_key": f"key,email,app_password\n,me@example.com,{PASSWORD}\n",
+    "bad_port": f"key,email,app_password,smtp_port\n{KEY},me@example.com,pw,abc\n",
+    "port_out_of_range": f"key,email,app_password,smtp_port\n{KEY},me@example.com,pw,70000\n",
+    "port_zero": f"key,email,app_password,smtp_port\n{KEY},me@example.com,pw,0\n",
+    "bad_security": f"key,email,app_password,smtp_security\n{KEY},me@example.com,pw,tls\n",
+    "duplicate_key": f"key,email,app_password\n{KEY},a@example.com,pw\n{KEY},b@example.com,pw\n",
 }
 
 
-def credentials(tmp_path: Path, content: object) -> str:
-    path = tmp_path / "credentials.json"
-    path.write_text(content if isinstance(content, str) else json.dumps(content), "utf-8")
-    return str(path)
+@pytest.mark.parametrize("text", BAD_FILES.values(), ids=BAD_FILES.keys())
+def test_bad_senders_file_raises_config_error_naming_the_file(tmp_path, text):
+    path = write(tmp_path, text, name="my-senders.csv")
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert KEY not in message
+    assert PASSWORD not in message
 
 
-def test_credentials_json_is_one_sender_under_credentials_key(tmp_path):
-    settings = Settings(senders_file=credentials(tmp_path, SEED_000), credentials_key="k-123")
-    senders = load_senders(settings)
-    assert len(senders) == 1
-    sender = senders.authenticate("k-123")
-    assert sender is not None
-    assert (sender.email, sender.smtp_host, sender.smtp_port) == (
-        "me@gmail.com",
-        "smtp.gmail.com",
-        587,
+def test_missing_file_raises_config_error_naming_the_file(tmp_path):
+    path = tmp_path / "nowhere.csv"
+    with pytest.raises(ConfigError, match=r"nowhere\.csv"):
+        load(path)
+
+
+def test_non_utf8_file_raises_config_error_naming_the_file(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"key,email,app_password\nk\xe9y,me@example.com,pw\n")
+    with pytest.raises(ConfigError, match=r"latin\.csv"):
+        load(path)
+
+
+def test_a_directory_instead_of_a_file_raises_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(str(tmp_path))):
+        load(tmp_path)
+
+
+def test_bad_row_is_named_by_line_number(tmp_path):
+    path = write(
+        tmp_path, f"key,email,app_password\nk1,a@example.com,pw\nk2,not-an-email,{PASSWORD}\n"
     )
-    assert sender.smtp_security == "starttls"
-    assert senders.authenticate("pw") is None  # the SMTP password is not an API key
+    with pytest.raises(ConfigError, match="line 3"):
+        load(path)
 
 
-def test_credentials_json_on_port_465_uses_implicit_tls(tmp_path):
-    path = credentials(tmp_path, {**SEED_000, "smtp_port": 465})
-    sender = load_senders(Settings(senders_file=path, credentials_key="k")).authenticate("k")
-    assert sender is not None and sender.smtp_security == "ssl"
+# -- authenticate -------------------------------------------------------------------------------
 
 
-def test_credentials_json_without_credentials_key_names_the_variable(tmp_path):
-    with pytest.raises(ConfigError, match="CREDENTIALS_KEY"):
-        load_senders(Settings(senders_file=credentials(tmp_path, SEED_000)))
+@pytest.fixture
+def directory(tmp_path) -> SenderDirectory:
+    path = write(
+        tmp_path,
+        f"key,email,app_password\n{KEY},me@example.com,{PASSWORD}\nkey-2,you@example.com,pw2\n",
+    )
+    return load(path)
+
+
+def test_authenticate_returns_the_sender_of_the_key(directory):
+    assert directory.authenticate(KEY).email == "me@example.com"
+    assert directory.authenticate("key-2").email == "you@example.com"
 
 
 @pytest.mark.parametrize(
-    ("content", "message"),
-    [
-        ("{not json", "not valid JSON"),
-        ([SEED_000], "one JSON object"),
-        ({**SEED_000, "pasword": "x"}, "unknown field"),
-        ({**SEED_000, "user": ""}, "user"),
-        ({**SEED_000, "smtp_port": 70000}, "smtp_port"),
-        ({**SEED_000, "user": "not an address"}, "not a valid address"),
-    ],
+    "key",
+    [None, "", "wrong", KEY[:-1], KEY + "x", KEY.upper(), f" {KEY}", "\ud800", PASSWORD],
+    ids=["none", "empty", "wrong", "prefix", "longer", "upper", "space", "surrogate", "password"],
 )
-def test_malformed_credentials_json_names_the_file(tmp_path, content, message):
-    path = credentials(tmp_path, content)
-    with pytest.raises(ConfigError, match=message) as raised:
-        load_senders(Settings(senders_file=path, credentials_key="k"))
-    assert "credentials.json" in str(raised.value)
-    assert "pw" not in str(raised.value).replace(str(tmp_path), "")
+def test_authenticate_refuses_wrong_empty_and_none(directory, key):
+    assert directory.authenticate(key) is None
+
+
+def test_repr_never_shows_a_password_or_key(directory):
+    sender = directory.authenticate(KEY)
+    for text in (repr(sender), str(sender), repr(directory), str(directory)):
+        assert PASSWORD not in text
+        assert KEY not in text
+    assert "me@example.com" in repr(sender)
+
+
+def test_directory_needs_unique_keys():
+    sender = Sender("a@example.com", "pw", "127.0.0.1", 25, "none")
+    with pytest.raises(ConfigError):
+        SenderDirectory([(KEY, sender), (KEY, sender)])
+
+
+# -- start-up -------------------------------------------------------------------------------------
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "STATUS_"))}
+    env.update({"PYTHONDONTWRITEBYTECODE": "1", **extra})
+    return env
+
+
+def test_server_with_missing_senders_file_exits_with_one_line(tmp_path):
+    missing = tmp_path / "missing-senders.csv"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "mail_server.py")],
+        cwd=tmp_path,
+        env=service_env(SENDERS_FILE=str(missing), PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 15
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "missing-senders.csv" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_server_with_bad_variable_exits_with_one_line_naming_it(tmp_path):
+    write(tmp_path, f"key,email,app_password\n{KEY},me@example.com,{PASSWORD}\n")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "mail_server.py")],
+        cwd=tmp_path,
+        env=service_env(SENDERS_FILE="data.csv", PORT=str(free_port()), WORKERS="zero"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "WORKERS" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout

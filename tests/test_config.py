@@ -1,0 +1,235 @@
+"""Settings from the environment and `.env` (API.md section 1)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import config
+from config import Settings, load_settings, settings_from_mapping
+from errors import ConfigError
+from tests.smtp_servers import free_port
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No service variable in the environment; the working directory is an empty tmp dir."""
+    for name in config._VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+API_DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 5000,
+    "senders_file": "data.csv",
+    "smtp_host": "smtp.gmail.com",
+    "smtp_port": 587,
+    "smtp_security": "starttls",
+    "smtp_timeout": 30,
+    "workers": 8,
+    "queue_max": 10000,
+    "drain_seconds": 20,
+    "max_attempts": 5,
+    "retry_backoff": 2,
+    "status_store_url": "memory://",
+    "status_ttl": 604800,
+    "rate_limit": "600/minute",
+    "rate_limit_storage_url": "memory://",
+    "email_log": "email_log.txt",
+    "token_ttl": 3600,
+    "max_request_bytes": 10485760,
+    "max_recipients": 50,
+}
+
+
+def test_defaults_are_those_of_the_api_contract(clean_env):
+    settings = load_settings()
+    for name, value in API_DEFAULTS.items():
+        assert getattr(settings, name) == value, name
+    assert settings == Settings()
+
+
+def test_settings_from_an_empty_mapping_are_the_defaults():
+    assert settings_from_mapping({}) == Settings()
+
+
+def test_every_variable_is_read(clean_env, monkeypatch):
+    values = {
+        "HOST": "192.0.2.1",
+        "PORT": "8080",
+        "SENDERS_FILE": "/etc/senders.csv",
+        "SMTP_HOST": "mail.example.com",
+        "SMTP_PORT": "465",
+        "SMTP_SECURITY": "SSL",
+        "SMTP_TIMEOUT": "2.5",
+        "WORKERS": "3",
+        "QUEUE_MAX": "7",
+        "DRAIN_SECONDS": "0",
+        "MAX_ATTEMPTS": "2",
+        "RETRY_BACKOFF": "0.5",
+        "STATUS_STORE_URL": "memory://",
+        "STATUS_TTL": "60",
+        "RATE_LIMIT": "",
+        "RATE_LIMIT_STORAGE_URL": "memory://",
+        "EMAIL_LOG": "/var/log/mail.txt",
+        "TOKEN_SECRET": "s3cret",
+        "TOKEN_TTL": "120",
+        "MAX_REQUEST_BYTES": "1000",
+        "MAX_RECIPIENTS": "5",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("192.0.2.1", 8080)
+    assert settings.senders_file == "/etc/senders.csv"
+    assert (settings.smtp_host, settings.smtp_port) == ("mail.example.com", 465)
+    assert settings.smtp_security == "ssl"
+    assert settings.smtp_timeout == 2.5
+    assert (settings.workers, settings.queue_max, settings.drain_seconds) == (3, 7, 0)
+    assert (settings.max_attempts, settings.retry_backoff) == (2, 0.5)
+    assert (settings.status_ttl, settings.rate_limit) == (60, "")
+    assert settings.email_log == "/var/log/mail.txt"
+    assert (settings.token_secret, settings.token_ttl) == ("s3cret", 120)
+    assert (settings.max_request_bytes, settings.max_recipients) == (1000, 5)
+
+
+def test_token_secret_is_not_in_the_repr():
+    assert "s3cret-token" not in repr(Settings(token_secret="s3cret-token"))
+
+
+BAD_VALUES = [
+    ("PORT", "abc"),
+    ("PORT", "0"),
+    ("PORT", "65536"),
+    ("PORT", "-1"),
+    ("PORT", "5000.5"),
+    ("SMTP_PORT", "smtp"),
+    ("SMTP_PORT", "99999"),
+    ("SMTP_SECURITY", "foo"),
+    ("SMTP_SECURITY", "tls"),
+    ("SMTP_TIMEOUT", "abc"),
+    ("SMTP_TIMEOUT", "0"),
+    ("SMTP_TIMEOUT", "-5"),
+    ("SMTP_TIMEOUT", "nan"),
+    ("SMTP_TIMEOUT", "inf"),
+    ("WORKERS", "0"),
+    ("WORKERS", "-2"),
+    ("WORKERS", "many"),
+    ("WORKERS", "2.5"),
+    ("QUEUE_MAX", "0"),
+    ("QUEUE_MAX", "lots"),
+    ("DRAIN_SECONDS", "-1"),
+    ("DRAIN_SECONDS", "soon"),
+    ("DRAIN_SECONDS", "nan"),
+    ("MAX_ATTEMPTS", "0"),
+    ("MAX_ATTEMPTS", "x"),
+    ("RETRY_BACKOFF", "-1"),
+    ("RETRY_BACKOFF", "nan"),
+    ("RETRY_BACKOFF", "inf"),
+    ("STATUS_TTL", "0"),
+    ("STATUS_TTL", "week"),
+    ("RATE_LIMIT", "garbage"),
+    ("RATE_LIMIT", "10 per fortnight"),
+    ("TOKEN_TTL", "0"),
+    ("MAX_REQUEST_BYTES", "0"),
+    ("MAX_REQUEST_BYTES", "10MB"),
+    ("MAX_RECIPIENTS", "0"),
+    ("MAX_RECIPIENTS", "fifty"),
+    ("EMAIL_LOG_MAX_BYTES", "0"),
+    ("EMAIL_LOG_BACKUPS", "-1"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_VALUES, ids=[f"{n}={v}" for n, v in BAD_VALUES])
+def test_bad_value_raises_config_error_naming_the_variable(clean_env, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert name in str(info.value)
+    assert "Traceback" not in str(info.value)
+
+
+def test_dotenv_is_read_and_real_environment_wins(clean_env, monkeypatch):
+    (clean_env / ".env").write_text(
+        "PORT=6001\nWORKERS=3\nSMTP_HOST=from-dotenv.example\n# a comment\n", encoding="utf-8"
+    )
+    monkeypatch.setenv("WORKERS", "4")
+    settings = load_settings()
+    assert settings.port == 6001
+    assert settings.smtp_host == "from-dotenv.example"
+    assert settings.workers == 4
+
+
+def test_bad_value_in_dotenv_names_the_variable(clean_env):
+    (clean_env / ".env").write_text("SMTP_SECURITY=plaintext\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="SMTP_SECURITY"):
+        load_settings()
+
+
+def test_dotenv_does_not_change_the_process_environment(clean_env):
+    (clean_env / ".env").write_text("PORT=6002\n", encoding="utf-8")
+    assert load_settings().port == 6002
+    assert "PORT" not in os.environ
+
+
+def test_demo_defaults_send_to_the_local_catcher(clean_env):
+    settings = load_settings(demo=True)
+    assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == (
+        "127.0.0.1",
+        8025,
+        "none",
+    )
+
+
+def test_demo_smtp_port_can_be_set(clean_env, monkeypatch):
+    monkeypatch.setenv("SMTP_PORT", "2525")
+    assert load_settings(demo=True).smtp_port == 2525
+
+
+# -- start-up with a bad setting -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def start_server(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python mail_server.py` with a valid senders file and these variables."""
+    (tmp_path / "data.csv").write_text(
+        "key,email,app_password\nk-123,me@example.com,pw-123\n", encoding="utf-8"
+    )
+    full_env = {k: v for k, v in os.environ.items() if k not in config._VARIABLES}
+    full_env.update({"PORT": str(free_port()), **env})
+    return subprocess.run(
+        [sys.executable, str(REPO / "mail_server.py")],
+        cwd=tmp_path,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STATUS_STORE_URL", "nosuch://x"),
+        ("EMAIL_LOG", "/nonexistent-dir/for/sure/email_log.txt"),
+        ("SMTP_SECURITY", "plain"),
+    ],
+)
+def test_server_with_bad_setting_exits_with_one_line_naming_it(tmp_path, name, value):
+    result = start_server(tmp_path, **{name: value})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert name in lines[0]
+    assert "pw-123" not in result.stderr
+    assert "k-123" not in result.stderr
