@@ -9,6 +9,7 @@ drains its pool for up to DRAIN_SECONDS before it exits.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -24,6 +25,14 @@ try:
 except ConfigError as _exc:
     print(f"mail_server: configuration error: {_exc}", file=sys.stderr)
     sys.exit(2)
+
+# The service's own log lines (retries, outages, recovery), in gunicorn's format; the workers
+# inherit this from the master.
+logging.basicConfig(
+    level=logging.INFO,
+    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    datefmt="%Y-%m-%d %H:%M:%S %z",
+)
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
