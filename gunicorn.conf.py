@@ -56,15 +56,9 @@ def worker_exit(server, worker) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """Pin each worker to one core (worker n to core n mod cores).
+    """Pin each worker to one core (worker n to core n mod cores); see mail_server.pin_to_core."""
+    from mail_server import pin_to_core
 
-    One Python process uses at most one core at a time; left free to move, its threads hand
-    the GIL across cores, which on these machines cost 2 to 4 times the CPU per request.
-    GUNICORN_PIN_CPUS=0 turns it off.
-    """
-    if os.environ.get("GUNICORN_PIN_CPUS", "1") == "0" or not hasattr(os, "sched_setaffinity"):
-        return
-    cores = sorted(os.sched_getaffinity(0))
-    core = cores[(worker.age - 1) % len(cores)]
-    os.sched_setaffinity(0, {core})
-    server.log.info("worker %s pinned to core %d", worker.pid, core)
+    core = pin_to_core(worker.age - 1)
+    if core is not None:
+        server.log.info("worker %s pinned to core %d", worker.pid, core)

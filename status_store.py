@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from errors import ConfigError
 
@@ -201,11 +201,25 @@ class StatusStore(ABC):
         """Release connections."""
 
 
-class MemoryStatusStore(StatusStore):
-    """A dict behind one lock. For one process; everything is gone when it exits."""
+MEMORY_MAX_FINISHED = 100_000
 
-    def __init__(self, ttl: int, clock: Callable[[], float] = time.monotonic) -> None:
+
+class MemoryStatusStore(StatusStore):
+    """A dict behind one lock. For one process; everything is gone when it exits.
+
+    Finished statuses are kept for `ttl` seconds but at most `max_finished` of them (the
+    oldest go first), and as many Idempotency-Keys, so that memory stays bounded however many
+    requests a day brings; `memory://?max=N` sets it.
+    """
+
+    def __init__(
+        self,
+        ttl: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_finished: int = MEMORY_MAX_FINISHED,
+    ) -> None:
         super().__init__(ttl)
+        self.max_finished = max_finished
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, StatusRecord] = {}
@@ -215,12 +229,14 @@ class MemoryStatusStore(StatusStore):
         self._claim_expiry: deque[tuple[float, str]] = deque()
 
     def _purge(self, now: float) -> None:
-        while self._expiry and self._expiry[0][0] <= now:
+        while self._expiry and (self._expiry[0][0] <= now or len(self._expiry) > self.max_finished):
             _, request_id = self._expiry.popleft()
             record = self._records.get(request_id)
             if record is not None and record.status.final:
                 del self._records[request_id]
-        while self._claim_expiry and self._claim_expiry[0][0] <= now:
+        while self._claim_expiry and (
+            self._claim_expiry[0][0] <= now or len(self._claim_expiry) > self.max_finished
+        ):
             self._claims.pop(self._claim_expiry.popleft()[1], None)
 
     def create(
@@ -266,7 +282,14 @@ StoreFactory = Callable[[str, int], StatusStore]
 
 
 def _memory(url: str, ttl: int) -> StatusStore:
-    return MemoryStatusStore(ttl)
+    query = parse_qs(urlsplit(url).query)
+    try:
+        max_finished = int(query.get("max", [MEMORY_MAX_FINISHED])[0])
+    except ValueError as exc:
+        raise ConfigError(f"STATUS_STORE_URL {url!r}: max must be a number") from exc
+    if max_finished < 1:
+        raise ConfigError(f"STATUS_STORE_URL {url!r}: max must be positive")
+    return MemoryStatusStore(ttl, max_finished=max_finished)
 
 
 def _redis(url: str, ttl: int) -> StatusStore:

@@ -305,3 +305,22 @@ def test_sqlite_store_expires_final_records(tmp_path) -> None:
     store.purge_expired()
     assert store.payload(record.request_id) is None
     store.close()
+
+
+def test_memory_store_keeps_at_most_max_finished_statuses() -> None:
+    store = store_from_url("memory://?max=3", ttl=3600)
+    ids = [f"77777777-7777-4777-8777-{i:012d}" for i in range(6)]
+    for request_id in ids:
+        record = new_record(request_id)
+        store.create(record, "{}")
+        store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    store.create(new_record("77777777-7777-4777-8777-999999999999"), "{}")  # unfinished
+    assert [store.get(i) is not None for i in ids] == [False, False, False, True, True, True]
+    assert store.get("77777777-7777-4777-8777-999999999999") is not None
+
+
+def test_memory_store_max_must_be_a_positive_number() -> None:
+    with pytest.raises(ConfigError, match="max"):
+        store_from_url("memory://?max=lots", ttl=60)
+    with pytest.raises(ConfigError, match="max"):
+        store_from_url("memory://?max=0", ttl=60)
