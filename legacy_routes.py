@@ -128,6 +128,18 @@ def _send_and_wait(shape: SeedShape) -> StatusRecord | Response:
     return final
 
 
+def _send_and_answer(shape: SeedShape, failed: int, failed_text: str, **sent: str) -> Response:
+    """A waiting route's answer: `sent` members when sent, problem `failed` when it failed."""
+    outcome = _send_and_wait(shape)
+    if isinstance(outcome, Response):
+        return outcome
+    if outcome.status is EmailStatus.FAILED:
+        return problem(
+            failed, f"{failed_text}: {outcome.error}", members={"request_id": outcome.request_id}
+        )
+    return jsonify(**sent, request_id=outcome.request_id)
+
+
 # -- /token: OAuth2 password grant (RFC 6749 section 4.3) --------------------------------------
 
 
@@ -181,30 +193,14 @@ def register_legacy_routes(app: Flask, rate_limited: Callable[[Callable], Callab
     @app.post("/mail")
     @rate_limited
     def mail() -> Response:
-        outcome = _send_and_wait(MAIL)
-        if isinstance(outcome, Response):
-            return outcome
-        if outcome.status is EmailStatus.FAILED:
-            return problem(
-                502,
-                f"The message was not sent: {outcome.error}",
-                members={"request_id": outcome.request_id},
-            )
-        return jsonify(message="message Sent", request_id=outcome.request_id)
+        return _send_and_answer(MAIL, 502, "The message was not sent", message="message Sent")
 
     @app.post("/smtp/send-email")
     @rate_limited
     def smtp_send_email() -> Response:
-        outcome = _send_and_wait(SMTP_API)
-        if isinstance(outcome, Response):
-            return outcome
-        if outcome.status is EmailStatus.FAILED:
-            return problem(
-                400,
-                f"The email could not be sent: {outcome.error}",
-                members={"request_id": outcome.request_id},
-            )
-        return jsonify(status="Email sent successfully", request_id=outcome.request_id)
+        return _send_and_answer(
+            SMTP_API, 400, "The email could not be sent", status="Email sent successfully"
+        )
 
     @app.post("/token")
     @rate_limited  # counted per client address: a brake on guessing keys here
