@@ -210,7 +210,11 @@ def _serve(app: Flask, settings: Settings) -> int:
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     logger.info("listening on http://%s:%d", settings.host, settings.port)
-    stop.wait()
+    # A short timeout, not a bare wait(): the kernel may hand SIGTERM to any thread, and
+    # Python runs the handler only when the main thread next executes; a main thread blocked
+    # in an untimed wait could sleep through it (seen under load in make bench).
+    while not stop.wait(0.2):
+        pass
     logger.info("stopping: draining for up to %.0fs", settings.drain_seconds)
     left = app.extensions[EXTENSION].shutdown(settings.drain_seconds)  # 503 from here on
     server.shutdown()
