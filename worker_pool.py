@@ -327,6 +327,7 @@ class WorkerPool:
         for job in left:
             self._abandon(job)
         self.smtp.close_all()
+        self.request_log.flush()  # every line of what ended is in the file when drain returns
         return len(left) + in_flight
 
     def _abandon(self, job: Job) -> None:

@@ -304,6 +304,7 @@ def test_drain_deadline_during_a_send_logs_one_final_line(make_app, smtp_server,
     pool = app.extensions[EXTENSION].pool
     pool.drain(0)
     pool._executor.shutdown(wait=True)  # the worker has finished with the request
+    app.extensions[EXTENSION].request_log.flush()  # and its line is in the file
     lines = (tmp_path / "email_log.txt").read_text(encoding="utf-8").splitlines()
     final = [line for line in lines if request_id in line and "Status: queued" not in line]
     assert len(final) == 1, final
