@@ -72,17 +72,22 @@ def reject_key_in_url() -> None:
         raise ApiError(400, "API keys are never accepted in the URL; use a header.")
 
 
-def idempotency(body: dict[str, Any], key_digest: bytes) -> tuple[str, str] | None:
-    """(scope, fingerprint) of the request's Idempotency-Key header, or None without one.
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key header, or None without one; 400 if malformed."""
+    value = request.headers.get("Idempotency-Key")
+    if value is not None and (
+        not 1 <= len(value) <= 255 or not (value.isascii() and value.isprintable())
+    ):
+        raise ApiError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters.")
+    return value
+
+
+def idempotency(body: dict[str, Any], key_digest: bytes, value: str) -> tuple[str, str]:
+    """(scope, fingerprint) of an Idempotency-Key `value`.
 
     The scope is the API key and Idempotency-Key together (digested); the fingerprint is the
     route and the body as canonical JSON, so a retry that only re-spaces the JSON matches.
     """
-    value = request.headers.get("Idempotency-Key")
-    if value is None:
-        return None
-    if not 1 <= len(value) <= 255 or not (value.isascii() and value.isprintable()):
-        raise ApiError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters.")
     scope = hashlib.sha256(key_digest + b"\0" + value.encode()).hexdigest()
     canonical = json.dumps({k: v for k, v in body.items() if k != "key"}, sort_keys=True)
     fingerprint = hashlib.sha256(f"{request.path}\0{canonical}".encode()).hexdigest()

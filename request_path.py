@@ -17,7 +17,13 @@ from pydantic import ValidationError
 
 from config import Settings
 from errors import ApiError, FieldError
-from http_input import bearer_credential, idempotency, presented_key, reject_key_in_url
+from http_input import (
+    bearer_credential,
+    idempotency,
+    idempotency_key,
+    presented_key,
+    reject_key_in_url,
+)
 from recovery import LeaseKeeper
 from request_log import RequestLog
 from schemas import SendRequest, validation_errors
@@ -124,7 +130,11 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
 def credential_digest(credential: str) -> bytes:
     """The digest of the key a credential stands for: a token stands for its key, so that it
     shares the key's rate limit and Idempotency-Keys."""
-    return service().tokens.key_digest(credential) or key_digest(credential)
+    digest = key_digest(credential)
+    svc = service()
+    if svc.senders.by_key_digest(digest) is not None:  # a key: no token to check
+        return digest
+    return svc.tokens.key_digest(credential) or digest
 
 
 def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
@@ -133,7 +143,10 @@ def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
     A repeated Idempotency-Key with the same body gets the first request's id and sends
     nothing; with another body it is a 409.
     """
-    claim = idempotency(body, credential_digest(presented_key(body) or ""))
+    value = idempotency_key()
+    claim = None
+    if value is not None:
+        claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
     result = service().pool.accept(send, sender, claim)
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")

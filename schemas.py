@@ -8,6 +8,7 @@ header value is checked for line breaks and encoded words and rejected, never cl
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -112,8 +113,13 @@ def check_header_value(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)
 def check_address(value: str) -> str:
-    """One addr-spec, normalised; ASCII form of an international domain where possible."""
+    """One addr-spec, normalised; ASCII form of an international domain where possible.
+
+    Cached: the same addresses come again and again (and a lone recipient string is checked
+    before and after it becomes a list); a ValueError is not cached, only raised again.
+    """
     if len(value) > 320:
         raise ValueError("is too long to be an email address")
     check_header_value(value)
