@@ -20,6 +20,18 @@ API_KEY = "test-key-0123456789"
 OTHER_KEY = "other-key-9876543210"
 SENDER = "sender@example.com"
 OTHER_SENDER = "other@example.org"
+# The members of GET /email-status/<id> (API.md section 4), no more, no fewer.
+STATUS_KEYS = {
+    "request_id",
+    "status",
+    "error",
+    "attempts",
+    "sender",
+    "recipients",
+    "refused",
+    "created_at",
+    "updated_at",
+}
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -10,20 +10,9 @@ from typing import Any
 import pytest
 
 from mail_server import EXTENSION
-from tests.conftest import API_KEY, OTHER_KEY, SENDER, send, wait_final, wait_for
+from tests.conftest import API_KEY, OTHER_KEY, SENDER, STATUS_KEYS, send, wait_final, wait_for
 
 PROBLEM = "application/problem+json"
-STATUS_KEYS = {
-    "request_id",
-    "status",
-    "error",
-    "attempts",
-    "sender",
-    "recipients",
-    "refused",
-    "created_at",
-    "updated_at",
-}
 VALID = {"recipient": "user@example.com", "subject": "Hi", "body": "Hello"}
 
 

@@ -21,6 +21,7 @@ from status_store import (
     store_from_url,
     utcnow,
 )
+from tests.conftest import STATUS_KEYS
 
 
 class FakeClock:
@@ -127,17 +128,7 @@ def test_public_view_has_no_content_or_internals(store: StatusStore) -> None:
     got = store.get(record.request_id)
     assert got is not None
     public = got.public()
-    assert set(public) == {
-        "request_id",
-        "status",
-        "error",
-        "attempts",
-        "sender",
-        "recipients",
-        "refused",
-        "created_at",
-        "updated_at",
-    }
+    assert set(public) == STATUS_KEYS
     assert "private subject" not in str(public)
 
 
