@@ -62,3 +62,10 @@ def post_fork(server, worker) -> None:
     core = pin_to_core(worker.age - 1)
     if core is not None:
         server.log.info("worker %s pinned to core %d", worker.pid, core)
+
+
+def post_worker_init(worker) -> None:
+    """Keep full garbage collections off the request path; see mail_server.tune_gc."""
+    from mail_server import tune_gc
+
+    tune_gc()
