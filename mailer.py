@@ -313,13 +313,6 @@ class SmtpClient:
             self._discard(target)
             raise TransientDelivery(f"connection lost: {exc or type(exc).__name__}") from exc
 
-    def close_thread_connections(self) -> None:
-        """QUIT this thread's connections."""
-        conns = self._connections()
-        while conns:
-            _, conn = conns.popitem()
-            self._close(conn)
-
     def close_all(self) -> None:
         """Close every connection of every thread (at shutdown, once the workers stopped)."""
         with self._all_lock:
