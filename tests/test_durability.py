@@ -192,3 +192,29 @@ def test_idempotency_key_is_shared_across_processes(tmp_path, smtp_server, redis
         assert first.stop() == 0
         assert second.stop() == 0
     assert len(smtp_server.received) == 1
+
+
+def test_kill_9_during_data_sends_each_request_at_most_twice_with_one_message_id(
+    tmp_path, durable_url
+):
+    server = SmtpServer().start()
+    # Every DATA of the first process is slow: it dies with messages handed over but
+    # unconfirmed, the case where the server may already have the message.
+    server.handler.script("DATA", *[("SLEEP", 3.0)] * 8)
+    env = service_env(tmp_path, server.port, durable_url, SMTP_TIMEOUT="10")
+    first = ServiceProcess(tmp_path, env).start()
+    accepted = [
+        first.request("POST", "/send-email", message(i), AUTH)[2]["request_id"] for i in range(20)
+    ]
+    wait_for(lambda: server.handler.transactions >= 1)
+    first.stop(signal.SIGKILL)
+    second = ServiceProcess(tmp_path, env).start()
+    try:
+        expected = {f"<{r}@example.com>" for r in accepted}
+        wait_for(lambda: set(message_ids(server)) >= expected, timeout=60)
+        counts = message_ids(server)
+        assert set(counts) == expected, "every accepted request was delivered"
+        assert max(counts.values()) <= 2, "at most twice, and a copy has the same Message-ID"
+    finally:
+        assert second.stop() == 0
+        server.stop()
