@@ -89,12 +89,8 @@ def register_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) ->
     def readyz() -> Response:
         svc = service()
         svc.store.ping()  # StoreError -> 503
-        if not svc.pool.accepting:
-            raise Unavailable("the service is shutting down")
-        unfinished = svc.pool.unfinished()
-        if unfinished >= svc.settings.queue_max:
-            raise Unavailable(f"{unfinished} requests are waiting (QUEUE_MAX)")
-        return jsonify(status="ready", unfinished=unfinished)
+        svc.pool.check_room()  # Unavailable -> 503
+        return jsonify(status="ready", unfinished=svc.pool.unfinished())
 
 
 def register_error_handlers(app: Flask) -> None:

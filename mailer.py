@@ -59,22 +59,17 @@ def _address(addr_spec: str, display_name: str = "") -> Address:
     return Address(display_name=display_name, username=username, domain=domain)
 
 
-def needs_smtputf8(addresses: list[str]) -> bool:
-    """True when an address is not ASCII (an international local part)."""
-    return not all(a.isascii() for a in addresses)
-
-
 def build_message(
     request: SendRequest, sender: Sender, request_id: str, date: datetime
 ) -> EmailMessage:
     """The message of one request, with a Message-ID that every attempt shares."""
-    to = request.recipient if isinstance(request.recipient, list) else [request.recipient]
     # Every address in a header counts: under the ASCII policy a non-ASCII local part of
     # Reply-To became an encoded word inside the addr-spec, an address nobody can reply to.
-    smtputf8 = needs_smtputf8([sender.email, *request.recipients, request.reply_to or ""])
+    addresses = [sender.email, *request.recipients, request.reply_to or ""]
+    smtputf8 = not all(a.isascii() for a in addresses)
     msg = EmailMessage(policy=UTF8_POLICY if smtputf8 else MESSAGE_POLICY)
     msg["From"] = _address(sender.email, request.from_name or sender.name)
-    msg["To"] = tuple(_address(a) for a in to)
+    msg["To"] = tuple(_address(a) for a in request.recipient)
     if request.cc:
         msg["Cc"] = tuple(_address(a) for a in request.cc)
     if request.reply_to:
@@ -299,8 +294,7 @@ class SmtpClient:
                 conn.rset()
                 return DeliveryOutcome((), refused, deferred)
             code, reply = conn.data(data)
-            if code != 250:
-                self._reset_or_discard(target, code)
+            if code != 250:  # the transaction is over: nothing to RSET
                 raise _classify(code, reply, "end of DATA")
             return DeliveryOutcome(tuple(accepted), refused, deferred)
         except smtplib.SMTPDataError as exc:

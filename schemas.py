@@ -206,8 +206,7 @@ class SendRequest(BaseModel):
     @property
     def recipients(self) -> list[str]:
         """Every envelope recipient (to, cc, bcc), each once, in order."""
-        to = self.recipient if isinstance(self.recipient, list) else [self.recipient]
-        return list(dict.fromkeys([*to, *self.cc, *self.bcc]))
+        return list(dict.fromkeys([*self.recipient, *self.cc, *self.bcc]))
 
 
 def validation_errors(exc: ValidationError) -> list[FieldError]:

@@ -82,10 +82,6 @@ class WorkerPool:
 
     # -- accepting -------------------------------------------------------------------------
 
-    @property
-    def accepting(self) -> bool:
-        return self._accepting
-
     def unfinished(self) -> int:
         with self._cond:
             return len(self._jobs)
@@ -94,6 +90,17 @@ class WorkerPool:
         """How many more requests this process may hold."""
         with self._cond:
             return self.queue_max - len(self._jobs) if self._accepting else 0
+
+    def check_room(self) -> None:
+        """Raise Unavailable when this process takes no more requests (draining or full)."""
+        with self._cond:
+            self._check_room()
+
+    def _check_room(self) -> None:  # the caller holds self._cond
+        if not self._accepting:
+            raise Unavailable("the service is shutting down")
+        if len(self._jobs) >= self.queue_max:
+            raise Unavailable(f"{len(self._jobs)} requests are waiting (QUEUE_MAX)")
 
     def accept(
         self,
@@ -108,10 +115,7 @@ class WorkerPool:
         """
         request_id = str(uuid.uuid4())
         with self._cond:
-            if not self._accepting:
-                raise Unavailable("the service is shutting down")
-            if len(self._jobs) >= self.queue_max:
-                raise Unavailable(f"{len(self._jobs)} requests are waiting (QUEUE_MAX)")
+            self._check_room()
             now = utcnow()
             recipients = tuple(request.recipients)
             record = StatusRecord(

@@ -31,7 +31,7 @@ def send_all(port: int, messages: int, workers: int) -> dict[str, Any]:
     """Send `messages` messages over `workers` reused connections; the figures as a dict."""
     sys.path.insert(0, str(ROOT))
     from bench.workload import SEND_BODY, SENDER_EMAIL
-    from mailer import build_message, needs_smtputf8
+    from mailer import build_message
     from schemas import SendRequest
     from senders import Sender
     from status_store import utcnow
@@ -52,7 +52,7 @@ def send_all(port: int, messages: int, workers: int) -> dict[str, Any]:
             while next(tickets) < messages:
                 msg = build_message(request, sender, str(uuid.uuid4()), utcnow())
                 data = msg.as_bytes()
-                options = ["SMTPUTF8", "BODY=8BITMIME"] if needs_smtputf8(recipients) else []
+                options = ["SMTPUTF8", "BODY=8BITMIME"] if msg.policy.utf8 else []
                 conn.sendmail(sender.email, recipients, data, options)
                 sent[index] += 1
         except (OSError, smtplib.SMTPException) as exc:
