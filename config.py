@@ -35,9 +35,11 @@ class Settings:
     smtp_port: int = 587
     smtp_security: str = "starttls"
     smtp_timeout: float = 30.0
+    smtp_data_timeout: float = 600.0
     smtp_ca_file: str = ""
     workers: int = 8
     queue_max: int = 10000
+    queue_max_bytes: int = 256 * 1024 * 1024
     drain_seconds: float = 20.0
     lease_seconds: float = 30.0
     max_attempts: int = 5
@@ -46,6 +48,7 @@ class Settings:
     status_ttl: int = 604800
     rate_limit: str = "600/minute"
     rate_limit_storage_url: str = "memory://"
+    auth_fail_limit: str = "20/minute"
     email_log: str = "email_log.txt"
     email_log_max_bytes: int = 10 * 1024 * 1024
     email_log_backups: int = 5
@@ -103,9 +106,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_PORT": ("smtp_port", _port),
     "SMTP_SECURITY": ("smtp_security", _security),
     "SMTP_TIMEOUT": ("smtp_timeout", _positive(float)),
+    "SMTP_DATA_TIMEOUT": ("smtp_data_timeout", _positive(float)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
     "WORKERS": ("workers", _positive(int)),
     "QUEUE_MAX": ("queue_max", _positive(int)),
+    "QUEUE_MAX_BYTES": ("queue_max_bytes", _positive(int)),
     "DRAIN_SECONDS": ("drain_seconds", _positive(float, allow_zero=True)),
     "LEASE_SECONDS": ("lease_seconds", _positive(float)),
     "MAX_ATTEMPTS": ("max_attempts", _positive(int)),
@@ -114,6 +119,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "STATUS_TTL": ("status_ttl", _positive(int)),
     "RATE_LIMIT": ("rate_limit", _rate_limit),
     "RATE_LIMIT_STORAGE_URL": ("rate_limit_storage_url", str.strip),
+    "AUTH_FAIL_LIMIT": ("auth_fail_limit", _rate_limit),
     "EMAIL_LOG": ("email_log", str.strip),
     "EMAIL_LOG_MAX_BYTES": ("email_log_max_bytes", _positive(int)),
     "EMAIL_LOG_BACKUPS": ("email_log_backups", _positive(int, allow_zero=True)),
@@ -137,7 +143,13 @@ def settings_from_mapping(env: Mapping[str, str], **overrides: object) -> Settin
         except ValueError as exc:
             raise ConfigError(f"{name}={raw!r} is not valid: {exc}") from exc
     values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.queue_max_bytes < settings.max_request_bytes:
+        raise ConfigError(
+            f"QUEUE_MAX_BYTES={settings.queue_max_bytes} is smaller than "
+            f"MAX_REQUEST_BYTES={settings.max_request_bytes}: a large request could never be taken"
+        )
+    return settings
 
 
 # Demo mode (API.md section 8) sends to its embedded catcher unless told otherwise.
