@@ -2,8 +2,10 @@
 
 `parse_json_object()` accepts exactly one JSON object in UTF-8 and nothing looser (no duplicate
 keys, NaN, lone surrogates or nesting past 32 levels). `SendRequest` validates the fields; every
-header value is checked for line breaks and encoded words and rejected, never cleaned.
-`validation_errors()` turns a pydantic error into field errors for the problem answer.
+header value is checked for control and format characters, line separators and encoded words,
+a display name also for address syntax, and the content for NUL; offending input is rejected,
+never cleaned. `validation_errors()` turns a pydantic error into field errors for the problem
+answer.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from errors import ApiError, FieldError
 MAX_DEPTH = 32
 MAX_EXTRA_HEADERS = 20
 ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[a-z]\?[^?\s]*\?=", re.IGNORECASE)
+# Characters no header value may hold (API.md section 3): controls (Cc) but TAB, which folding
+# whitespace allows; format characters (Cf: bidi overrides such as U+202E, zero-width U+200B,
+# U+FEFF, soft hyphen, tags), which make a subject or display name read other than it is; and
+# the line and paragraph separators (Zl, Zp), on which EmailMessage raises.
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+# A display name that reads as an address (`"ceo@bank.com" <ceo@bank.com>`) impersonates one.
+ADDRESS_SYNTAX = re.compile(r"[@<>]")
 TYPE_TAG = re.compile(r"str|constrained-str|(list|function-[a-z-]+)\[.*\]")
 # Header names are case-insensitive (RFC 5322): x-campaign is as good as X-Campaign.
 HEADER_NAME = re.compile(r"[Xx]-[A-Za-z0-9][A-Za-z0-9-]{0,74}")
@@ -104,12 +113,33 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 
 def check_header_value(value: str) -> str:
-    """Reject control characters, Unicode line separators and RFC 2047 encoded words."""
-    for ch in value:
-        if unicodedata.category(ch) in ("Cc", "Zl", "Zp") and ch != "\t":
-            raise ValueError(f"must not contain control character U+{ord(ch):04X}")
+    """Reject control and format characters, line separators and RFC 2047 encoded words."""
+    # str.isprintable() is False for every character of those categories (and for TAB, space
+    # other than U+0020, private use...): one C loop clears nearly every real value, and only
+    # the rest are looked at character by character.
+    if not value.isprintable():
+        for ch in value:
+            category = unicodedata.category(ch)
+            if category in FORBIDDEN_CATEGORIES and ch != "\t":
+                kind = "format" if category == "Cf" else "control"
+                raise ValueError(f"must not contain {kind} character U+{ord(ch):04X}")
     if ENCODED_WORD.search(value):
         raise ValueError("must not contain an RFC 2047 encoded word (=?charset?q?...?=)")
+    return value
+
+
+def check_display_name(value: str) -> str:
+    """A display name (`from_name`) may not hold `@`, `<` or `>`: it must not read as an address."""
+    found = ADDRESS_SYNTAX.search(value)
+    if found is not None:
+        raise ValueError(f"must not contain {found.group()!r}: a display name is not an address")
+    return value
+
+
+def check_content(value: str) -> str:
+    """Message content may not hold NUL (RFC 5322 section 2.3, RFC 2045 section 2.7)."""
+    if "\0" in value:
+        raise ValueError("must not contain NUL (U+0000)")
     return value
 
 
@@ -139,7 +169,8 @@ def _as_list(value: Any) -> Any:
 
 HeaderText = Annotated[StrictStr, AfterValidator(check_header_value)]
 Address = Annotated[StrictStr, AfterValidator(check_address)]
-Text = Annotated[StrictStr, Field(max_length=50_000_000)]
+DisplayName = Annotated[HeaderText, AfterValidator(check_display_name), Field(max_length=200)]
+Text = Annotated[StrictStr, Field(max_length=50_000_000), AfterValidator(check_content)]
 
 
 class SendRequest(BaseModel):
@@ -159,7 +190,7 @@ class SendRequest(BaseModel):
     is_html: StrictBool = False
     text: Text | None = None
     html: Text | None = None
-    from_name: Annotated[HeaderText, Field(max_length=200)] | None = None
+    from_name: DisplayName | None = None
     from_: Address | None = Field(default=None, alias="from")
     reply_to: Address | None = None
     headers: dict[StrictStr, Annotated[HeaderText, Field(max_length=998)]] = Field(

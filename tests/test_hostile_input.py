@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,10 @@ INJECTIONS = {
     "U+2029": "\u2029",
     "U+0085": "\u0085",
     "NUL": "\0",
+    # Format characters (Cf): a right-to-left override, a zero-width space, a BOM (issue 9).
+    "U+202E": "\u202e",
+    "U+200B": "\u200b",
+    "U+FEFF": "\ufeff",
     "qword": "=?utf-8?q?=0D=0ABcc:_eve@evil.example?=",
     "bword": "=?UTF-8?B?DQpCY2M6IGV2ZUBldmlsLmV4YW1wbGU=?=",
 }
@@ -125,7 +130,8 @@ def injection_error(field: str, injection: str) -> str:
     if injection.startswith("=?"):
         message = "must not contain an RFC 2047 encoded word"
     else:
-        message = f"must not contain control character U+{ord(injection[0]):04X}"
+        kind = "format" if unicodedata.category(injection[0]) == "Cf" else "control"
+        message = f"must not contain {kind} character U+{ord(injection[0]):04X}"
     return json.dumps({"field": INJECTION_FIELDS.get(field, field), "message": message})[:-2]
 
 
@@ -137,6 +143,26 @@ INJECTION_CASES = [
     for field, build in fields.items()
     for name, injection in INJECTIONS.items()
 ]
+
+
+def field_error(field: str, message: str) -> str:
+    """The start of a field error as it appears in the answer's JSON."""
+    return json.dumps({"field": field, "message": message})[:-2]
+
+
+NUL_IN_CONTENT = "must not contain NUL (U+0000)"
+# Display names that read as an address, or not as they are written (issue 9).
+IMPERSONATING_NAMES = {
+    "quoted-address": ('"ceo@bank.com" <ceo@bank.com>', "'@'"),
+    "bare-address": ("ceo@bank.com", "'@'"),
+    "angle-open": ("CEO <", "'<'"),
+    "angle-close": ("CEO > Finance", "'>'"),
+    "rtl-override": ("Bank\u202eKO", "format character U+202E"),
+    "rtl-override-and-at": ("moc.knab\u202e@ceo", "format character U+202E"),
+    "zero-width": ("C\u200bEO", "format character U+200B"),
+    "bom": ("\ufeffCEO", "format character U+FEFF"),
+    "word-joiner": ("CE\u2060O", "format character U+2060"),
+}
 
 LONG_LOCAL = "a" * 65 + "@example.com"
 # 64 + 1 + 190 = 255 octets: every part is valid, the whole is one too long.
@@ -159,6 +185,42 @@ CATALOGUE = [
         400,
         "subject",
         id="subject-raw-utf8-U+0085",
+    ),
+    # -- NUL in the content (issue 9, finding 8): RFC 5322 and RFC 2045 forbid it in a part
+    *[
+        pytest.param(
+            body(**fields), {}, 400, field_error(field, NUL_IN_CONTENT), id=f"content-nul-{field}"
+        )
+        for field, fields in {
+            "body": {"body": "Hello\0world"},
+            "text": {"body": ..., "text": "\0"},
+            "html": {"body": ..., "text": "plain", "html": "<p>a\0b</p>"},
+        }.items()
+    ],
+    pytest.param(
+        raw('{"recipient": "user@example.com", "subject": "Hi", "body": "a\\u0000b"}'),
+        {},
+        400,
+        field_error("body", NUL_IN_CONTENT),
+        id="content-nul-json-escape",
+    ),
+    # -- display names that impersonate (issue 9, finding 9)
+    *[
+        pytest.param(
+            body(from_name=name),
+            {},
+            400,
+            field_error("from_name", f"must not contain {reason}"),
+            id=f"from_name-{ident}",
+        )
+        for ident, (name, reason) in IMPERSONATING_NAMES.items()
+    ],
+    pytest.param(
+        body(subject="Invoice \u202efdp.exe"),
+        {},
+        400,
+        field_error("subject", "must not contain format character U+202E"),
+        id="subject-rtl-override-filename",
     ),
     # -- header names and counts
     *[
@@ -680,7 +742,7 @@ def test_values_that_only_look_like_headers_or_smtp_are_sent_as_data(
     smuggling). One message, to one recipient, from the key's sender, body intact."""
     client = make_app(auth_smtp.port, password=PASSWORD).test_client()
     payload = body(
-        from_name="Eve <eve@evil.example>, admin@example.com",
+        from_name='Eve, "Admin" (IT); Bcc: eve',  # specials only: quoted, never parsed
         subject="Re: =? not an encoded word ?=",
         headers={"X-Note": "Bcc: eve@evil.example"},
         body="Hello" + SMUGGLED.replace("\r\n.\r\n", end_of_data) + "Bye\r\n.\r\n",
@@ -700,6 +762,18 @@ def test_values_that_only_look_like_headers_or_smtp_are_sent_as_data(
     assert message["X-Note"] == "Bcc: eve@evil.example"
     # Line ends come out as CRLF (dot-stuffed on the wire, unstuffed here); no line is lost.
     assert message.get_content().splitlines() == payload["body"].splitlines()
+
+
+def test_printable_unicode_tab_and_nbsp_stay_allowed_in_header_values(catalogue_app):
+    """The format-character rule refuses what renders invisibly or reorders text, not
+    ordinary non-ASCII text, emoji, TAB (folding whitespace) or a no-break space."""
+    payload = body(
+        subject="Zoë\tÜnal \u00a0🎉 ✓ «Café» 日本語",
+        from_name='Zoë Ünal (Café), "Support"',
+        headers={"X-Note": "a\tb\u00a0c"},
+        body="line\u200bwith zero-width space and \u202e in the content is fine",
+    )
+    assert send(catalogue_app.test_client(), payload).status_code == 202
 
 
 # -- international addresses ----------------------------------------------------------------
