@@ -22,6 +22,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from auth_guard import check_client, count_failure
 from errors import ApiError, FieldError
 from http_input import json_body
 from request_path import accept, accepted_answer, authenticate, problem, service, validate_send
@@ -169,9 +170,13 @@ def _issue_token() -> Response:
     username, password = form.get("username", ""), form.get("password", "")
     if not username or not password:
         return _oauth_error(400, "invalid_request", "username and password are required.")
+    # Past AUTH_FAIL_LIMIT failures from this address, or for this username from addresses
+    # that have failed for it (never from others: see auth_guard), a 429 problem answer.
+    check_client(username)
     svc = service()
     sender = svc.senders.authenticate(password)
     if sender is None or not sender.is_address(username):
+        count_failure(username)
         return _oauth_error(
             401, "invalid_grant", "The username (sender address) or password (API key) is wrong."
         )
@@ -203,6 +208,6 @@ def register_legacy_routes(app: Flask, rate_limited: Callable[[Callable], Callab
         )
 
     @app.post("/token")
-    @rate_limited  # counted per client address: a brake on guessing keys here
+    @rate_limited  # counted per client address; failed logins also count in auth_guard
     def token() -> Response:
         return _issue_token()

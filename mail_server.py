@@ -26,6 +26,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from auth_guard import init_auth_guard
 from config import Settings, load_settings
 from demo import demo_senders, start_catcher
 from errors import ApiError, ConfigError, StoreError, Unavailable
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         logger.warning("status store: %s", warning)
 
     rate_limited = init_rate_limit(app, settings, credential_digest)
+    init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     register_routes(app, rate_limited)
     register_legacy_routes(app, rate_limited)
     register_error_handlers(app)

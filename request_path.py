@@ -15,6 +15,7 @@ from typing import Any
 from flask import Response, current_app, jsonify
 from pydantic import ValidationError
 
+from auth_guard import check_client, count_failure
 from config import Settings
 from errors import ApiError, FieldError
 from http_input import (
@@ -88,13 +89,19 @@ def problem(
 
 
 def authenticate(body: dict[str, Any]) -> Sender:
-    """The sender of the presented key or Bearer token; 401 when unknown, bad or expired."""
+    """The sender of the presented key or Bearer token; 401 when unknown, bad or expired.
+
+    429 instead, before the credential is looked at, for a client address past AUTH_FAIL_LIMIT
+    failed authentications (`auth_guard`); every 401 here counts as one.
+    """
     reject_key_in_url()
+    check_client()
     svc = service()
     sender = svc.senders.authenticate(presented_key(body))
     if sender is None and (bearer := bearer_credential()) is not None:
         sender = svc.tokens.sender_of(bearer)
     if sender is None:
+        count_failure()
         raise ApiError(
             401,
             "A valid API key or unexpired token is required "

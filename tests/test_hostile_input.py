@@ -554,6 +554,9 @@ def catalogue_app(
             smtp_timeout=2.0,
             workers=2,
             rate_limit="",
+            # The module's cases fail authentication on purpose, more than AUTH_FAIL_LIMIT
+            # times from one address; the guard against that is tested in test_auth_guard.py.
+            auth_fail_limit="",
         )
     )
     app.config["TESTING"] = True
