@@ -36,6 +36,8 @@ class Settings:
     smtp_security: str = "starttls"
     smtp_timeout: float = 30.0
     smtp_data_timeout: float = 600.0
+    smtp_server_threads: int = 0  # 0: all WORKERS for one server, half when there are several
+    smtp_server_pause: float = 30.0
     smtp_ca_file: str = ""
     workers: int = 8
     queue_max: int = 10000
@@ -107,6 +109,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_SECURITY": ("smtp_security", _security),
     "SMTP_TIMEOUT": ("smtp_timeout", _positive(float)),
     "SMTP_DATA_TIMEOUT": ("smtp_data_timeout", _positive(float)),
+    "SMTP_SERVER_THREADS": ("smtp_server_threads", _positive(int)),
+    "SMTP_SERVER_PAUSE": ("smtp_server_pause", _positive(float)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
     "WORKERS": ("workers", _positive(int)),
     "QUEUE_MAX": ("queue_max", _positive(int)),

@@ -6,6 +6,10 @@
     ├── Unavailable          the process is full (QUEUE_MAX) or shutting down (API answers 503)
     ├── DeliveryError        one SMTP attempt failed
     │   ├── TransientDelivery    4xx, dropped connection, time-out: retried with backoff
+    │   │   ├── ConnectFailed        no connection or no greeting: counts towards pausing
+    │   │   │                        the server (dispatch_queue)
+    │   │   └── PossiblyDelivered    no reply to the final "." of DATA: the server may have
+    │   │                            the message; retried with the same Message-ID
     │   └── PermanentDelivery    5xx, refused login, bad TLS: failed at once
     └── ApiError             an HTTP problem answer (RFC 9457), raised by the request path
 
@@ -43,6 +47,15 @@ class DeliveryError(ServiceError):
 
 class TransientDelivery(DeliveryError):
     """Worth retrying: a 4xx reply, a dropped connection or a time-out."""
+
+
+class ConnectFailed(TransientDelivery):
+    """The server could not be reached, or did not greet or finish the handshake in time."""
+
+
+class PossiblyDelivered(TransientDelivery):
+    """The message was handed over but the reply to its final "." never came (time-out or a
+    dropped connection): the server may have it, so a retry may make a copy."""
 
 
 class PermanentDelivery(DeliveryError):

@@ -50,7 +50,7 @@ from request_path import (
 from senders import SenderDirectory, load_senders
 from status_store import store_from_url
 from tokens import TokenIssuer
-from worker_pool import WorkerPool
+from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +140,16 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         raise ConfigError(f"EMAIL_LOG={settings.email_log!r} cannot be opened: {exc}") from exc
     pool = WorkerPool(
         store,
-        SmtpClient(settings.smtp_timeout, settings.smtp_ca_file),
+        SmtpClient(settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout),
         request_log,
         workers=settings.workers,
         queue_max=settings.queue_max,
+        queue_max_bytes=settings.queue_max_bytes,
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
+        server_threads=settings.smtp_server_threads
+        or server_threads(settings.workers, len(senders.servers())),
+        server_pause=settings.smtp_server_pause,
     )
     leases = LeaseKeeper(store, pool, senders, settings.lease_seconds)
     app = Flask(__name__)

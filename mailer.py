@@ -5,12 +5,14 @@ message, and reconnects once, transparently, when a reused connection turns out 
 closed by the server before MAIL FROM. It drives the SMTP transaction step by step with
 smtplib's own commands so that it knows which recipients were refused and whether a failure
 came before or after the message was handed over. Failures are raised as `TransientDelivery` or
-`PermanentDelivery` (see errors.py).
+`PermanentDelivery` (see errors.py); a failure to connect or greet is a `ConnectFailed`, and no
+reply to the final "." of DATA within `data_timeout` is a `PossiblyDelivered`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import socket
 import ssl
@@ -22,7 +24,7 @@ from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from errors import PermanentDelivery, TransientDelivery
+from errors import ConnectFailed, PermanentDelivery, PossiblyDelivered, TransientDelivery
 from schemas import SendRequest
 from senders import Sender
 
@@ -130,16 +132,26 @@ def describe_reply(code: int, reply: bytes | str) -> str:
     return f"{code} {' '.join(text.split())}".strip()
 
 
-def _classify(code: int, reply: bytes | str, step: str) -> TransientDelivery | PermanentDelivery:
+def _classify(
+    code: int,
+    reply: bytes | str,
+    step: str,
+    transient: type[TransientDelivery] = TransientDelivery,
+) -> TransientDelivery | PermanentDelivery:
     reason = f"{describe_reply(code, reply)} (at {step})"
-    return PermanentDelivery(reason) if 500 <= code < 600 else TransientDelivery(reason)
+    return PermanentDelivery(reason) if 500 <= code < 600 else transient(reason)
+
+
+# A line of the message that starts with "." gets another (RFC 5321 4.5.2), as smtplib does.
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 class SmtpClient:
     """Sends over one reused connection per thread and server login."""
 
-    def __init__(self, timeout: float, ca_file: str = "") -> None:
+    def __init__(self, timeout: float, ca_file: str = "", data_timeout: float = 600.0) -> None:
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self._ssl_context = ssl.create_default_context(cafile=ca_file or None)
         self._local = threading.local()
         self._local_hostname = socket.gethostname() or "localhost"
@@ -171,13 +183,11 @@ class SmtpClient:
                     timeout=self.timeout,
                 )
         except smtplib.SMTPConnectError as exc:
-            raise _classify(exc.smtp_code, exc.smtp_error, "connect") from exc
+            raise _classify(exc.smtp_code, exc.smtp_error, "connect", ConnectFailed) from exc
         except ssl.SSLCertVerificationError as exc:
             raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
         except (OSError, smtplib.SMTPException) as exc:
-            raise TransientDelivery(
-                f"cannot connect to {target.host}:{target.port}: {exc}"
-            ) from exc
+            raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {exc}") from exc
         try:
             self._handshake(conn, target)
         except BaseException:
@@ -210,9 +220,9 @@ class SmtpClient:
         except ssl.SSLCertVerificationError as exc:
             raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
         except smtplib.SMTPResponseException as exc:
-            raise _classify(exc.smtp_code, exc.smtp_error, "handshake") from exc
+            raise _classify(exc.smtp_code, exc.smtp_error, "handshake", ConnectFailed) from exc
         except (OSError, smtplib.SMTPException) as exc:
-            raise TransientDelivery(f"connection lost during handshake: {exc}") from exc
+            raise ConnectFailed(f"connection lost during handshake: {exc}") from exc
 
     def _close(self, conn: smtplib.SMTP) -> None:
         with self._all_lock:
@@ -293,19 +303,43 @@ class SmtpClient:
             if not accepted:
                 conn.rset()
                 return DeliveryOutcome((), refused, deferred)
-            code, reply = conn.data(data)
+            code, reply = self._data(conn, data)
             if code != 250:  # the transaction is over: nothing to RSET
                 raise _classify(code, reply, "end of DATA")
             return DeliveryOutcome(tuple(accepted), refused, deferred)
         except smtplib.SMTPDataError as exc:
             self._reset_or_discard(target, exc.smtp_code)
             raise _classify(exc.smtp_code, exc.smtp_error, "DATA") from exc
-        except TransientDelivery:
+        except TransientDelivery:  # PossiblyDelivered too: the connection is in no known state
             self._discard(target)
             raise
         except (OSError, smtplib.SMTPException) as exc:
             self._discard(target)
             raise TransientDelivery(f"connection lost: {exc or type(exc).__name__}") from exc
+
+    def _data(self, conn: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+        """DATA as smtplib's `data()` does it, but the reply to the final "." gets
+        `data_timeout` (RFC 5321 4.5.3.2.6: 10 minutes), not the command timeout: a server
+        that takes long to accept a message has it, and giving up early makes copies."""
+        code, reply = conn.docmd("data")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        quoted = _LEADING_DOT.sub(b"..", data)
+        if not quoted.endswith(b"\r\n"):
+            quoted += b"\r\n"
+        conn.send(quoted + b".\r\n")
+        if conn.sock is not None:
+            conn.sock.settimeout(self.data_timeout)
+        try:
+            return conn.getreply()
+        except smtplib.SMTPServerDisconnected as exc:  # time-out or drop after the final "."
+            raise PossiblyDelivered(
+                f"possibly delivered: no reply to the end of DATA within {self.data_timeout:g}s "
+                f"({exc})"
+            ) from exc
+        finally:
+            if conn.sock is not None:
+                conn.sock.settimeout(self.timeout)
 
     def close_all(self) -> None:
         """Close every connection of every thread (at shutdown, once the workers stopped)."""

@@ -96,6 +96,10 @@ class SenderDirectory:
         """The digests of every key (for tokens that name a key without holding it)."""
         return list(self._by_digest)
 
+    def servers(self) -> set[tuple[str, int]]:
+        """The SMTP servers (host, port) the senders send through."""
+        return {(s.smtp_host, s.smtp_port) for _, s in self._by_digest.values()}
+
     def by_email(self, email: str) -> Sender | None:
         """The sender whose address this is (used to resume recorded requests)."""
         return self._by_email.get(email.lower())

@@ -122,6 +122,7 @@ def make_app(
             "retry_backoff": 0.05,
             "max_attempts": 3,
             "rate_limit": "",
+            "smtp_server_pause": 0.2,  # a server that fails to greet is paused only briefly
         }
         values.update(overrides)
         app = create_app(Settings(**values))

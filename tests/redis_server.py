@@ -31,10 +31,11 @@ def require_redis_binary() -> str:
 class RedisServer:
     """redis-server on 127.0.0.1:<free port>, without persistence unless asked."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
         self.binary = require_redis_binary()
         self.workdir = workdir
         self.port = port or free_port()
+        self.appendonly = appendonly  # keeps what it was given across a kill -9 and a restart
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,7 +46,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--dir", str(self.workdir),
                 "--protected-mode", "no",
             ],
             stdout=subprocess.DEVNULL,
@@ -68,6 +70,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-command, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
 

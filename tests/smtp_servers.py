@@ -3,8 +3,10 @@
 `SmtpServer` wraps an aiosmtpd `Controller` on a free loopback port with a `ScriptedHandler`:
 each hook (MAIL, RCPT, DATA) answers from a script queue before behaving normally, so a test
 says `server.handler.script("DATA", "451 4.3.0 try later")` and the next DATA gets that answer.
-A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply. `GreetingServer`
-answers every connection with one line (a 421) and closes it.
+A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply; at DATA,
+`("KEEP", seconds)` keeps the message first and then delays the 250 (a server that has it but
+answers late). `GreetingServer` answers every connection with one line (a 421) and closes it;
+`SilentServer` accepts connections and never says a word.
 """
 
 from __future__ import annotations
@@ -115,6 +117,13 @@ class ScriptedHandler:
             envelope.original_content or b"",
             list(envelope.mail_options),
         )
+        head = self.scripts["DATA"][0] if self.scripts["DATA"] else None
+        if isinstance(head, tuple) and head[0] == "KEEP":
+            self.scripts["DATA"].popleft()
+            with self._lock:
+                self.received.append(message)
+            await asyncio.sleep(head[1])
+            return "250 OK: queued"
         reply = await self._scripted("DATA", server)
         if reply is not None:
             with self._lock:
@@ -267,4 +276,43 @@ class GreetingServer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class SilentServer:
+    """Accepts TCP connections and never greets: a hung SMTP server. Holds what it accepted
+    until stopped, so the client waits for its own time-out."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def connections(self) -> int:
+        return len(self.accepted)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted.append(conn)
+
+    def start(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        for conn in self.accepted:
+            conn.close()
         self.sock.close()

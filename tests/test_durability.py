@@ -42,6 +42,7 @@ def service_env(tmp_path: Path, smtp_port: int, store_url: str, **extra: str) ->
         "LEASE_SECONDS": "1.5",
         "QUEUE_MAX": "1000",
         "DRAIN_SECONDS": "2",
+        "SMTP_SERVER_PAUSE": "0.5",
         **extra,
     }
 

@@ -76,10 +76,11 @@ def test_non_ascii_display_name_is_rfc2047_encoded(client, smtp_server):
 
 
 def test_display_name_with_specials_is_quoted_not_parsed(client, smtp_server):
-    _, received = deliver(client, smtp_server, from_name='Boss, "CEO" <boss@evil.example>')
+    # Specials that a display name may hold (@ < > are refused: they impersonate an address).
+    _, received = deliver(client, smtp_server, from_name='Boss, "CEO" (Finance); x')
     [address] = received.message["From"].addresses
     assert address.addr_spec == SENDER
-    assert address.display_name == 'Boss, "CEO" <boss@evil.example>'
+    assert address.display_name == 'Boss, "CEO" (Finance); x'
 
 
 def test_to_and_cc_are_headers_and_bcc_only_in_the_envelope(client, smtp_server):

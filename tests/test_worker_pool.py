@@ -66,14 +66,54 @@ def test_dropped_connection_during_data_is_retried_then_sent(make_app, smtp_serv
     assert len(smtp_server.received) == 1
 
 
-def test_server_slower_than_smtp_timeout_is_retried(make_app, smtp_server):
+def test_server_slower_than_smtp_timeout_before_data_is_retried(make_app, smtp_server):
     client = make_app(smtp_server.port, smtp_timeout=1.0).test_client()
-    smtp_server.handler.script("DATA", ("SLEEP", 3))
+    smtp_server.handler.script("MAIL", ("SLEEP", 3))
     status = wait_final(client, accepted_id(send(client)))
     assert status["status"] == "sent"
     assert status["attempts"] == 2
     assert len(smtp_server.received) == 1
     assert smtp_server.handler.connections == 2
+
+
+def test_end_of_data_reply_slower_than_smtp_timeout_is_waited_for(make_app, smtp_server):
+    # RFC 5321 4.5.3.2.6: the reply to the final "." gets SMTP_DATA_TIMEOUT, not SMTP_TIMEOUT;
+    # giving up after SMTP_TIMEOUT sent the message again each time.
+    client = make_app(smtp_server.port, smtp_timeout=1.0).test_client()
+    smtp_server.handler.script("DATA", ("KEEP", 2.5))
+    status = wait_final(client, accepted_id(send(client)))
+    assert status["status"] == "sent"
+    assert status["attempts"] == 1
+    assert len(smtp_server.received) == 1
+    assert smtp_server.handler.connections == 1
+
+
+def test_no_reply_to_end_of_data_is_possibly_delivered_and_retried_with_one_message_id(
+    make_app, smtp_server
+):
+    client = make_app(
+        smtp_server.port, smtp_timeout=1.0, smtp_data_timeout=0.3, retry_backoff=1.0
+    ).test_client()
+    smtp_server.handler.script("DATA", ("KEEP", 1.5))
+    request_id = accepted_id(send(client))
+    retrying = wait_for(lambda: (s := status_of(client, request_id))["status"] == "retrying" and s)
+    assert retrying["error"].startswith("possibly delivered: no reply to the end of DATA")
+    status = wait_final(client, request_id)
+    assert status["status"] == "sent"
+    assert status["attempts"] == 2
+    ids = Counter(str(r.message["Message-ID"]) for r in smtp_server.received)
+    assert ids == {f"<{request_id}@example.com>": 2}  # the copy can be recognised
+
+
+def test_possibly_delivered_on_every_attempt_says_so_when_failed(make_app, smtp_server):
+    client = make_app(
+        smtp_server.port, smtp_timeout=1.0, smtp_data_timeout=0.2, max_attempts=2
+    ).test_client()
+    smtp_server.handler.script("DATA", ("KEEP", 1.0), ("KEEP", 1.0))
+    status = wait_final(client, accepted_id(send(client)))
+    assert status["status"] == "failed"
+    assert status["error"].startswith("possibly delivered: no reply to the end of DATA")
+    assert status["error"].endswith("an earlier attempt was possibly delivered (same Message-ID)")
 
 
 def test_nothing_listening_is_retried_then_failed(make_app):
@@ -303,7 +343,7 @@ def test_drain_deadline_during_a_send_logs_one_final_line(make_app, smtp_server,
     wait_for(lambda: smtp_server.handler.transactions == 1, timeout=5)
     pool = app.extensions[EXTENSION].pool
     pool.drain(0)
-    pool._executor.shutdown(wait=True)  # the worker has finished with the request
+    pool.join(10)  # the worker has finished with the request
     app.extensions[EXTENSION].request_log.flush()  # and its line is in the file
     lines = (tmp_path / "email_log.txt").read_text(encoding="utf-8").splitlines()
     final = [line for line in lines if request_id in line and "Status: queued" not in line]
