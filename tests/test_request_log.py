@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
+import os
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -277,3 +282,269 @@ def test_concurrent_processes_rotating_lose_no_line(log_path):
     assert len({LINE.fullmatch(line)["id"] for line in lines}) == 1600
     for path in files:
         assert path.stat().st_size <= 20_000
+
+
+# -- a full or failing disk -----------------------------------------------------------------------
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """A file taking all the space on `folder`'s file system but `leave` bytes (whole pages)."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_CREAT | os.O_WRONLY)
+    try:
+        while True:
+            os.write(fd, bytes(65536))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+    return filler
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 256 KiB tmpfs, to be filled; skipped where mounting is not allowed (not root),
+    failed under CI=true when root cannot mount."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    folder = tmp_path / "tmpfs"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+    if os.path.ismount(folder):  # a descriptor left open by a failed test: detach it anyway
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@pytest.fixture
+def dev_full_log(tmp_path: Path) -> Path:
+    """A log path where every write fails with ENOSPC, as root or not: a link to /dev/full.
+
+    Pointing the link at a real file (`repair`) is the disk coming back: the log notices that
+    its path names another file and reopens it."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    link = tmp_path / "email_log.txt"
+    link.symlink_to("/dev/full")
+    return link
+
+
+def repair(link: Path) -> Path:
+    """Point the log's link at a real file, atomically; that file."""
+    real = link.with_name("real_log.txt")
+    real.touch()
+    tmp = link.with_name("link.tmp")
+    tmp.symlink_to(real)
+    os.replace(tmp, link)
+    return real
+
+
+def warnings_with(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+
+def ids_in(path: Path) -> list[str]:
+    """The ids of the file's lines, read under the log's flock as another process would: a
+    write the disk takes only part of is in the file until the writer cuts it back."""
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return [LINE.fullmatch(line)["id"] for line in log_lines(path)]
+
+
+def write_ids(log: RequestLog, ids: Iterable[str]) -> None:
+    for request_id in ids:
+        log.write(request_id, "a@example.com", ["b@example.com"], "sent")
+
+
+def test_full_tmpfs_is_reported_once_and_every_line_is_written_once_space_is_freed(
+    small_tmpfs, caplog
+):
+    caplog.set_level(logging.WARNING, logger="request_log")
+    path = small_tmpfs / "email_log.txt"
+    log = RequestLog(str(path))
+    # One page left: the first lines fit, a batch then fails part-way through a line.
+    filler = fill(small_tmpfs, leave=4096)
+    ids = [f"id-{i:04d}" for i in range(400)]
+    try:
+        write_ids(log, ids)
+        wait_for(lambda: warnings_with(caplog, "cannot be written"))
+        assert log.flush(timeout=0.2) is False
+        assert log._writer.is_alive()
+        before = ids_in(path)  # whole lines only: the part of the failed write was cut back
+        assert before == ids[: len(before)]
+        assert 0 < len(before) < len(ids)
+
+        filler.unlink()
+        assert log.flush(timeout=15) is True
+        assert ids_in(path) == ids  # every line, in order, once
+        late = len(ids) - len(before)
+        wait_for(lambda: warnings_with(caplog, "written again"))
+        assert f"{late} lines written late, 0 dropped" in warnings_with(caplog, "written again")[0]
+        assert len(warnings_with(caplog, "cannot be written")) == 1
+        assert log._writer.is_alive()
+    finally:
+        log.close()
+
+
+def test_rotation_fails_on_a_full_tmpfs_and_resumes(small_tmpfs, caplog):
+    caplog.set_level(logging.WARNING, logger="request_log")
+    path = small_tmpfs / "email_log.txt"
+    log = RequestLog(str(path), max_bytes=2000, backups=5)
+    filler = fill(small_tmpfs, leave=4096)  # room for the first file, none for the next
+    ids = [f"id-{i:04d}" for i in range(60)]
+    try:
+        write_ids(log, ids)
+        wait_for(lambda: warnings_with(caplog, "cannot be written"))
+        filler.unlink()
+        assert log.flush(timeout=15) is True
+    finally:
+        log.close()
+    files = sorted(small_tmpfs.glob("email_log.txt.[0-9]"), key=lambda p: -int(p.suffix[1:]))
+    assert len(files) >= 2
+    assert [i for f in [*files, path] for i in ids_in(f)] == ids
+    assert all(f.stat().st_size <= 2000 for f in [*files, path])
+
+
+def test_failing_writes_are_retried_and_the_writer_survives(dev_full_log, caplog):
+    caplog.set_level(logging.WARNING, logger="request_log")
+    log = RequestLog(str(dev_full_log))
+    ids = [f"id-{i:04d}" for i in range(50)]
+    try:
+        write_ids(log, ids)
+        wait_for(lambda: warnings_with(caplog, "cannot be written"))
+        assert "No space left on device" in warnings_with(caplog, "cannot be written")[0]
+        assert log.flush(timeout=0.2) is False
+        assert log._writer.is_alive()
+        real = repair(dev_full_log)
+        # No flush(): the writer's own retries must bring the lines to the file.
+        wait_for(lambda: ids_in(real) == ids, timeout=15)
+        wait_for(lambda: warnings_with(caplog, "written again"))
+        assert "50 lines written late, 0 dropped" in warnings_with(caplog, "written again")[0]
+        assert len(warnings_with(caplog, "cannot be written")) == 1
+        write_ids(log, ["id-after"])
+        assert log.flush() is True
+        assert ids_in(real) == [*ids, "id-after"]
+    finally:
+        log.close()
+
+
+def test_lines_beyond_max_pending_are_dropped_and_counted(dev_full_log, caplog):
+    caplog.set_level(logging.WARNING, logger="request_log")
+    log = RequestLog(str(dev_full_log), max_pending=10)
+    try:
+        write_ids(log, ["id-00000"])
+        wait_for(lambda: warnings_with(caplog, "cannot be written"))
+        ids = [f"id-{i:05d}" for i in range(1, 3001)]
+        write_ids(log, ids)
+        assert log._lines.qsize() <= 10
+        real = repair(dev_full_log)
+        assert log.flush(timeout=15) is True
+        written = ids_in(real)
+        assert written == sorted(written)  # in order, whatever was kept
+        assert written[0] == "id-00000"
+        assert len(written) < len(ids) / 2
+        dropped = len(ids) + 1 - len(written)
+        wait_for(lambda: warnings_with(caplog, "written again"))
+        assert (
+            f"{len(written)} lines written late, {dropped} dropped"
+            in warnings_with(caplog, "written again")[0]
+        )
+    finally:
+        log.close()
+
+
+def test_close_on_a_failing_disk_returns_and_counts_what_it_leaves(dev_full_log, caplog):
+    caplog.set_level(logging.WARNING, logger="request_log")
+    log = RequestLog(str(dev_full_log))
+    write_ids(log, [f"id-{i:04d}" for i in range(30)])
+    wait_for(lambda: warnings_with(caplog, "cannot be written"))
+    result: list[bool] = []
+    closer = threading.Thread(target=lambda: result.append(log.close(timeout=0.3)))
+    closer.start()
+    closer.join(timeout=15)
+    assert not closer.is_alive()
+    assert result == [False]
+    assert not log._writer.is_alive()
+    assert "closed with 30 lines unwritten" in warnings_with(caplog, "closed with")[0]
+    assert log.flush() is False
+
+
+KILLED_WRITER = """
+import logging, sys, time
+from request_log import RequestLog
+logging.basicConfig(level=logging.WARNING)
+log = RequestLog(sys.argv[1])
+for i in range(20):
+    log.write(f"before-{i:02d}", "a@example.com", ["b@example.com"], "sent")
+sys.stdin.readline()
+for i in range(20):
+    log.write(f"after-{i:02d}", "a@example.com", ["b@example.com"], "sent")
+time.sleep(120)
+"""
+
+
+def test_lines_reach_the_file_before_a_sigkill_after_a_full_disk(dev_full_log):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(dev_full_log)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    said: list[str] = []
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            said.append(line)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("cannot be written" in line for line in said))
+        real = repair(dev_full_log)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        expected = [f"before-{i:02d}" for i in range(20)] + [f"after-{i:02d}" for i in range(20)]
+        wait_for(lambda: ids_in(real) == expected, timeout=15)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+        proc.stdin.close()
+        proc.stderr.close()
+    assert ids_in(real) == expected
+
+
+def test_a_long_outage_is_reported_again_while_it_lasts(dev_full_log, caplog, monkeypatch):
+    monkeypatch.setattr("request_log.REPORT_EVERY", 0.0)  # every retry, instead of every minute
+    caplog.set_level(logging.WARNING, logger="request_log")
+    log = RequestLog(str(dev_full_log))
+    try:
+        write_ids(log, ["id-0"])
+        wait_for(lambda: warnings_with(caplog, "still cannot be written"))
+        assert "1 lines waiting, 0 dropped" in warnings_with(caplog, "still cannot be written")[0]
+        assert len(warnings_with(caplog, "cannot be written (")) == 1
+    finally:
+        log.close(timeout=0.1)
+
+
+def test_a_lone_surrogate_is_escaped_not_lost(request_log, log_path):
+    request_log.write("id-\ud800", "a@example.com", ["b@example.com"], "sent")
+    request_log.write("id-next", "a@example.com", ["b@example.com"], "sent")
+    assert request_log.flush() is True
+    assert [line.split(",")[0] for line in log_lines(log_path)] == [
+        "Request ID: id-\\ud800",
+        "Request ID: id-next",
+    ]
