@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,6 +25,7 @@ from status_store import (
     IDEMPOTENCY_TTL,
     RECORD_FIELDS,
     IdempotencyClaim,
+    OutageLog,
     StatusRecord,
     StatusStore,
     record_from_fields,
@@ -105,8 +105,7 @@ class RedisStatusStore(StatusStore):
         self._save = client.register_script(SAVE)
         self._orphans = client.register_script(ORPHANS)
         self._claim = client.register_script(CLAIM)
-        self._down = False
-        self._down_lock = threading.Lock()
+        self._outage = OutageLog(logger)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, timeout: float = 1.0) -> RedisStatusStore:
@@ -126,16 +125,9 @@ class RedisStatusStore(StatusStore):
         try:
             yield
         except redis.RedisError as exc:
-            with self._down_lock:
-                first, self._down = not self._down, True
-            if first:
-                logger.warning("status store unreachable: %s (answering 503 until it returns)", exc)
+            self._outage.failed(exc)
             raise StoreError(f"redis: {exc}") from exc
-        if self._down:
-            with self._down_lock:
-                was_down, self._down = self._down, False
-            if was_down:
-                logger.warning("status store reachable again")
+        self._outage.succeeded()
 
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None

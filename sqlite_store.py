@@ -9,6 +9,7 @@ every check-and-write (owner check, take-over, Idempotency-Key) is one SQL state
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -22,6 +23,7 @@ from status_store import (
     IDEMPOTENCY_TTL,
     RECORD_FIELDS,
     IdempotencyClaim,
+    OutageLog,
     StatusRecord,
     StatusStore,
     record_from_fields,
@@ -46,6 +48,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
+logger = logging.getLogger(__name__)
+
 COLUMNS = ", ".join(RECORD_FIELDS)
 LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
 
@@ -60,6 +64,7 @@ class SqliteStatusStore(StatusStore):
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
+        self._outage = OutageLog(logger)  # a full disk, a locked or broken file
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -88,14 +93,19 @@ class SqliteStatusStore(StatusStore):
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
                         yield self._db
+                        self._db.execute("COMMIT")
                     except BaseException:
-                        self._db.execute("ROLLBACK")
+                        # A failed COMMIT (SQLITE_FULL) may or may not have rolled back by
+                        # itself; a transaction left open would refuse every BEGIN after it.
+                        if self._db.in_transaction:
+                            self._db.execute("ROLLBACK")
                         raise
-                    self._db.execute("COMMIT")
                 else:
                     yield self._db
             except sqlite3.Error as exc:
+                self._outage.failed(exc)
                 raise StoreError(f"sqlite: {exc}") from exc
+            self._outage.succeeded()
 
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None

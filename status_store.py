@@ -9,6 +9,7 @@ of SMTP or HTTP. Backends are chosen by URL scheme through `STORE_BACKENDS`.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -134,6 +135,30 @@ def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusR
         refused=json.loads(fields["refused"] or "{}"),
         owner=fields["owner"] or "",
     )
+
+
+class OutageLog:
+    """Logs a backend's outage once when it starts and once when it ends, not once a call."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            first, self._down = not self._down, True
+        if first:
+            self._logger.warning(
+                "status store unreachable: %s (answering 503 until it returns)", exc
+            )
+
+    def succeeded(self) -> None:
+        if self._down:  # read without the lock: the common case costs nothing
+            with self._lock:
+                was_down, self._down = self._down, False
+            if was_down:
+                self._logger.warning("status store reachable again")
 
 
 class StatusStore(ABC):

@@ -162,6 +162,10 @@ def test_disk_full_at_the_final_write_keeps_it_until_sqlite_takes_it(
     service.shutdown(5)
     assert service.store.orphans(100) == []  # nothing for a restarted process to send again
     assert message_ids(smtp_server) == Counter({f"<{r}@example.com>": 1 for r in ids})
+    outage = [r.getMessage() for r in caplog.records if r.name == "sqlite_store"]
+    assert len(outage) == 2, outage  # once when it starts, once when it ends
+    assert "database or disk is full" in outage[0]
+    assert outage[1] == "status store reachable again"
 
 
 def test_disk_full_before_sending_sends_nothing_until_it_can_be_recorded(
