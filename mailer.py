@@ -152,7 +152,11 @@ class SmtpClient:
     def __init__(self, timeout: float, ca_file: str = "", data_timeout: float = 600.0) -> None:
         self.timeout = timeout
         self.data_timeout = data_timeout
-        self._ssl_context = ssl.create_default_context(cafile=ca_file or None)
+        # The system's CAs, plus SMTP_CA_FILE: create_default_context(cafile=...) alone would
+        # trust only the file and refuse every public relay.
+        self._ssl_context = ssl.create_default_context()
+        if ca_file:
+            self._ssl_context.load_verify_locations(cafile=ca_file)
         self._local = threading.local()
         self._local_hostname = socket.gethostname() or "localhost"
         self._all: set[smtplib.SMTP] = set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import ssl
+import subprocess
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -332,6 +333,29 @@ def test_starttls_with_trusted_certificate_sends(make_app, start_smtp, server_tl
     server = start_smtp(tls_context=server_tls, require_starttls=True, logins={SENDER: PASSWORD})
     client = make_app(
         server.port, security="starttls", password=PASSWORD, smtp_ca_file=str(tls_files[0])
+    ).test_client()
+    deliver(client, server)
+    assert server.logins_seen == [SENDER]
+
+
+def test_smtp_ca_file_adds_to_the_system_cas_not_replaces_them(
+    make_app, start_smtp, server_tls, tls_files, tmp_path, monkeypatch
+):
+    # The server's certificate stands for a public CA here (the system's trust store, which
+    # OpenSSL reads from SSL_CERT_FILE); SMTP_CA_FILE names another, private CA.
+    other = tmp_path / "private-ca.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(tmp_path / "private-ca.key"), "-out", str(other), "-subj", "/CN=ca",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files[0]))
+    server = start_smtp(tls_context=server_tls, require_starttls=True, logins={SENDER: PASSWORD})
+    client = make_app(
+        server.port, security="starttls", password=PASSWORD, smtp_ca_file=str(other)
     ).test_client()
     deliver(client, server)
     assert server.logins_seen == [SENDER]
