@@ -75,6 +75,11 @@ def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[s
     return parse
 
 
+def _or_zero(parse: Callable[[str], T]) -> Callable[[str], T | int]:
+    """An empty value means 0 (the setting's automatic default)."""
+    return lambda raw: parse(raw) if raw.strip() else 0
+
+
 def _security(raw: str) -> str:
     value = raw.strip().lower()
     if value not in SECURITY_MODES:
@@ -109,7 +114,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_SECURITY": ("smtp_security", _security),
     "SMTP_TIMEOUT": ("smtp_timeout", _positive(float)),
     "SMTP_DATA_TIMEOUT": ("smtp_data_timeout", _positive(float)),
-    "SMTP_SERVER_THREADS": ("smtp_server_threads", _positive(int)),
+    # Empty or 0: the default (all of WORKERS for one server, half for several).
+    "SMTP_SERVER_THREADS": ("smtp_server_threads", _or_zero(_positive(int, allow_zero=True))),
     "SMTP_SERVER_PAUSE": ("smtp_server_pause", _positive(float)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
     "WORKERS": ("workers", _positive(int)),

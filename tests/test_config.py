@@ -101,6 +101,34 @@ def test_every_variable_is_read(clean_env, monkeypatch):
     assert (settings.max_request_bytes, settings.max_recipients) == (1000, 5)
 
 
+def test_fault_settings_are_read(clean_env, monkeypatch):
+    for name, value in {
+        "SMTP_DATA_TIMEOUT": "90",
+        "QUEUE_MAX_BYTES": "20000000",
+        "AUTH_FAIL_LIMIT": "5/minute",
+        "SMTP_SERVER_THREADS": "3",
+        "SMTP_SERVER_PAUSE": "12.5",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.smtp_data_timeout, settings.queue_max_bytes) == (90, 20_000_000)
+    assert settings.auth_fail_limit == "5/minute"
+    assert (settings.smtp_server_threads, settings.smtp_server_pause) == (3, 12.5)
+
+
+@pytest.mark.parametrize("value", ["", "0"])
+def test_empty_or_zero_smtp_server_threads_is_the_automatic_default(clean_env, monkeypatch, value):
+    monkeypatch.setenv("SMTP_SERVER_THREADS", value)
+    assert load_settings().smtp_server_threads == 0
+
+
+def test_queue_max_bytes_below_max_request_bytes_is_refused(clean_env, monkeypatch):
+    monkeypatch.setenv("QUEUE_MAX_BYTES", "1000")
+    monkeypatch.setenv("MAX_REQUEST_BYTES", "2000")
+    with pytest.raises(ConfigError, match="QUEUE_MAX_BYTES=1000 is smaller than MAX_REQUEST_BYTES"):
+        load_settings()
+
+
 def test_token_secret_is_not_in_the_repr():
     assert "s3cret-token" not in repr(Settings(token_secret="s3cret-token"))
 
