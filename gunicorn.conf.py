@@ -2,9 +2,11 @@
 
 Each worker process builds its own app, and with it its own sending pool (WORKERS threads), its
 own SMTP connections and its own lease keeper; keep `preload_app` off so that the keeper's thread
-starts in each worker. With more than one worker, use a shared store (STATUS_STORE_URL
-redis://...) and a shared limiter storage (RATE_LIMIT_STORAGE_URL). On SIGTERM each worker
-drains its pool for up to DRAIN_SECONDS before it exits.
+starts in each worker. The worker class (http_worker.py) is gthread with each request read whole
+before a thread takes it, so that slow clients hold no thread. With more than one worker, use a
+shared store (STATUS_STORE_URL redis://...) and a shared limiter storage
+(RATE_LIMIT_STORAGE_URL). On SIGTERM each worker drains its pool for up to DRAIN_SECONDS before
+it exits.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ logging.basicConfig(
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-worker_class = "gthread"
+# gthread's threads, but each request is read whole (head and body, up to MAX_REQUEST_BYTES) in
+# the worker's poller loop before a thread takes it, with deadlines on slow clients: plain
+# gthread let 100 clients sending a byte at a time hold every thread (see http_worker.py).
+worker_class = "http_worker.BufferingThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 graceful_timeout = int(_settings.drain_seconds) + 10
 accesslog = None

@@ -5,7 +5,10 @@ or `python mail_server.py`) with the memory or the Redis store, fires `--message
 `--concurrency` from wrk (or the Python client when wrk is missing), waits (with a deadline) for
 the counting sink to receive every accepted message, reads CPU time and peak RSS from /proc,
 and stops the service. The first row is the ceiling: plain smtplib, same messages, no HTTP,
-no store. Every process it starts listens on 127.0.0.1 only and is stopped on the way out.
+no store. Then the stress rows (bench/stress_rows.py): normal calls while 100 clients send a
+byte at a time (slow-clients-*), and memory per MB of big messages queued while SMTP is down
+(big-messages-*). Every process it starts listens on 127.0.0.1 only and is stopped on the way
+out.
 """
 
 from __future__ import annotations
@@ -20,14 +23,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import stress_rows
 from bench.ceiling import run_ceiling
 from bench.load import LoadResult, lua_script, run_python, run_wrk
-from bench.report import RowResult, format_table, write_results
+from bench.report import Row, RowResult, format_table, write_results
 from bench.services import ROOT, RedisProcess, ServiceProcess, cpu_seconds, memory_kb
 from bench.sink import SinkProcess, SinkStats
 from bench.workload import API_KEY, SEND_PATH, body_bytes, free_port, write_senders_file
 
-ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-redis")
+THROUGHPUT_ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-redis")
+ROWS = (*THROUGHPUT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
+# slow-clients-gthread (stock gthread, the worker class before http_worker.py) is for a
+# comparison on request: its normal calls time out, which takes the whole --slow-seconds.
+DEFAULT_ROWS = tuple(name for name in ROWS if name != "slow-clients-gthread")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,7 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=5000, help="sends per row (5000)")
     parser.add_argument("--concurrency", type=int, default=32, help="open connections (32)")
     parser.add_argument(
-        "--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}"
+        "--rows",
+        default=",".join(DEFAULT_ROWS),
+        help=f"comma-separated, of {', '.join(ROWS)} (all but slow-clients-gthread)",
     )
     parser.add_argument("--workers", type=int, default=8, help="WORKERS sending threads (8)")
     parser.add_argument("--gunicorn-workers", type=int, default=2, help="GUNICORN_WORKERS (2)")
@@ -51,6 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bursts", type=int, default=1, help="bursts per row; RSS is kept after each (1)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    stress_rows.add_arguments(parser)
     args = parser.parse_args(argv)
     args.rows = [name.strip() for name in args.rows.split(",") if name.strip()]
     unknown = [name for name in args.rows if name not in ROWS]
@@ -238,19 +249,31 @@ class Bench:
             "sink": {"first_message": stats.first_message, "last_message": stats.last_message},
         }
 
-    def run(self) -> tuple[list[RowResult], str]:
+    def row(self, name: str) -> Row:
+        rowdir = self.workdir / name
+        rowdir.mkdir(exist_ok=True)
+        if name in stress_rows.SLOW_ROWS:
+            return stress_rows.slow_clients_row(
+                name, self.args, self.sink, self.senders_file, rowdir
+            )
+        if name in stress_rows.BIG_ROWS:
+            return stress_rows.big_messages_row(name, self.args, self.redis, rowdir)
+        return self.service_row(name)
+
+    def run(self) -> tuple[list[Row], str]:
         self.sink.start()
         write_senders_file(self.senders_file, self.sink.port)
         self.script.write_text(lua_script(body_bytes(), API_KEY, SEND_PATH), encoding="utf-8")
         if any(name.endswith("-redis") for name in self.args.rows) and shutil.which("redis-server"):
             self.redis = RedisProcess(self.workdir).start()
-        rows = [ceiling_row(self.args, self.sink)]
+        ceiling = ceiling_row(self.args, self.sink)
+        rows: list[Row] = [ceiling]
         generator = "none"
         for name in self.args.rows:
             print(f"bench: {name} ...", file=sys.stderr, flush=True)
-            row = self.service_row(name)
-            if row.delivered_per_s and rows[0].delivered_per_s:
-                row.vs_ceiling = row.delivered_per_s / rows[0].delivered_per_s
+            row = self.row(name)
+            if isinstance(row, RowResult) and row.delivered_per_s and ceiling.delivered_per_s:
+                row.vs_ceiling = row.delivered_per_s / ceiling.delivered_per_s
             generator = row.details.get("generator", generator)
             rows.append(row)
         return rows, generator

@@ -1,0 +1,264 @@
+"""The buffering worker under real gunicorn, over raw sockets: what HTTP/1.1 clients rely on
+(keep-alive, pipelining, chunked bodies, 100-continue, 413) still works, and its own bounds."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gunicorn.config import Config
+from gunicorn.errors import ConfigError
+
+from http_worker import BufferingThreadWorker
+from tests.conftest import API_KEY
+from tests.smtp_servers import SmtpServer
+from tests.test_durability import message, service_env
+from tests.test_gunicorn import GunicornProcess
+
+MAX_REQUEST_BYTES = 200_000
+AUTH = f"Authorization: Bearer {API_KEY}"
+
+
+def start_service(folder: Path, **extra: str) -> Iterator[GunicornProcess]:
+    """One gunicorn worker (so that every connection meets the same one), memory store."""
+    smtp = SmtpServer().start()
+    env = {
+        **service_env(folder, smtp.port, "memory://"),
+        "GUNICORN_WORKERS": "1",
+        "MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+        **extra,
+    }
+    process = GunicornProcess(folder, env).start()
+    yield process
+    code, log = process.stop()
+    smtp.stop()
+    assert code == 0, log
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornProcess]:
+    yield from start_service(tmp_path_factory.mktemp("http_worker"))
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornProcess]:
+    """The worker with small bounds (tests/tight_worker.py)."""
+    args = "--worker-class tests.tight_worker.TightWorker"
+    yield from start_service(tmp_path_factory.mktemp("tight"), GUNICORN_CMD_ARGS=args)
+
+
+def send_body() -> bytes:
+    return json.dumps(message(1)).encode()
+
+
+def post_head(length: int | None, *extra: str, close: bool = True) -> bytes:
+    lines = ["POST /send-email HTTP/1.1", "Host: 127.0.0.1", AUTH, "Content-Type: application/json"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines += [*extra, *(["Connection: close"] if close else [])]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def connect(service: GunicornProcess) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", service.port), timeout=5)
+
+
+def read_to_end(sock: socket.socket) -> bytes:
+    """Everything until the server closes (every request here asks it to), 5 s at most."""
+    out = b""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            return out
+        out += data
+    raise AssertionError(f"the server did not close: {out[:200]!r}")
+
+
+def answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """The final answers in a byte stream of HTTP/1.1 responses (1xx interim ones skipped)."""
+    found = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+        length = int(headers.get("content-length", "0"))
+        body, raw = raw[:length], raw[length:]
+        status = int(status_line.split()[1])
+        if status >= 200:
+            found.append((status, headers, body))
+    return found
+
+
+def test_a_kept_alive_connection_serves_request_after_request(service) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=5)
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    try:
+        sockets = set()
+        for _ in range(3):
+            conn.request("POST", "/send-email", send_body(), headers)
+            response = conn.getresponse()
+            assert response.status == 202, response.read()
+            response.read()
+            sockets.add(id(conn.sock))
+        assert len(sockets) == 1  # never reconnected
+    finally:
+        conn.close()
+
+
+def test_pipelined_requests_are_all_answered_in_order(service) -> None:
+    first = post_head(len(send_body()), close=False) + send_body()
+    second = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    with connect(service) as sock:
+        sock.sendall(first + second)
+        got = answers(read_to_end(sock))
+    assert [status for status, _, _ in got] == [202, 200]
+
+
+def test_a_body_arriving_in_pieces_is_answered_once_whole(service) -> None:
+    body = send_body()
+    with connect(service) as sock:
+        sock.sendall(post_head(len(body)))
+        for start in range(0, len(body), 20):
+            sock.sendall(body[start : start + 20])
+            time.sleep(0.05)
+        [(status, _, answer)] = answers(read_to_end(sock))
+    assert status == 202 and json.loads(answer)["request_id"]
+
+
+def test_a_chunked_body_is_accepted(service) -> None:
+    body = send_body()
+    pieces = [body[:10], body[10:30], body[30:]]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    with connect(service) as sock:
+        sock.sendall(post_head(None, "Transfer-Encoding: chunked"))
+        sock.sendall(chunked[:25])
+        time.sleep(0.1)
+        sock.sendall(chunked[25:])
+        [(status, _, _)] = answers(read_to_end(sock))
+    assert status == 202
+
+
+def test_expect_100_continue_gets_one_interim_answer_then_the_final_one(service) -> None:
+    body = send_body()
+    with connect(service) as sock:
+        sock.sendall(post_head(len(body), "Expect: 100-continue"))
+        interim = sock.recv(100)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        rest = read_to_end(sock)
+    assert b"100 Continue" not in rest
+    assert [status for status, _, _ in answers(rest)] == [202]
+
+
+def test_a_body_over_max_request_bytes_is_413_without_being_sent(service) -> None:
+    with connect(service) as sock:
+        sock.sendall(post_head(MAX_REQUEST_BYTES + 1, close=False))  # and no body at all
+        [(status, headers, answer)] = answers(read_to_end(sock))
+    assert status == 413
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert json.loads(answer)["status"] == 413
+
+
+def test_a_head_over_64_kib_is_431(service) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Pad: " + b"p" * 70_000
+    with connect(service) as sock:
+        # It may answer and close before the last bytes are sent.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(head)
+        [(status, headers, answer)] = answers(read_to_end(sock))
+    assert (status, headers["content-type"]) == (431, "application/problem+json")
+    assert json.loads(answer)["status"] == 431
+
+
+def test_clients_that_never_close_after_an_answer_do_not_stall_the_worker(service) -> None:
+    # gunicorn's own close lingers with blocking reads in the loop's thread: 2 s per client.
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    idle = [connect(service) for _ in range(10)]
+    try:
+        for sock in idle:
+            sock.sendall(request)  # and never read, never close
+        for _ in range(5):
+            with connect(service) as sock:
+                sock.sendall(post_head(len(send_body())) + send_body())
+                [(status, _, _)] = answers(read_to_end(sock))
+                assert status == 202
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_tls_http2_and_the_proxy_protocol_are_refused_at_start() -> None:
+    for name, value in (
+        ("certfile", "cert.pem"),
+        ("http2_cleartext", "upgrade"),
+        ("proxy_protocol", "v1"),
+    ):
+        cfg = Config()
+        cfg.set(name, value)
+        with pytest.raises(ConfigError, match="plain HTTP"):
+            BufferingThreadWorker.check_config(cfg, None)
+
+
+def is_open(sock: socket.socket) -> bool:
+    """Whether the server has neither answered nor closed this connection yet."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return False
+
+
+def test_past_max_buffering_the_connection_waiting_longest_is_closed(tight) -> None:
+    partial = b"POST /send-email HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # a head never finished
+    waiting = [connect(tight) for _ in range(5)]
+    try:
+        for sock in waiting:
+            sock.sendall(partial)
+            time.sleep(0.05)  # in this order
+        with connect(tight) as newest:
+            newest.sendall(partial)
+            [(status, _, _)] = answers(read_to_end(waiting[0]))
+            assert status == 408
+            assert all(is_open(sock) for sock in [*waiting[1:], newest])
+    finally:
+        for sock in waiting:
+            sock.close()
+    with connect(tight) as sock:  # and the worker serves as before
+        sock.sendall(post_head(len(send_body())) + send_body())
+        assert [status for status, _, _ in answers(read_to_end(sock))] == [202]
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408(tight) -> None:
+    with connect(tight) as sock:
+        sock.sendall(post_head(len(send_body())) + send_body()[:10])
+        [(status, _, answer)] = answers(read_to_end(sock))
+    assert status == 408 and json.loads(answer)["status"] == 408
+
+
+def test_bodies_beyond_the_buffer_budget_wait_their_turn_and_all_arrive(tight) -> None:
+    # Three bodies of 190 kB against a 200 kB budget: past it only the largest buffer reads,
+    # the others wait on TCP, and each is taken in turn: none is lost, none stalls.
+    body = json.dumps({**message(2), "body": "x" * 190_000}).encode()
+    socks = [connect(tight) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.sendall(post_head(len(body)) + body[:150_000])
+        time.sleep(0.3)  # traffic shaping: the worker reads what it may and goes over budget
+        for sock in socks:
+            sock.sendall(body[150_000:])
+        statuses = [answers(read_to_end(sock))[0][0] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+    assert statuses == [202, 202, 202]
