@@ -70,7 +70,9 @@ def post_fork(server, worker) -> None:
 
 
 def post_worker_init(worker) -> None:
-    """Keep full garbage collections off the request path; see mail_server.tune_gc."""
-    from mail_server import tune_gc
+    """Keep full garbage collections off the request path and give big messages' memory
+    back; see mail_server.tune_gc and tune_malloc."""
+    from mail_server import tune_gc, tune_malloc
 
+    tune_malloc()
     tune_gc()

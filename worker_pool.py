@@ -235,6 +235,8 @@ class WorkerPool:
             job.payload, job.size = None, 0
 
     def _submit(self, job: Job) -> None:
+        if self.store.durable and job.payload is not None and self._queue.paused(job.server):
+            self._drop_content(job)  # it may wait long for a paused server: the store has it
         self._queue.put(job.server, job)
 
     # -- delivering ------------------------------------------------------------------------
