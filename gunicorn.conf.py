@@ -17,9 +17,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from config import load_settings
-from errors import ConfigError
-from senders import load_senders
+from mailservice.config import load_settings
+from mailservice.errors import ConfigError
+from mailservice.senders import load_senders
 
 try:
     _settings = load_settings()
@@ -41,7 +41,7 @@ workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # gthread's threads, but each request is read whole (head and body, up to MAX_REQUEST_BYTES) in
 # the worker's poller loop before a thread takes it, with deadlines on slow clients: plain
 # gthread let 100 clients sending a byte at a time hold every thread (see http_worker.py).
-worker_class = "http_worker.BufferingThreadWorker"
+worker_class = "mailservice.serving.http_worker.BufferingThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 graceful_timeout = int(_settings.drain_seconds) + 10
 accesslog = None

@@ -27,17 +27,11 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from auth_guard import init_auth_guard
-from config import Settings, load_settings
-from demo import demo_senders, start_catcher
-from errors import ApiError, ConfigError, StoreError, Unavailable
-from http_input import json_body
-from legacy_routes import is_email_to_shape, register_legacy_routes, send_email_to
-from mailer import SmtpClient
-from rate_limit import init_rate_limit
-from recovery import LeaseKeeper
-from request_log import RequestLog
-from request_path import (
+from mailservice.api.auth_guard import init_auth_guard
+from mailservice.api.http_input import json_body
+from mailservice.api.legacy_routes import is_email_to_shape, register_legacy_routes, send_email_to
+from mailservice.api.rate_limit import init_rate_limit
+from mailservice.api.request_path import (
     EXTENSION,
     Service,
     accept,
@@ -48,9 +42,15 @@ from request_path import (
     service,
     validate_send,
 )
-from senders import SenderDirectory, load_senders
-from status_store import store_from_url
-from tokens import TokenIssuer
+from mailservice.api.tokens import TokenIssuer
+from mailservice.config import Settings, load_settings
+from mailservice.delivery.mailer import SmtpClient
+from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.demo import demo_senders, start_catcher
+from mailservice.errors import ApiError, ConfigError, StoreError, Unavailable
+from mailservice.events.request_log import RequestLog
+from mailservice.senders import SenderDirectory, load_senders
+from mailservice.stores.status_store import store_from_url
 from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)

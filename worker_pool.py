@@ -30,8 +30,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from dispatch_queue import DispatchQueue
-from errors import (
+from mailservice.api.schemas import SendRequest
+from mailservice.delivery.dispatch_queue import DispatchQueue
+from mailservice.delivery.mailer import SmtpClient, SmtpTarget, build_message
+from mailservice.delivery.retry_scheduler import RetryScheduler
+from mailservice.delivery.store_retry import StoreRetry
+from mailservice.errors import (
     ConnectFailed,
     PermanentDelivery,
     PossiblyDelivered,
@@ -39,13 +43,15 @@ from errors import (
     TransientDelivery,
     Unavailable,
 )
-from mailer import SmtpClient, SmtpTarget, build_message
-from request_log import RequestLog
-from retry_scheduler import RetryScheduler
-from schemas import SendRequest
-from senders import Sender
-from status_store import EmailStatus, IdempotencyClaim, StatusRecord, StatusStore, utcnow
-from store_retry import StoreRetry
+from mailservice.events.request_log import RequestLog
+from mailservice.senders import Sender
+from mailservice.stores.status_store import (
+    EmailStatus,
+    IdempotencyClaim,
+    StatusRecord,
+    StatusStore,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 

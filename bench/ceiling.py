@@ -31,10 +31,10 @@ def send_all(port: int, messages: int, workers: int) -> dict[str, Any]:
     """Send `messages` messages over `workers` reused connections; the figures as a dict."""
     sys.path.insert(0, str(ROOT))
     from bench.workload import SEND_BODY, SENDER_EMAIL
-    from mailer import build_message
-    from schemas import SendRequest
-    from senders import Sender
-    from status_store import utcnow
+    from mailservice.api.schemas import SendRequest
+    from mailservice.delivery.mailer import build_message
+    from mailservice.senders import Sender
+    from mailservice.stores.status_store import utcnow
 
     request = SendRequest.model_validate(SEND_BODY)
     sender = Sender(SENDER_EMAIL, "", "127.0.0.1", port, "none", "Bench")

@@ -12,9 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from config import Settings
 from mail_server import EXTENSION, create_app
-from tests.smtp_servers import GreetingServer, SmtpServer
+from mailservice.config import Settings
+from mailservice.testing.smtp_servers import GreetingServer, SmtpServer
 
 API_KEY = "test-key-0123456789"
 OTHER_KEY = "other-key-9876543210"
@@ -186,7 +186,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One redis-server for the session (tests that stop Redis start their own)."""
-    from tests.redis_server import RedisServer
+    from mailservice.testing.redis_server import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.smtp_servers import free_port
+from mailservice.testing.smtp_servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

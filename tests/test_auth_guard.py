@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-import auth_guard
-from auth_guard import AuthGuard, client_id
-from errors import ApiError
+from mailservice.api import auth_guard
+from mailservice.api.auth_guard import AuthGuard, client_id
+from mailservice.errors import ApiError
+from mailservice.testing.redis_server import RedisServer
 from tests.conftest import API_KEY, OTHER_KEY, OTHER_SENDER, SENDER, send, wait_for
-from tests.redis_server import RedisServer
 
 ATTACKER = "198.51.100.7"
 USER = "203.0.113.9"
@@ -218,7 +218,7 @@ def test_with_redis_down_failures_are_counted_in_memory_then_in_redis_again(
     client = app.test_client()
     assert send(client, **at(USER)).status_code == 202
     own_redis.stop()
-    with caplog.at_level(logging.WARNING, logger="auth_guard"):
+    with caplog.at_level(logging.WARNING, logger="mailservice.api.auth_guard"):
         started = time.monotonic()
         codes = [send(client, key=f"guess-{i}", **at(ATTACKER)).status_code for i in range(5)]
         elapsed = time.monotonic() - started

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import config
-from config import Settings, load_settings, settings_from_mapping
-from errors import ConfigError
-from tests.smtp_servers import free_port
+from mailservice import config
+from mailservice.config import Settings, load_settings, settings_from_mapping
+from mailservice.errors import ConfigError
+from mailservice.testing.smtp_servers import free_port
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from errors import ConfigError
-from senders import load_senders
+from mailservice.config import Settings
+from mailservice.errors import ConfigError
+from mailservice.senders import load_senders
 
 SEED_000 = {
     "smtp_host": "smtp.gmail.com",

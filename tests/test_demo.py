@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from mailservice.testing.smtp_servers import free_port
 from tests.conftest import wait_for
-from tests.smtp_servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from dispatch_queue import DispatchQueue
+from mailservice.delivery.dispatch_queue import DispatchQueue
 
 
 class Clock:
@@ -52,7 +52,7 @@ def test_failures_in_a_row_pause_the_lane_then_one_probe_goes_alone(caplog):
     )
     for i in range(6):
         queue.put("dead", f"d{i}")
-    with caplog.at_level(logging.WARNING, logger="dispatch_queue"):
+    with caplog.at_level(logging.WARNING, logger="mailservice.delivery.dispatch_queue"):
         for _ in range(3):
             queue.get()
             queue.done("dead", False)

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from mailservice.testing.smtp_servers import SmtpServer, free_port
 from tests.conftest import API_KEY, send, wait_final, wait_for, write_senders
 from tests.service_process import ServiceProcess
-from tests.smtp_servers import SmtpServer, free_port
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from mail_server import EXTENSION
+from mailservice.testing.redis_server import RedisServer
+from mailservice.testing.smtp_servers import GreetingServer, SilentServer, SmtpServer, free_port
 from tests.conftest import OTHER_KEY, send, wait_final, wait_for
-from tests.redis_server import RedisServer
-from tests.smtp_servers import GreetingServer, SilentServer, SmtpServer, free_port
 
 
 def accepted_id(response) -> str:
@@ -162,7 +162,7 @@ def test_disk_full_at_the_final_write_keeps_it_until_sqlite_takes_it(
     service.shutdown(5)
     assert service.store.orphans(100) == []  # nothing for a restarted process to send again
     assert message_ids(smtp_server) == Counter({f"<{r}@example.com>": 1 for r in ids})
-    outage = [r.getMessage() for r in caplog.records if r.name == "sqlite_store"]
+    outage = [r.getMessage() for r in caplog.records if r.name == "mailservice.stores.sqlite_store"]
     assert len(outage) == 2, outage  # once when it starts, once when it ends
     assert "database or disk is full" in outage[0]
     assert outage[1] == "status store reachable again"
@@ -290,7 +290,7 @@ def test_server_that_never_greets_is_paused_and_waiting_mail_spends_no_attempts(
     port = greeting.port
     app = make_app(port, workers=2, max_attempts=3, retry_backoff=0.05, smtp_server_pause=1.0)
     client = app.test_client()
-    with caplog.at_level(logging.WARNING, logger="dispatch_queue"):
+    with caplog.at_level(logging.WARNING, logger="mailservice.delivery.dispatch_queue"):
         ids = [accepted_id(send(client, message(i))) for i in range(8)]
         wait_for(lambda: "times in a row: not connecting" in caplog.text)
         greeting.stop()

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from bench.slow_clients import Dribblers, body_payload, head_payload, normal_calls
+from mailservice.testing.smtp_servers import free_port
 from tests.conftest import API_KEY, wait_for
 from tests.service_process import ROOT
-from tests.smtp_servers import free_port
 from tests.test_durability import message, message_ids, service_env
 
 

@@ -26,9 +26,10 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schemas
-from config import Settings
 from mail_server import EXTENSION, create_app
+from mailservice.api import schemas
+from mailservice.config import Settings
+from mailservice.testing.smtp_servers import SmtpServer
 from tests.conftest import (
     API_KEY,
     OTHER_KEY,
@@ -39,7 +40,6 @@ from tests.conftest import (
     wait_for,
     write_senders,
 )
-from tests.smtp_servers import SmtpServer
 
 PASSWORD = "sup3r-secret-pass"
 UNKNOWN_KEY = "unknown-key-5555555555"
@@ -710,7 +710,7 @@ def test_the_exact_key_is_accepted_in_header_and_body(catalogue_app, auth_server
 
 
 def test_keys_are_compared_with_compare_digest(catalogue_app, monkeypatch):
-    import senders
+    from mailservice import senders
 
     compared: list[int] = []
     real = senders.hmac.compare_digest

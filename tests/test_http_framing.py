@@ -7,7 +7,7 @@ from gunicorn.http.parser import RequestParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from http_framing import Framing, RequestScanner, Verdict
+from mailservice.serving.http_framing import Framing, RequestScanner, Verdict
 
 MAX_HEAD = 1024
 MAX_BODY = 1000

@@ -15,9 +15,9 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.errors import ConfigError
 
-from http_worker import BufferingThreadWorker
+from mailservice.serving.http_worker import BufferingThreadWorker
+from mailservice.testing.smtp_servers import SmtpServer
 from tests.conftest import API_KEY
-from tests.smtp_servers import SmtpServer
 from tests.test_durability import message, service_env
 from tests.test_gunicorn import GunicornProcess
 

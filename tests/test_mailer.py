@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from mail_server import EXTENSION
-from mailer import SmtpTarget
+from mailservice.delivery.mailer import SmtpTarget
+from mailservice.testing.smtp_servers import Received, SmtpServer
 from tests.conftest import SENDER, send, wait_final, wait_for
-from tests.smtp_servers import Received, SmtpServer
 
 PASSWORD = "app-pw-Zq81!x"
 

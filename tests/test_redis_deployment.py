@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from mailservice.testing.redis_server import RedisServer
 from tests.conftest import API_KEY, OTHER_KEY, send, wait_final, wait_for, write_senders
-from tests.redis_server import RedisServer
 from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.redis
@@ -86,7 +86,7 @@ def test_redis_outage_is_503_then_service_resumes_without_restart(
     wait_final(client, request_id)
 
     own_redis.stop()
-    with caplog.at_level(logging.WARNING, logger="redis_store"):
+    with caplog.at_level(logging.WARNING, logger="mailservice.stores.redis_store"):
         for _ in range(5):
             refused = send(client)
             assert refused.status_code == 503

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from request_log import RequestLog
+from mailservice.events.request_log import RequestLog
+from mailservice.testing.smtp_servers import SmtpServer
 from tests.conftest import API_KEY, SENDER, send, wait_final, wait_for
-from tests.smtp_servers import SmtpServer
 
 LINE = re.compile(
     r"Request ID: (?P<id>[^,\n]+), Sender: (?P<sender>[^,\n]+), Recipient: (?P<rcpt>[^,\n]*), "
@@ -239,7 +239,7 @@ def test_concurrent_threads_never_interleave(request_log, log_path):
 
 WRITER = """
 import sys
-from request_log import RequestLog
+from mailservice.events.request_log import RequestLog
 path, tag, count, max_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 log = RequestLog(path, max_bytes=max_bytes, backups=50)
 for i in range(count):
@@ -371,7 +371,7 @@ def write_ids(log: RequestLog, ids: Iterable[str]) -> None:
 def test_full_tmpfs_is_reported_once_and_every_line_is_written_once_space_is_freed(
     small_tmpfs, caplog
 ):
-    caplog.set_level(logging.WARNING, logger="request_log")
+    caplog.set_level(logging.WARNING, logger="mailservice.events.request_log")
     path = small_tmpfs / "email_log.txt"
     log = RequestLog(str(path))
     # One page left: the first lines fit, a batch then fails part-way through a line.
@@ -399,7 +399,7 @@ def test_full_tmpfs_is_reported_once_and_every_line_is_written_once_space_is_fre
 
 
 def test_rotation_fails_on_a_full_tmpfs_and_resumes(small_tmpfs, caplog):
-    caplog.set_level(logging.WARNING, logger="request_log")
+    caplog.set_level(logging.WARNING, logger="mailservice.events.request_log")
     path = small_tmpfs / "email_log.txt"
     log = RequestLog(str(path), max_bytes=2000, backups=5)
     filler = fill(small_tmpfs, leave=4096)  # room for the first file, none for the next
@@ -418,7 +418,7 @@ def test_rotation_fails_on_a_full_tmpfs_and_resumes(small_tmpfs, caplog):
 
 
 def test_failing_writes_are_retried_and_the_writer_survives(dev_full_log, caplog):
-    caplog.set_level(logging.WARNING, logger="request_log")
+    caplog.set_level(logging.WARNING, logger="mailservice.events.request_log")
     log = RequestLog(str(dev_full_log))
     ids = [f"id-{i:04d}" for i in range(50)]
     try:
@@ -441,7 +441,7 @@ def test_failing_writes_are_retried_and_the_writer_survives(dev_full_log, caplog
 
 
 def test_lines_beyond_max_pending_are_dropped_and_counted(dev_full_log, caplog):
-    caplog.set_level(logging.WARNING, logger="request_log")
+    caplog.set_level(logging.WARNING, logger="mailservice.events.request_log")
     log = RequestLog(str(dev_full_log), max_pending=10)
     try:
         write_ids(log, ["id-00000"])
@@ -466,7 +466,7 @@ def test_lines_beyond_max_pending_are_dropped_and_counted(dev_full_log, caplog):
 
 
 def test_close_on_a_failing_disk_returns_and_counts_what_it_leaves(dev_full_log, caplog):
-    caplog.set_level(logging.WARNING, logger="request_log")
+    caplog.set_level(logging.WARNING, logger="mailservice.events.request_log")
     log = RequestLog(str(dev_full_log))
     write_ids(log, [f"id-{i:04d}" for i in range(30)])
     wait_for(lambda: warnings_with(caplog, "cannot be written"))
@@ -483,7 +483,7 @@ def test_close_on_a_failing_disk_returns_and_counts_what_it_leaves(dev_full_log,
 
 KILLED_WRITER = """
 import logging, sys, time
-from request_log import RequestLog
+from mailservice.events.request_log import RequestLog
 logging.basicConfig(level=logging.WARNING)
 log = RequestLog(sys.argv[1])
 for i in range(20):
@@ -528,8 +528,10 @@ def test_lines_reach_the_file_before_a_sigkill_after_a_full_disk(dev_full_log):
 
 
 def test_a_long_outage_is_reported_again_while_it_lasts(dev_full_log, caplog, monkeypatch):
-    monkeypatch.setattr("request_log.REPORT_EVERY", 0.0)  # every retry, instead of every minute
-    caplog.set_level(logging.WARNING, logger="request_log")
+    monkeypatch.setattr(
+        "mailservice.events.request_log.REPORT_EVERY", 0.0
+    )  # every retry, instead of every minute
+    caplog.set_level(logging.WARNING, logger="mailservice.events.request_log")
     log = RequestLog(str(dev_full_log))
     try:
         write_ids(log, ["id-0"])

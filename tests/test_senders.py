@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from errors import ConfigError
-from senders import Sender, SenderDirectory, load_senders
-from tests.smtp_servers import free_port
+from mailservice.config import Settings
+from mailservice.errors import ConfigError
+from mailservice.senders import Sender, SenderDirectory, load_senders
+from mailservice.testing.smtp_servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "key-abcdef-123456"

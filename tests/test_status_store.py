@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from errors import ConfigError
-from status_store import (
+from mailservice.errors import ConfigError
+from mailservice.stores.status_store import (
     EmailStatus,
     IdempotencyClaim,
     MemoryStatusStore,
@@ -284,7 +284,7 @@ def test_finished_requests_are_not_orphans(durable_pair) -> None:
 
 
 def test_sqlite_store_expires_final_records(tmp_path) -> None:
-    from sqlite_store import SqliteStatusStore
+    from mailservice.stores.sqlite_store import SqliteStatusStore
 
     clock = FakeClock()
     store = SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from errors import StoreError
-from store_retry import StoreRetry
+from mailservice.delivery.store_retry import StoreRetry
+from mailservice.errors import StoreError
 from tests.conftest import wait_for
 
 
@@ -30,7 +30,7 @@ def test_writes_wait_in_order_until_the_store_returns(caplog):
     store = FlakyStore()
     store.down.set()
     retry: StoreRetry[int] = StoreRetry(store.write, first_delay=0.01, max_delay=0.05)
-    with caplog.at_level(logging.WARNING, logger="store_retry"):
+    with caplog.at_level(logging.WARNING, logger="mailservice.delivery.store_retry"):
         for item in range(5):
             retry.put(item)
         wait_for(lambda: store.refused >= 5)
@@ -64,7 +64,7 @@ def test_a_bug_in_one_write_does_not_stop_the_others(caplog):
         written.append(item)
 
     retry: StoreRetry[int] = StoreRetry(write)
-    with caplog.at_level(logging.ERROR, logger="store_retry"):
+    with caplog.at_level(logging.ERROR, logger="mailservice.delivery.store_retry"):
         for item in range(3):
             retry.put(item)
         wait_for(lambda: written == [0, 2])

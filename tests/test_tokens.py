@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from config import Settings
 from mail_server import EXTENSION, create_app
-from senders import Sender, SenderDirectory, key_digest
+from mailservice.api.tokens import TokenIssuer
+from mailservice.config import Settings
+from mailservice.senders import Sender, SenderDirectory, key_digest
 from tests.conftest import API_KEY, OTHER_KEY, SENDER, send, write_senders
-from tokens import TokenIssuer
 
 SECRET = "a-test-secret-of-enough-length"
 AN_HOUR_AGO = time.time() - 3600
@@ -58,7 +58,7 @@ def test_a_token_of_a_key_no_longer_listed_is_refused():
 
 
 def test_an_unset_secret_is_generated_and_warned_about(caplog):
-    with caplog.at_level(logging.WARNING, logger="tokens"):
+    with caplog.at_level(logging.WARNING, logger="mailservice.api.tokens"):
         issuer = TokenIssuer.with_secret_or_random("", 60, directory())
     assert "TOKEN_SECRET is not set" in caplog.text
     assert issuer.sender_of(issuer.issue(API_KEY)) is not None

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mail_server import EXTENSION
+from mailservice.testing.smtp_servers import DROP, free_port
 from tests.conftest import OTHER_KEY, send, wait_final, wait_for
-from tests.smtp_servers import DROP, free_port
 
 
 def status_of(client, request_id: str) -> dict[str, Any]:

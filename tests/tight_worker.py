@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from http_worker import BufferingThreadWorker
+from mailservice.serving.http_worker import BufferingThreadWorker
 
 
 class TightWorker(BufferingThreadWorker):

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from errors import ConfigError, StoreError
-from status_store import (
+from mailservice.errors import ConfigError, StoreError
+from mailservice.stores.status_store import (
     IDEMPOTENCY_TTL,
     RECORD_FIELDS,
     IdempotencyClaim,

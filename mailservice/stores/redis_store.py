@@ -20,8 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from errors import StoreError
-from status_store import (
+from mailservice.errors import StoreError
+from mailservice.stores.status_store import (
     IDEMPOTENCY_TTL,
     RECORD_FIELDS,
     IdempotencyClaim,

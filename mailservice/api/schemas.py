@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from errors import ApiError, FieldError
+from mailservice.errors import ApiError, FieldError
 
 MAX_DEPTH = 32
 MAX_EXTRA_HEADERS = 20

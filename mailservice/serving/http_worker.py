@@ -43,7 +43,7 @@ from gunicorn import util
 from gunicorn.errors import ConfigError
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from http_framing import RequestScanner, Verdict
+from mailservice.serving.http_framing import RequestScanner, Verdict
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 

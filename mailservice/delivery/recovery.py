@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from errors import StoreError
-from senders import SenderDirectory
-from status_store import StatusStore
-from worker_pool import WorkerPool
+from mailservice.errors import StoreError
+from mailservice.senders import SenderDirectory
+from mailservice.stores.status_store import StatusStore
+
+if TYPE_CHECKING:  # the package does not import the root at run time
+    from worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 

@@ -48,9 +48,9 @@ from limits import RateLimitItem, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, Storage, storage_from_string
 
-from config import Settings
-from errors import ApiError
-from rate_limit import REDIS_OPTIONS
+from mailservice.api.rate_limit import REDIS_OPTIONS
+from mailservice.config import Settings
+from mailservice.errors import ApiError
 
 logger = logging.getLogger(__name__)
 

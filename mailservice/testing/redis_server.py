@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.smtp_servers import free_port
+from mailservice.testing.smtp_servers import free_port
 
 
 def require_redis_binary() -> str:

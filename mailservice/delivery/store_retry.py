@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from errors import StoreError
+from mailservice.errors import StoreError
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
-from config import SECURITY_MODES, Settings
-from errors import ConfigError
+from mailservice.config import SECURITY_MODES, Settings
+from mailservice.errors import ConfigError
 
 REQUIRED_COLUMNS = ("key", "email", "app_password")
 OPTIONAL_COLUMNS = ("smtp_host", "smtp_port", "smtp_security", "name")

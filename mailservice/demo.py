@@ -16,8 +16,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpProtocol
 from aiosmtpd.smtp import Envelope, Session
 
-from errors import ConfigError
-from senders import Sender, SenderDirectory
+from mailservice.errors import ConfigError
+from mailservice.senders import Sender, SenderDirectory
 
 DEMO_SENDER = "demo@example.com"
 

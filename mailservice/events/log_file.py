@@ -16,7 +16,9 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-logger = logging.getLogger("request_log")  # its lines belong to the request log's story
+logger = logging.getLogger(
+    "mailservice.events.request_log"
+)  # its lines belong to the request log's story
 
 
 class LockedRotatingFile:

@@ -10,28 +10,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, current_app, jsonify
 from pydantic import ValidationError
 
-from auth_guard import check_client, count_failure
-from config import Settings
-from errors import ApiError, FieldError
-from http_input import (
+from mailservice.api.auth_guard import check_client, count_failure
+from mailservice.api.http_input import (
     bearer_credential,
     idempotency,
     idempotency_key,
     presented_key,
     reject_key_in_url,
 )
-from recovery import LeaseKeeper
-from request_log import RequestLog
-from schemas import SendRequest, validation_errors
-from senders import Sender, SenderDirectory, key_digest
-from status_store import EmailStatus, IdempotencyClaim, StatusStore
-from tokens import TokenIssuer
-from worker_pool import WorkerPool
+from mailservice.api.schemas import SendRequest, validation_errors
+from mailservice.api.tokens import TokenIssuer
+from mailservice.config import Settings
+from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.errors import ApiError, FieldError
+from mailservice.events.request_log import RequestLog
+from mailservice.senders import Sender, SenderDirectory, key_digest
+from mailservice.stores.status_store import EmailStatus, IdempotencyClaim, StatusStore
+
+if TYPE_CHECKING:  # the package does not import the root at run time
+    from worker_pool import WorkerPool
 
 EXTENSION = "mail_service"
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from log_file import LockedRotatingFile
+from mailservice.events.log_file import LockedRotatingFile
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Any
 from flask import Flask, request
 from flask_limiter import Limiter
 
-from config import Settings
-from errors import ApiError
-from http_input import json_body, presented_key
-from senders import key_digest
+from mailservice.api.http_input import json_body, presented_key
+from mailservice.config import Settings
+from mailservice.errors import ApiError
+from mailservice.senders import key_digest
 
 REDIS_OPTIONS = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 

@@ -24,9 +24,14 @@ from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from errors import ConnectFailed, PermanentDelivery, PossiblyDelivered, TransientDelivery
-from schemas import SendRequest
-from senders import Sender
+from mailservice.api.schemas import SendRequest
+from mailservice.errors import (
+    ConnectFailed,
+    PermanentDelivery,
+    PossiblyDelivered,
+    TransientDelivery,
+)
+from mailservice.senders import Sender
 
 
 class CachedHeaderRegistry(HeaderRegistry):

@@ -19,7 +19,7 @@ from typing import Any
 
 from itsdangerous import BadSignature, TimestampSigner, URLSafeTimedSerializer
 
-from senders import Sender, SenderDirectory, key_digest
+from mailservice.senders import Sender, SenderDirectory, key_digest
 
 logger = logging.getLogger(__name__)
 

@@ -22,13 +22,20 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from auth_guard import check_client, count_failure
-from errors import ApiError, FieldError
-from http_input import json_body
-from request_path import accept, accepted_answer, authenticate, problem, service, validate_send
-from schemas import SendRequest
-from senders import Sender
-from status_store import EmailStatus, StatusRecord
+from mailservice.api.auth_guard import check_client, count_failure
+from mailservice.api.http_input import json_body
+from mailservice.api.request_path import (
+    accept,
+    accepted_answer,
+    authenticate,
+    problem,
+    service,
+    validate_send,
+)
+from mailservice.api.schemas import SendRequest
+from mailservice.errors import ApiError, FieldError
+from mailservice.senders import Sender
+from mailservice.stores.status_store import EmailStatus, StatusRecord
 
 
 @dataclass(frozen=True, slots=True)

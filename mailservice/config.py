@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from dotenv import dotenv_values, find_dotenv
 
-from errors import ConfigError
+from mailservice.errors import ConfigError
 
 SECURITY_MODES = ("starttls", "ssl", "none")
 # A route that waits for the outcome (API.md section 7) waits SMTP_TIMEOUT plus this long.
