@@ -44,13 +44,13 @@ from mailservice.api.request_path import (
 )
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings, load_settings
-from mailservice.delivery.mailer import SmtpClient
 from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.demo import demo_senders, start_catcher
 from mailservice.errors import ApiError, ConfigError, StoreError, Unavailable
 from mailservice.events.request_log import RequestLog
 from mailservice.senders import SenderDirectory, load_senders
-from mailservice.stores.status_store import store_from_url
+from mailservice.stores import store_from_url
 from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)

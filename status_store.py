@@ -4,15 +4,9 @@ The stores themselves live in `mailservice.stores`; this module keeps the name d
 scripts import them by.
 """
 
-from mailservice.stores.status_store import (
-    STORE_BACKENDS,
-    EmailStatus,
-    IdempotencyClaim,
-    MemoryStatusStore,
-    StatusRecord,
-    StatusStore,
-    store_from_url,
-)
+from mailservice.stores import STORE_BACKENDS, store_from_url
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusRecord, StatusStore
+from mailservice.stores.memory_store import MemoryStatusStore
 
 __all__ = [
     "STORE_BACKENDS",

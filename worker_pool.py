@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, replace
 
 from mailservice.api.schemas import SendRequest
 from mailservice.delivery.dispatch_queue import DispatchQueue
-from mailservice.delivery.mailer import SmtpClient, SmtpTarget, build_message
+from mailservice.delivery.message import build_message
 from mailservice.delivery.retry_scheduler import RetryScheduler
+from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
 from mailservice.delivery.store_retry import StoreRetry
 from mailservice.errors import (
     ConnectFailed,
@@ -45,7 +46,7 @@ from mailservice.errors import (
 )
 from mailservice.events.request_log import RequestLog
 from mailservice.senders import Sender
-from mailservice.stores.status_store import (
+from mailservice.stores.contract import (
     EmailStatus,
     IdempotencyClaim,
     StatusRecord,

@@ -1,7 +1,7 @@
 """The ceiling: plain smtplib sending the bench's messages, no HTTP and no store.
 
 `python -m bench.ceiling --port N --messages M --workers W` builds every message with the
-service's own code path (`mailer.build_message(...).as_bytes()`, as `WorkerPool` does for each
+service's own code path (`message.build_message(...).as_bytes()`, as `WorkerPool` does for each
 request) inside W threads, each sending over one reused smtplib connection to the sink, and
 prints one JSON line: when the first send started (time.time()), the messages sent, and the
 process's CPU seconds and peak RSS. `run_ceiling()` runs it as a child process so that its CPU
@@ -32,9 +32,9 @@ def send_all(port: int, messages: int, workers: int) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from bench.workload import SEND_BODY, SENDER_EMAIL
     from mailservice.api.schemas import SendRequest
-    from mailservice.delivery.mailer import build_message
+    from mailservice.delivery.message import build_message
     from mailservice.senders import Sender
-    from mailservice.stores.status_store import utcnow
+    from mailservice.stores.contract import utcnow
 
     request = SendRequest.model_validate(SEND_BODY)
     sender = Sender(SENDER_EMAIL, "", "127.0.0.1", port, "none", "Bench")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from mail_server import EXTENSION
-from mailservice.delivery.mailer import SmtpTarget
+from mailservice.delivery.smtp_client import SmtpTarget
 from mailservice.testing.smtp_servers import Received, SmtpServer
 from tests.conftest import SENDER, send, wait_final, wait_for
 

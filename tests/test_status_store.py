@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 
 from mailservice.errors import ConfigError
-from mailservice.stores.status_store import (
+from mailservice.stores import store_from_url
+from mailservice.stores.contract import (
     EmailStatus,
     IdempotencyClaim,
-    MemoryStatusStore,
     StatusRecord,
     StatusStore,
-    store_from_url,
     utcnow,
 )
+from mailservice.stores.memory_store import MemoryStatusStore
 from tests.conftest import STATUS_KEYS
 
 

@@ -35,7 +35,7 @@ from mailservice.api.request_path import (
 from mailservice.api.schemas import SendRequest
 from mailservice.errors import ApiError, FieldError
 from mailservice.senders import Sender
-from mailservice.stores.status_store import EmailStatus, StatusRecord
+from mailservice.stores.contract import EmailStatus, StatusRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
 from mailservice.senders import Sender, SenderDirectory, key_digest
-from mailservice.stores.status_store import EmailStatus, IdempotencyClaim, StatusStore
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusStore
 
 if TYPE_CHECKING:  # the package does not import the root at run time
     from worker_pool import WorkerPool

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from mailservice.errors import StoreError
 from mailservice.senders import SenderDirectory
-from mailservice.stores.status_store import StatusStore
+from mailservice.stores.contract import StatusStore
 
 if TYPE_CHECKING:  # the package does not import the root at run time
     from worker_pool import WorkerPool

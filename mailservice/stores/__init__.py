@@ -1,0 +1,65 @@
+"""The status stores: `store_from_url()` picks a backend by URL scheme through `STORE_BACKENDS`.
+
+    contract.py      the record, its statuses, the StatusStore interface
+    codec.py         a record as text fields (Redis, SQLite)
+    memory_store.py  memory://   one process
+    sqlite_store.py  sqlite:///  durable, one machine
+    redis_store.py   redis://    durable, several processes and hosts
+
+Backends import only the contract and the codec; this registry imports the backends (Redis and
+SQLite on use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
+
+from mailservice.errors import ConfigError
+from mailservice.stores.contract import StatusStore
+from mailservice.stores.memory_store import MEMORY_MAX_FINISHED, MemoryStatusStore
+
+StoreFactory = Callable[[str, int], StatusStore]
+
+
+def _memory(url: str, ttl: int) -> StatusStore:
+    query = parse_qs(urlsplit(url).query)
+    try:
+        max_finished = int(query.get("max", [MEMORY_MAX_FINISHED])[0])
+    except ValueError as exc:
+        raise ConfigError(f"STATUS_STORE_URL {url!r}: max must be a number") from exc
+    if max_finished < 1:
+        raise ConfigError(f"STATUS_STORE_URL {url!r}: max must be positive")
+    return MemoryStatusStore(ttl, max_finished=max_finished)
+
+
+def _redis(url: str, ttl: int) -> StatusStore:
+    from mailservice.stores.redis_store import (
+        RedisStatusStore,  # imported on use: redis is a backend detail
+    )
+
+    return RedisStatusStore.from_url(url, ttl)
+
+
+def _sqlite(url: str, ttl: int) -> StatusStore:
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    return SqliteStatusStore.from_url(url, ttl)
+
+
+STORE_BACKENDS: dict[str, StoreFactory] = {
+    "memory": _memory,
+    "redis": _redis,
+    "rediss": _redis,
+    "sqlite": _sqlite,
+}
+
+
+def store_from_url(url: str, ttl: int) -> StatusStore:
+    """The store a STATUS_STORE_URL names; ConfigError for an unknown scheme."""
+    scheme = urlsplit(url).scheme.lower()
+    factory = STORE_BACKENDS.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{name}://" for name in STORE_BACKENDS)
+        raise ConfigError(f"STATUS_STORE_URL scheme {scheme!r} is not supported (use {known})")
+    return factory(url, ttl)

@@ -21,15 +21,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from mailservice.errors import StoreError
-from mailservice.stores.status_store import (
+from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
+from mailservice.stores.contract import (
     IDEMPOTENCY_TTL,
-    RECORD_FIELDS,
     IdempotencyClaim,
     OutageLog,
     StatusRecord,
     StatusStore,
-    record_from_fields,
-    record_to_fields,
 )
 
 logger = logging.getLogger(__name__)

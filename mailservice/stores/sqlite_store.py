@@ -19,15 +19,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mailservice.errors import ConfigError, StoreError
-from mailservice.stores.status_store import (
+from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
+from mailservice.stores.contract import (
     IDEMPOTENCY_TTL,
-    RECORD_FIELDS,
     IdempotencyClaim,
     OutageLog,
     StatusRecord,
     StatusStore,
-    record_from_fields,
-    record_to_fields,
 )
 
 SCHEMA = """

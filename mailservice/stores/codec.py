@@ -1,0 +1,63 @@
+"""A record as flat text fields, for backends that store strings (Redis hashes, SQLite rows).
+
+`RECORD_FIELDS` is the one list of a record's stored fields; `record_to_fields()` and
+`record_from_fields()` are the one codec every such backend uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from mailservice.stores.contract import EmailStatus, StatusRecord
+
+# A record as flat text fields, for backends that store strings (Redis hashes, SQLite rows).
+RECORD_FIELDS = (
+    "status",
+    "sender",
+    "recipients",
+    "pending",
+    "created_at",
+    "updated_at",
+    "attempts",
+    "error",
+    "refused",
+    "owner",
+)
+
+
+def record_to_fields(record: StatusRecord) -> dict[str, str]:
+    """The record as RECORD_FIELDS -> text."""
+    return {
+        "status": str(record.status),
+        "sender": record.sender,
+        "recipients": json.dumps(record.recipients),
+        "pending": json.dumps(record.pending),
+        "created_at": record.created_at.isoformat(),
+        "updated_at": record.updated_at.isoformat(),
+        "attempts": str(record.attempts),
+        "error": "" if record.error is None else record.error,
+        "refused": json.dumps(record.refused),
+        "owner": record.owner,
+    }
+
+
+def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusRecord | None:
+    """The record from values in RECORD_FIELDS order; None if it has no status (unknown)."""
+    fields = dict(zip(RECORD_FIELDS, values, strict=True))
+    if not fields["status"]:
+        return None
+    return StatusRecord(
+        request_id=request_id,
+        status=EmailStatus(fields["status"]),
+        sender=fields["sender"] or "",
+        recipients=tuple(json.loads(fields["recipients"] or "[]")),
+        pending=tuple(json.loads(fields["pending"] or "[]")),
+        created_at=datetime.fromisoformat(fields["created_at"] or ""),
+        updated_at=datetime.fromisoformat(fields["updated_at"] or ""),
+        attempts=int(fields["attempts"] or 0),
+        error=fields["error"] or None,
+        refused=json.loads(fields["refused"] or "{}"),
+        owner=fields["owner"] or "",
+    )

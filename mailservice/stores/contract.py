@@ -1,0 +1,169 @@
+"""The store contract: a request's record, its statuses, and the interface every backend implements.
+
+A record is created when a request is accepted (with the message `payload`, the stored message
+spec, kept until the request is final) and saved again at every state change. Once final the
+payload is dropped and the status is kept for `ttl` seconds. The store knows nothing of SMTP or
+HTTP. `tests/test_status_store.py` is the contract's test suite, run on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class EmailStatus(StrEnum):
+    """A request's state: queued -> sending -> (retrying -> sending ->) sent | failed."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in (EmailStatus.SENT, EmailStatus.FAILED)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRecord:
+    """One request's status; `pending` are the recipients still to be delivered to and
+    `owner` the process whose lease covers the work (internal, never shown)."""
+
+    request_id: str
+    status: EmailStatus
+    sender: str
+    recipients: tuple[str, ...]
+    pending: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+    attempts: int = 0
+    error: str | None = None
+    refused: dict[str, str] = field(default_factory=dict)
+    owner: str = ""
+
+    def public(self) -> dict[str, Any]:
+        """The JSON of GET /email-status/<id> (API.md section 4): no content, no internals."""
+        return {
+            "request_id": self.request_id,
+            "status": str(self.status),
+            "error": self.error,
+            "attempts": self.attempts,
+            "sender": self.sender,
+            "recipients": list(self.recipients),
+            "refused": dict(self.refused),
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "updated_at": self.updated_at.isoformat().replace("+00:00", "Z"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """An Idempotency-Key in use: `scope` names the API key and Idempotency-Key (digested),
+    `fingerprint` the request it was first used for, `request_id` what that request got."""
+
+    scope: str
+    fingerprint: str
+    request_id: str
+
+
+IDEMPOTENCY_TTL = 24 * 3600
+
+
+class OutageLog:
+    """Logs a backend's outage once when it starts and once when it ends, not once a call."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._down = False
+        self._lock = threading.Lock()
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            first, self._down = not self._down, True
+        if first:
+            self._logger.warning(
+                "status store unreachable: %s (answering 503 until it returns)", exc
+            )
+
+    def succeeded(self) -> None:
+        if self._down:  # read without the lock: the common case costs nothing
+            with self._lock:
+                was_down, self._down = self._down, False
+            if was_down:
+                self._logger.warning("status store reachable again")
+
+
+class StatusStore(ABC):
+    """The interface every backend implements; `tests/test_status_store.py` is its contract.
+
+    `durable` says whether an accepted request outlives this process in the store. A durable
+    store also keeps leases: each record names its `owner`, each owner renews its lease with
+    `heartbeat()`, and unfinished records whose owner's lease ran out can be `claim()`ed by
+    another process. `save()` writes only while the record's owner still holds it, so two
+    processes never both send one request.
+    """
+
+    durable = False
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+
+    @abstractmethod
+    def create(
+        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyClaim | None:
+        """Record a newly accepted request with its message, in one step with its
+        Idempotency-Key if any. Returns the earlier claim, creating nothing, when that key
+        was already used; StoreError if the store can't be written."""
+
+    @abstractmethod
+    def save(self, record: StatusRecord) -> bool:
+        """Write a changed record if `record.owner` still owns it (False, writing nothing,
+        if another process took it over). A final record drops its payload and expires
+        after `ttl`."""
+
+    @abstractmethod
+    def get(self, request_id: str) -> StatusRecord | None:
+        """The record, or None when unknown or expired."""
+
+    @abstractmethod
+    def payload(self, request_id: str) -> str | None:
+        """The message of an unfinished request, or None."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+
+    def heartbeat(self, owner: str, lease_seconds: float) -> None:  # noqa: B027
+        """Renew `owner`'s lease on its records; 0 gives them up at once."""
+
+    def orphans(self, limit: int) -> list[str]:
+        """Unfinished requests whose owner's lease ran out (none where nothing outlives a
+        process)."""
+        return []
+
+    def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
+        """Take over an orphaned request: its record (now owned by `owner`) and payload, or
+        None if it is finished or someone else holds it."""
+        return None
+
+    def purge_expired(self) -> None:  # noqa: B027
+        """Delete what has expired, for backends that don't expire by themselves."""
+
+    def durability_warnings(self) -> list[str]:
+        """What in the backend's setup can lose accepted requests (logged at start-up)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,86 @@
+"""The memory store (`memory://`): a dict behind one lock, for one process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from mailservice.stores.contract import IDEMPOTENCY_TTL, IdempotencyClaim, StatusRecord, StatusStore
+
+MEMORY_MAX_FINISHED = 100_000
+
+
+class MemoryStatusStore(StatusStore):
+    """A dict behind one lock. For one process; everything is gone when it exits.
+
+    Finished statuses are kept for `ttl` seconds but at most `max_finished` of them (the
+    oldest go first), and as many Idempotency-Keys, so that memory stays bounded however many
+    requests a day brings; `memory://?max=N` sets it.
+    """
+
+    def __init__(
+        self,
+        ttl: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_finished: int = MEMORY_MAX_FINISHED,
+    ) -> None:
+        super().__init__(ttl)
+        self.max_finished = max_finished
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, StatusRecord] = {}
+        self._payloads: dict[str, str] = {}
+        self._expiry: deque[tuple[float, str]] = deque()
+        self._claims: dict[str, IdempotencyClaim] = {}
+        self._claim_expiry: deque[tuple[float, str]] = deque()
+
+    def _purge(self, now: float) -> None:
+        while self._expiry and (self._expiry[0][0] <= now or len(self._expiry) > self.max_finished):
+            _, request_id = self._expiry.popleft()
+            record = self._records.get(request_id)
+            if record is not None and record.status.final:
+                del self._records[request_id]
+        while self._claim_expiry and (
+            self._claim_expiry[0][0] <= now or len(self._claim_expiry) > self.max_finished
+        ):
+            self._claims.pop(self._claim_expiry.popleft()[1], None)
+
+    def create(
+        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
+    ) -> IdempotencyClaim | None:
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            if idempotency is not None:
+                earlier = self._claims.get(idempotency.scope)
+                if earlier is not None:
+                    return earlier
+                self._claims[idempotency.scope] = idempotency
+                self._claim_expiry.append((now + IDEMPOTENCY_TTL, idempotency.scope))
+            self._records[record.request_id] = record
+            self._payloads[record.request_id] = payload
+            return None
+
+    def save(self, record: StatusRecord) -> bool:
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            self._records[record.request_id] = record
+            if record.status.final:
+                self._payloads.pop(record.request_id, None)
+                self._expiry.append((now + self.ttl, record.request_id))
+            return True
+
+    def get(self, request_id: str) -> StatusRecord | None:
+        with self._lock:
+            self._purge(self._clock())
+            return self._records.get(request_id)
+
+    def payload(self, request_id: str) -> str | None:
+        with self._lock:
+            return self._payloads.get(request_id)
+
+    def ping(self) -> None:
+        return None
