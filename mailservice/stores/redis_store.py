@@ -62,14 +62,16 @@ end
 return 1
 """
 
-# KEYS: unfinished set. ARGV: limit. Unfinished ids whose owner holds no lease.
+# KEYS: unfinished set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX. Unfinished ids whose owner holds
+# no lease. The record and lease keys are derived from ids read inside the script, so their
+# prefixes come in ARGV (not KEYS): the constants above stay the one place the names live.
 ORPHANS = """
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local owner = redis.call('HGET', 'mail:req:' .. id, 'owner')
+  local owner = redis.call('HGET', ARGV[2] .. id, 'owner')
   if not owner then
     redis.call('SREM', KEYS[1], id)
-  elseif redis.call('EXISTS', 'mail:owner:' .. owner) == 0 then
+  elseif redis.call('EXISTS', ARGV[3] .. owner) == 0 then
     out[#out + 1] = id
     if #out >= tonumber(ARGV[1]) then break end
   end
@@ -77,11 +79,12 @@ end
 return out
 """
 
-# KEYS: record. ARGV: new owner. 1 when taken over (unfinished, owner without a lease).
+# KEYS: record. ARGV: new owner, OWNER_PREFIX. 1 when taken over (unfinished, owner without a
+# lease). The lease key depends on the owner read here, hence its prefix in ARGV.
 CLAIM = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner or redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return 0 end
-if owner ~= ARGV[1] and redis.call('EXISTS', 'mail:owner:' .. owner) == 1 then return 0 end
+if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 return 1
 """
@@ -172,12 +175,12 @@ class RedisStatusStore(StatusStore):
         if limit <= 0:
             return []
         with self._guard():
-            return list(self._orphans(keys=[UNFINISHED], args=[limit]))
+            return list(self._orphans(keys=[UNFINISHED], args=[limit, KEY_PREFIX, OWNER_PREFIX]))
 
     def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
         key = KEY_PREFIX + request_id
         with self._guard():
-            if not self._claim(keys=[key], args=[owner]):
+            if not self._claim(keys=[key], args=[owner, OWNER_PREFIX]):
                 return None
             values = self.client.hmget(key, [*RECORD_FIELDS, "payload"])
         record = record_from_fields(request_id, values[:-1])
