@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mailservice.config import load_settings
 from mailservice.errors import ConfigError
+from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import load_senders
 
 try:
@@ -37,12 +38,12 @@ logging.basicConfig(
 )
 
 bind = [f"{_settings.host}:{_settings.port}"]
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+workers = _settings.gunicorn_workers
 # gthread's threads, but each request is read whole (head and body, up to MAX_REQUEST_BYTES) in
 # the worker's poller loop before a thread takes it, with deadlines on slow clients: plain
 # gthread let 100 clients sending a byte at a time hold every thread (see http_worker.py).
 worker_class = "mailservice.serving.http_worker.BufferingThreadWorker"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = _settings.gunicorn_threads
 graceful_timeout = int(_settings.drain_seconds) + 10
 accesslog = None
 loglevel = "info"
@@ -61,18 +62,14 @@ def worker_exit(server, worker) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """Pin each worker to one core (worker n to core n mod cores); see mail_server.pin_to_core."""
-    from mail_server import pin_to_core
-
-    core = pin_to_core(worker.age - 1)
+    """Pin each worker to one core (worker n to core n mod cores); see runtime.pin_to_core."""
+    core = pin_to_core(worker.age - 1, _settings.pin_cpus)
     if core is not None:
         server.log.info("worker %s pinned to core %d", worker.pid, core)
 
 
 def post_worker_init(worker) -> None:
     """Keep full garbage collections off the request path and give big messages' memory
-    back; see mail_server.tune_gc and tune_malloc."""
-    from mail_server import tune_gc, tune_malloc
-
+    back; see runtime.tune_gc and tune_malloc."""
     tune_malloc()
-    tune_gc()
+    tune_gc(_settings.gc_tuning)

@@ -10,14 +10,10 @@ Run it with `python mail_server.py [--demo]` or `gunicorn 'mail_server:create_ap
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import logging
-import os
 import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +45,7 @@ from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.demo import demo_senders, start_catcher
 from mailservice.errors import ApiError, ConfigError, StoreError, Unavailable
 from mailservice.events.request_log import RequestLog
+from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
 from mailservice.stores import store_from_url
 from worker_pool import WorkerPool, server_threads
@@ -182,74 +179,12 @@ class AccessLogHandler(WSGIRequestHandler):
         self.log("info", '"%s %s %s" %s %s', self.command, path, self.request_version, code, size)
 
 
-def pin_to_core(index: int) -> int | None:
-    """Pin this process to one of the cores it may use (index modulo their number).
-
-    One Python process uses at most one core at a time; left free to move, its threads hand
-    the GIL across cores, which on our 2-core machines cost 2 to 4 times the CPU per request.
-    PIN_CPUS=0 turns it off. The core, or None when not pinned.
-    """
-    if os.environ.get("PIN_CPUS", "1") == "0" or not hasattr(os, "sched_setaffinity"):
-        return None
-    cores = sorted(os.sched_getaffinity(0))
-    core = cores[index % len(cores)]
-    os.sched_setaffinity(0, {core})
-    return core
-
-
-MMAP_THRESHOLD = 128 * 1024
-M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
-
-
-def tune_malloc() -> bool:
-    """Give the memory of big messages back to the system once they are gone.
-
-    glibc serves an allocation of 128 KiB or more with mmap() and unmaps it when freed, but
-    after the first such free it raises that threshold to the freed size, so every later
-    message body of a few MB came from the heap, which glibc keeps: 100 queued 4 MB messages
-    left the process at 1.6 MB of RSS per MB held, long after most copies were freed. Fixing the
-    threshold keeps big buffers in mmap() (measured: 1.0 MB per MB); small objects are not
-    affected. True where it applies (glibc).
-    """
-    try:
-        libc = ctypes.CDLL(None)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):  # not glibc: its allocator has no such knob
-        return False
-
-
-FULL_GC_SECONDS = 60.0
-
-
-def tune_gc() -> None:
-    """Keep the garbage collector's full collections out of the request path.
-
-    A full collection scans every live object, and under a backlog (thousands of queued jobs)
-    one took 100 to 200 ms, which became the accept latency's p99. The objects made at start
-    are frozen out of collections, young generations are still collected as usual (they catch
-    the few cycles a request leaves), and the full collection runs on a thread of its own
-    every FULL_GC_SECONDS instead. GC_TUNING=0 keeps Python's defaults.
-    """
-    if os.environ.get("GC_TUNING", "1") == "0":
-        return
-    gc.freeze()
-    threshold0, threshold1, _ = gc.get_threshold()
-    gc.set_threshold(threshold0, threshold1, 1_000_000)
-
-    def collect() -> None:
-        while True:
-            time.sleep(FULL_GC_SECONDS)
-            gc.collect()
-
-    threading.Thread(target=collect, name="full-gc", daemon=True).start()
-
-
 def _serve(app: Flask, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain the pool and exit 0."""
-    core = pin_to_core(0)
+    core = pin_to_core(0, settings.pin_cpus)
     if core is not None:
         logger.info("pinned to core %d (PIN_CPUS=0 turns this off)", core)
-    tune_gc()
+    tune_gc(settings.gc_tuning)
     tune_malloc()
     server = make_server(
         settings.host, settings.port, app, threaded=True, request_handler=AccessLogHandler

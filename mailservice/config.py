@@ -59,6 +59,11 @@ class Settings:
     wait_margin: float = WAIT_MARGIN_SECONDS
     max_request_bytes: int = 10 * 1024 * 1024
     max_recipients: int = 50
+    # Process layout (API.md section 1): read by gunicorn.conf.py and mailservice.runtime.
+    gunicorn_workers: int = 2
+    gunicorn_threads: int = 8
+    pin_cpus: bool = True
+    gc_tuning: bool = True
 
 
 def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
@@ -92,6 +97,22 @@ def _port(raw: str) -> int:
     if not 0 < value < 65536:
         raise ValueError("must be a port number, 1 to 65535")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _switch(raw: str) -> bool:
+    """On or off, in the usual spellings. Empty means the default, on: before these were
+    checked, any value but 0 meant on, an empty one included."""
+    value = raw.strip().lower()
+    if value in _TRUE or not value:
+        return True
+    if value in _FALSE:
+        return False
+    # Refused rather than taken as on: "of" or "disabled" must not quietly mean the opposite.
+    raise ValueError(f"must be one of {', '.join(_TRUE)} or {', '.join(_FALSE)}")
 
 
 def _rate_limit(raw: str) -> str:
@@ -138,6 +159,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WAIT_MARGIN": ("wait_margin", _positive(float, allow_zero=True)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
     "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
+    "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
+    "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
+    "PIN_CPUS": ("pin_cpus", _switch),
+    "GC_TUNING": ("gc_tuning", _switch),
 }
 
 

@@ -47,6 +47,10 @@ API_DEFAULTS = {
     "token_ttl": 3600,
     "max_request_bytes": 10485760,
     "max_recipients": 50,
+    "gunicorn_workers": 2,
+    "gunicorn_threads": 8,
+    "pin_cpus": True,
+    "gc_tuning": True,
 }
 
 
@@ -116,6 +120,52 @@ def test_fault_settings_are_read(clean_env, monkeypatch):
     assert (settings.smtp_server_threads, settings.smtp_server_pause) == (3, 12.5)
 
 
+def test_process_layout_settings_are_read(clean_env, monkeypatch):
+    for name, value in {
+        "GUNICORN_WORKERS": "4",
+        "GUNICORN_THREADS": "16",
+        "PIN_CPUS": "0",
+        "GC_TUNING": "0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.gunicorn_workers, settings.gunicorn_threads) == (4, 16)
+    assert (settings.pin_cpus, settings.gc_tuning) == (False, False)
+
+
+def test_process_layout_settings_are_read_from_dotenv(clean_env):
+    (clean_env / ".env").write_text(
+        "GUNICORN_WORKERS=3\nGUNICORN_THREADS=5\nPIN_CPUS=0\nGC_TUNING=off\n", encoding="utf-8"
+    )
+    settings = load_settings()
+    assert (settings.gunicorn_workers, settings.gunicorn_threads) == (3, 5)
+    assert (settings.pin_cpus, settings.gc_tuning) == (False, False)
+
+
+SWITCHES = [
+    ("1", True),
+    ("true", True),
+    ("TRUE", True),
+    ("yes", True),
+    ("on", True),
+    (" 1 ", True),
+    ("", True),  # empty is the default, as before these were checked
+    ("0", False),
+    ("false", False),
+    ("False", False),
+    ("no", False),
+    ("off", False),
+]
+
+
+@pytest.mark.parametrize("name", ["PIN_CPUS", "GC_TUNING"])
+@pytest.mark.parametrize(("raw", "expected"), SWITCHES)
+def test_switches_take_the_usual_spellings(clean_env, monkeypatch, name, raw, expected):
+    monkeypatch.setenv(name, raw)
+    settings = load_settings()
+    assert getattr(settings, config._VARIABLES[name][0]) is expected
+
+
 @pytest.mark.parametrize("value", ["", "0"])
 def test_empty_or_zero_smtp_server_threads_is_the_automatic_default(clean_env, monkeypatch, value):
     monkeypatch.setenv("SMTP_SERVER_THREADS", value)
@@ -173,6 +223,17 @@ BAD_VALUES = [
     ("MAX_RECIPIENTS", "fifty"),
     ("EMAIL_LOG_MAX_BYTES", "0"),
     ("EMAIL_LOG_BACKUPS", "-1"),
+    ("GUNICORN_WORKERS", "two"),
+    ("GUNICORN_WORKERS", "0"),
+    ("GUNICORN_WORKERS", "2.5"),
+    ("GUNICORN_WORKERS", ""),
+    ("GUNICORN_THREADS", "0"),
+    ("GUNICORN_THREADS", "-8"),
+    ("GUNICORN_THREADS", "eight"),
+    ("PIN_CPUS", "2"),
+    ("PIN_CPUS", "maybe"),
+    ("GC_TUNING", "of"),
+    ("GC_TUNING", "disabled"),
 ]
 
 
@@ -250,6 +311,8 @@ def start_server(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]
         ("STATUS_STORE_URL", "nosuch://x"),
         ("EMAIL_LOG", "/nonexistent-dir/for/sure/email_log.txt"),
         ("SMTP_SECURITY", "plain"),
+        ("PIN_CPUS", "maybe"),
+        ("GC_TUNING", "2"),
     ],
 )
 def test_server_with_bad_setting_exits_with_one_line_naming_it(tmp_path, name, value):

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.slow_clients import Dribblers, body_payload, head_payload, normal_calls
+from mailservice import config
 from mailservice.testing.smtp_servers import free_port
 from tests.conftest import API_KEY, wait_for
 from tests.service_process import ROOT
@@ -173,3 +174,71 @@ def test_slow_clients_hold_no_thread_and_normal_calls_are_answered(tmp_path, smt
         code, log = service.stop()
     assert code == 0, log
     assert log.count("drained; 0 request(s) left unsent") == 2
+
+
+# -- start-up with a bad setting: the master stops with one line, no worker boots ----------------
+
+
+def gunicorn_start_up(cwd: Path, env: dict[str, str], timeout: float = 20) -> tuple[int, str]:
+    """Run gunicorn as production does, in `cwd`, with only `env` for service variables, until
+    it exits by itself; the exit code and everything it printed. Fails if it is still running
+    after `timeout` seconds (it booted instead of refusing)."""
+    clean = {k: v for k, v in os.environ.items() if k not in config._VARIABLES}
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"),
+            "mail_server:create_app()",
+        ],
+        cwd=cwd,
+        env={**clean, "HOST": "127.0.0.1", "PORT": str(free_port()), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        raise AssertionError(f"gunicorn still running after {timeout}s:\n{output}") from None
+    return process.returncode, output
+
+
+BAD_START_UPS = [
+    ("GUNICORN_WORKERS", "two"),
+    ("GUNICORN_THREADS", "0"),
+    ("PIN_CPUS", "maybe"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), BAD_START_UPS, ids=[f"{n}={v}" for n, v in BAD_START_UPS]
+)
+def test_gunicorn_with_bad_setting_exits_2_with_one_line_naming_it(tmp_path, name, value):
+    (tmp_path / "a-file").write_text("not a folder\n", encoding="utf-8")
+    env = service_env(tmp_path, free_port(), "memory://")
+    env[name] = value.format(tmp=tmp_path)
+    started = time.monotonic()
+    code, output = gunicorn_start_up(tmp_path, env)
+    assert code == 2, output
+    assert time.monotonic() - started < 15
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith("mail_server: configuration error: ")
+    assert name in lines[0]
+    assert "Traceback" not in output
+    assert "Worker failed to boot" not in output
+    # Checked, not opened: no folder or file was made for the bad setting.
+    assert not (tmp_path / "missing-folder").exists()
+    assert not (tmp_path / "email_log.txt").exists()
+
+
+def test_gunicorn_reads_process_layout_settings_from_dotenv(tmp_path):
+    # A .env in the working directory sets GUNICORN_* like any other variable.
+    (tmp_path / ".env").write_text("GUNICORN_WORKERS=zero\n", encoding="utf-8")
+    code, output = gunicorn_start_up(tmp_path, service_env(tmp_path, free_port(), "memory://"))
+    assert code == 2, output
+    assert output.strip() == (
+        "mail_server: configuration error: GUNICORN_WORKERS='zero' is not valid: "
+        "invalid literal for int() with base 10: 'zero'"
+    )
