@@ -1,0 +1,112 @@
+"""A request's status transitions, as pure functions of its record: no store, no SMTP, no clock.
+
+    queued -> sending -> (retrying -> sending ->) sent | failed
+
+`begin()` starts an attempt, `delivered()` takes in what the server said of each recipient,
+`after_failure()` decides between another attempt and the end, and `finish()` settles the final
+status: a message someone received is `sent` (the others listed in `refused`), a message
+nobody received is `failed`. The caller passes the time and the jitter in, so each function
+gives the same answer for the same arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from mailservice.stores.contract import EmailStatus, StatusRecord
+
+JITTER = (0.75, 1.25)  # a retry's delay is its backoff times a factor in this range
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again after `delay` seconds; `record` is the `retrying` status to save."""
+
+    record: StatusRecord
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """The request has ended; `record` is its final status to save."""
+
+    record: StatusRecord
+
+
+Step = Retry | Final
+
+
+def begin(record: StatusRecord, now: datetime) -> StatusRecord:
+    """The `sending` status of the next attempt."""
+    return replace(record, status=EmailStatus.SENDING, attempts=record.attempts + 1, updated_at=now)
+
+
+def delivered(
+    record: StatusRecord, refused: Mapping[str, str], deferred: Mapping[str, str]
+) -> StatusRecord:
+    """After a transaction: refused recipients recorded, the deferred ones still pending."""
+    return replace(record, refused={**record.refused, **refused}, pending=tuple(deferred))
+
+
+def retry_delay(attempts: int, backoff: float, jitter: float) -> float:
+    """Seconds before the attempt after `attempts` failed ones: doubling, times the jitter."""
+    return backoff * 2 ** (attempts - 1) * jitter
+
+
+def after_failure(
+    record: StatusRecord,
+    reason: str,
+    *,
+    max_attempts: int,
+    backoff: float,
+    jitter: float,
+    now: datetime,
+    deferred: Mapping[str, str],
+    possibly_delivered: bool,
+) -> Step:
+    """A transient failure (or recipients deferred): another attempt, or the end if none is
+    left."""
+    if record.attempts >= max_attempts:
+        return Final(
+            finish(
+                record,
+                EmailStatus.FAILED,
+                f"{reason} (after {record.attempts} attempts)",
+                now=now,
+                deferred=deferred,
+                possibly_delivered=possibly_delivered,
+            )
+        )
+    retrying = replace(record, status=EmailStatus.RETRYING, error=reason, updated_at=now)
+    return Retry(retrying, retry_delay(record.attempts, backoff, jitter))
+
+
+def finish(
+    record: StatusRecord,
+    status: EmailStatus,
+    error: str | None,
+    *,
+    now: datetime,
+    deferred: Mapping[str, str] | None = None,
+    possibly_delivered: bool = False,
+) -> StatusRecord:
+    """The final status: `sent` when someone has the message, else `failed` with the reason."""
+    deferred = deferred or {}
+    delivered_to = [r for r in record.recipients if r not in record.pending + tuple(record.refused)]
+    if status is EmailStatus.FAILED and delivered_to:
+        # Someone has the message: it was sent; each of the rest is listed as refused with its
+        # own last "<code> <text>" where it has one (API.md section 4).
+        refused = dict(record.refused)
+        refused.update({r: deferred.get(r) or error or "not delivered" for r in record.pending})
+        record = replace(record, refused=refused, pending=())
+        status, error = EmailStatus.SENT, None
+    elif status is EmailStatus.SENT and not delivered_to:
+        status = EmailStatus.FAILED
+        error = "every recipient was refused: " + "; ".join(
+            f"{a}: {r}" for a, r in record.refused.items()
+        )
+    if status is EmailStatus.FAILED and possibly_delivered:
+        error = f"{error}; an earlier attempt was possibly delivered (same Message-ID)"
+    return replace(record, status=status, error=error, updated_at=now)

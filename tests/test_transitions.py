@@ -1,0 +1,106 @@
+"""The status transitions on their own: pure functions of a record (no store, SMTP or Flask)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mailservice.delivery.transitions import (
+    Final,
+    Retry,
+    after_failure,
+    begin,
+    delivered,
+    finish,
+    retry_delay,
+)
+from mailservice.stores.contract import EmailStatus, StatusRecord
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+LATER = T0 + timedelta(seconds=5)
+
+
+def queued(*recipients: str) -> StatusRecord:
+    recipients = recipients or ("a@example.com",)
+    return StatusRecord(
+        request_id="r1",
+        status=EmailStatus.QUEUED,
+        sender="s@example.com",
+        recipients=recipients,
+        pending=recipients,
+        created_at=T0,
+        updated_at=T0,
+    )
+
+
+def failure(record: StatusRecord, reason: str = "451 later", **kw) -> Retry | Final:
+    options = {
+        "max_attempts": 3,
+        "backoff": 2.0,
+        "jitter": 1.0,
+        "now": LATER,
+        "deferred": {},
+        "possibly_delivered": False,
+    }
+    return after_failure(record, reason, **{**options, **kw})
+
+
+def test_begin_counts_the_attempt_and_marks_sending():
+    record = begin(queued(), LATER)
+    assert (record.status, record.attempts, record.updated_at) == ("sending", 1, LATER)
+
+
+def test_a_failure_with_attempts_left_is_a_retry_after_the_doubling_backoff():
+    step = failure(begin(begin(queued(), T0), T0))
+    assert isinstance(step, Retry)
+    assert step.record.status is EmailStatus.RETRYING
+    assert step.record.error == "451 later"
+    assert step.delay == 4.0  # 2 s doubled once: the second attempt failed
+
+
+@pytest.mark.parametrize(("attempts", "jitter", "delay"), [(1, 1.0, 2.0), (3, 0.75, 6.0)])
+def test_retry_delay(attempts, jitter, delay):
+    assert retry_delay(attempts, 2.0, jitter) == delay
+
+
+def test_the_last_attempt_failing_is_final_with_the_count():
+    record = replace(begin(queued(), T0), attempts=3)
+    step = failure(record)
+    assert isinstance(step, Final)
+    assert step.record.status is EmailStatus.FAILED
+    assert step.record.error == "451 later (after 3 attempts)"
+
+
+def test_delivered_keeps_refused_and_leaves_only_deferred_pending():
+    record = begin(queued("a@example.com", "b@example.com", "c@example.com"), T0)
+    after = delivered(record, {"b@example.com": "550 no"}, {"c@example.com": "451 busy"})
+    assert after.refused == {"b@example.com": "550 no"}
+    assert after.pending == ("c@example.com",)
+
+
+def test_a_failure_after_someone_received_it_is_sent_with_the_rest_refused():
+    record = delivered(
+        begin(queued("a@example.com", "c@example.com"), T0), {}, {"c@example.com": "451 busy"}
+    )
+    final = finish(
+        record, EmailStatus.FAILED, "gave up", now=LATER, deferred={"c@example.com": "451 busy"}
+    )
+    assert final.status is EmailStatus.SENT and final.error is None
+    assert final.refused == {"c@example.com": "451 busy"}  # its own last reply
+    assert final.pending == ()
+
+
+def test_sent_to_nobody_is_failed_with_every_refusal():
+    record = delivered(begin(queued(), T0), {"a@example.com": "550 5.1.1 unknown"}, {})
+    final = finish(record, EmailStatus.SENT, None, now=LATER)
+    assert final.status is EmailStatus.FAILED
+    assert final.error == "every recipient was refused: a@example.com: 550 5.1.1 unknown"
+
+
+def test_failed_after_a_possibly_delivered_attempt_says_so():
+    final = finish(
+        begin(queued(), T0), EmailStatus.FAILED, "421 bye", now=LATER, possibly_delivered=True
+    )
+    assert final.error == "421 bye; an earlier attempt was possibly delivered (same Message-ID)"
