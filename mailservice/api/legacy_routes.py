@@ -2,7 +2,7 @@
 
 Each seed body is translated, field by field, into the core `SendRequest` and then takes the
 core's path (`request_path`): the same key check, the same validation (header injection,
-addresses, recipient limits, 403 for a foreign From), the same `WorkerPool.accept()`. Unknown
+addresses, recipient limits, 403 for a foreign From), the same `Acceptor.accept()`. Unknown
 fields are a 400 as in the core API, and field errors name the seed's own fields.
 
     POST /mail               seed 000   waits; 200 {"message": "message Sent", "request_id"}

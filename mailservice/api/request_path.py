@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Response, current_app, jsonify
 from pydantic import ValidationError
@@ -26,14 +26,14 @@ from mailservice.api.http_input import (
 from mailservice.api.schemas import SendRequest, validation_errors
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings
+from mailservice.delivery.accepting import Acceptor
+from mailservice.delivery.dispatcher import Dispatcher
+from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
 from mailservice.senders import Sender, SenderDirectory, key_digest
 from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusStore
-
-if TYPE_CHECKING:  # the package does not import the root at run time
-    from worker_pool import WorkerPool
 
 EXTENSION = "mail_service"
 
@@ -45,7 +45,8 @@ class Service:
     settings: Settings
     senders: SenderDirectory
     store: StatusStore
-    pool: WorkerPool
+    pool: Dispatcher
+    acceptor: Acceptor
     request_log: RequestLog
     tokens: TokenIssuer
     leases: LeaseKeeper
@@ -156,10 +157,27 @@ def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
-    result = service().pool.accept(send, sender, claim)
+    result = service().acceptor.accept(message_spec(send), sender, claim)
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id
+
+
+def message_spec(send: SendRequest) -> MessageSpec:
+    """The plain value delivery works from: the validated request without the HTTP model."""
+    return MessageSpec(
+        recipient=tuple(send.recipient),
+        subject=send.subject,
+        cc=tuple(send.cc),
+        bcc=tuple(send.bcc),
+        body=send.body,
+        is_html=send.is_html,
+        text=send.text,
+        html=send.html,
+        from_name=send.from_name,
+        reply_to=send.reply_to,
+        headers=dict(send.headers),
+    )
 
 
 def accepted_answer(request_id: str, **members: Any) -> Response:

@@ -12,7 +12,7 @@ from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from mailservice.api.schemas import SendRequest
+from mailservice.delivery.message_spec import MessageSpec
 from mailservice.senders import Sender
 
 
@@ -49,7 +49,7 @@ def _address(addr_spec: str, display_name: str = "") -> Address:
 
 
 def build_message(
-    request: SendRequest, sender: Sender, request_id: str, date: datetime
+    request: MessageSpec, sender: Sender, request_id: str, date: datetime
 ) -> EmailMessage:
     """The message of one request, with a Message-ID that every attempt shares."""
     # Every address in a header counts: under the ASCII policy a non-ASCII local part of

@@ -11,14 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
+from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.errors import StoreError
 from mailservice.senders import SenderDirectory
 from mailservice.stores.contract import StatusStore
-
-if TYPE_CHECKING:  # the package does not import the root at run time
-    from worker_pool import WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +28,7 @@ class LeaseKeeper:
     def __init__(
         self,
         store: StatusStore,
-        pool: WorkerPool,
+        pool: Dispatcher,
         senders: SenderDirectory,
         lease_seconds: float = 30.0,
     ) -> None:

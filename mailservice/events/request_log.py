@@ -37,7 +37,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from mailservice.events.bus import Accepted, Event
 from mailservice.events.log_file import LockedRotatingFile
+from mailservice.stores.contract import EmailStatus
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,16 @@ class RequestLog:
             f"Recipient: {_one_line(';'.join(recipients))}, "
             f"Date: {when:%Y-%m-%d %H:%M:%S}, Status: {_one_line(shown)}"
         )
+
+    def on_event(self, event: Event) -> None:
+        """The line an event calls for: `queued` when accepted, the final status when ended."""
+        record = event.record
+        if isinstance(event, Accepted):
+            status, reason, when = "queued", None, record.created_at
+        else:
+            failed = record.status is EmailStatus.FAILED
+            status, reason, when = str(record.status), record.error if failed else None, None
+        self.write(record.request_id, record.sender, record.recipients, status, reason, when)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait up to `timeout` s until every line queued so far is in the file; whether it is."""

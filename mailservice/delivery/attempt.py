@@ -1,0 +1,197 @@
+"""One delivery attempt of one request, as plain code: no threads, no queue, no Flask.
+
+`DeliveryAttempt.run(state, sender)` records `sending` under this process's ownership (nothing
+is handed to a server that the store does not know is being sent), builds the message from the
+stored `MessageSpec`, runs one SMTP transaction and returns what comes next: another attempt
+after a delay (`Retry`), the end (`Final`), a wait for the store that refused `sending`
+(`WaitForStore`, no attempt spent), or nothing more for this process (`Dropped`: another one
+owns the request now). A dispatcher (the thread pool, later a Celery task) acts on that answer;
+`save_retry()` and `save_final()` record the statuses it carries, and `save_final()` announces
+the end (the `Finished` event) once the store has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mailservice.delivery.message import build_message
+from mailservice.delivery.message_spec import MessageSpec, PayloadError
+from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
+from mailservice.delivery.transitions import (
+    JITTER,
+    Final,
+    Retry,
+    after_failure,
+    begin,
+    delivered,
+    finish,
+)
+from mailservice.errors import (
+    ConnectFailed,
+    PermanentDelivery,
+    PossiblyDelivered,
+    StoreError,
+    TransientDelivery,
+)
+from mailservice.events.bus import EventBus, Finished
+from mailservice.senders import Sender
+from mailservice.stores.contract import EmailStatus, StatusRecord, StatusStore, utcnow
+
+logger = logging.getLogger(__name__)
+
+# An attempt put off because the store could not record `sending` waits this long (doubling
+# per refusal in a row, up to the maximum).
+STORE_WAIT_FIRST = 0.25
+STORE_WAIT_MAX = 5.0
+
+
+@dataclass(slots=True, eq=False)
+class AttemptState:
+    """What a dispatcher keeps of one request between its attempts."""
+
+    record: StatusRecord
+    payload: str | None  # the stored spec while it is held in memory; None: read the store's
+    deferred: dict[str, str] = field(default_factory=dict)  # 4xx at RCPT, last attempt
+    possibly_delivered: bool = False  # an attempt got no reply to the end of DATA
+    store_waits: int = 0  # attempts put off in a row because the store refused `sending`
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForStore:
+    """The store could not record `sending`: try the attempt again after `delay`, uncounted."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Nothing more to do here: another process owns the request, or it ended elsewhere."""
+
+    reason: str
+
+
+Next = Retry | Final | WaitForStore | Dropped
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What comes next, and whether the SMTP server answered (None: no connection tried)."""
+
+    next: Next
+    answered: bool | None
+
+
+class DeliveryAttempt:
+    """Runs attempts against one store and SMTP client, under one retry policy."""
+
+    def __init__(
+        self,
+        store: StatusStore,
+        smtp: SmtpClient,
+        events: EventBus,
+        *,
+        max_attempts: int = 5,
+        retry_backoff: float = 2.0,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.store = store
+        self.smtp = smtp
+        self.events = events
+        self.max_attempts = max_attempts
+        self.retry_backoff = retry_backoff
+        self._jitter = jitter
+
+    def run(self, state: AttemptState, sender: Sender) -> Outcome:
+        """One attempt: record `sending`, build, send; what comes next."""
+        try:
+            payload = state.payload or self.store.payload(state.request_id)
+            record = begin(state.record, utcnow())
+            owned = payload is not None and self.store.save(record)
+        except StoreError:
+            return Outcome(self._wait_for_store(state), None)
+        if not owned or payload is None:
+            return Outcome(Dropped("taken over by another process"), None)
+        state.record, state.store_waits, state.deferred = record, 0, {}
+        try:
+            spec = MessageSpec.from_json(payload)
+        except PayloadError as exc:
+            return Outcome(self.failed(state, f"the stored request cannot be read: {exc}"), None)
+        msg = build_message(spec, sender, state.request_id, record.created_at)
+        try:
+            outcome = self.smtp.send(
+                SmtpTarget.for_sender(sender),
+                sender.email,
+                list(record.pending),
+                msg.as_bytes(),
+                bool(msg.policy.utf8),  # UTF-8 headers need SMTPUTF8 on the wire
+            )
+        except PermanentDelivery as exc:
+            return Outcome(self.failed(state, exc.reason), True)
+        except TransientDelivery as exc:
+            state.possibly_delivered |= isinstance(exc, PossiblyDelivered)
+            return Outcome(
+                self._after_failure(state, exc.reason), not isinstance(exc, ConnectFailed)
+            )
+        state.record = delivered(record, outcome.refused, outcome.deferred)
+        state.deferred = dict(outcome.deferred)
+        if outcome.deferred:
+            reason = "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items())
+            return Outcome(self._after_failure(state, reason), True)
+        return Outcome(Final(finish(state.record, EmailStatus.SENT, None, now=utcnow())), True)
+
+    def failed(self, state: AttemptState, reason: str) -> Final:
+        """The end of a request that cannot go on (permanent failure, shutdown, a bug)."""
+        return Final(
+            finish(
+                state.record,
+                EmailStatus.FAILED,
+                reason,
+                now=utcnow(),
+                deferred=state.deferred,
+                possibly_delivered=state.possibly_delivered,
+            )
+        )
+
+    def _after_failure(self, state: AttemptState, reason: str) -> Retry | Final:
+        return after_failure(
+            state.record,
+            reason,
+            max_attempts=self.max_attempts,
+            backoff=self.retry_backoff,
+            jitter=self._jitter(*JITTER),
+            now=utcnow(),
+            deferred=state.deferred,
+            possibly_delivered=state.possibly_delivered,
+        )
+
+    def _wait_for_store(self, state: AttemptState) -> WaitForStore:
+        state.store_waits += 1
+        delay = min(STORE_WAIT_MAX, STORE_WAIT_FIRST * 2 ** (state.store_waits - 1))
+        return WaitForStore(delay * self._jitter(*JITTER))
+
+    def save_retry(self, record: StatusRecord) -> bool | None:
+        """Record `retrying`: True, False when another process owns the request now, None
+        when the store refused (the next attempt records `sending` before it sends)."""
+        try:
+            return self.store.save(record)
+        except StoreError:
+            return None
+
+    def save_final(self, record: StatusRecord) -> None:
+        """Record a final status and announce it; StoreError when the store refused it."""
+        if self.store.save(record):
+            self.events.emit(Finished(record))
+            return
+        logger.warning(
+            "request_id=%s was taken over by another process before its final status (%s) "
+            "was recorded",
+            record.request_id,
+            record.status,
+        )

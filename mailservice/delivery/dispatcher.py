@@ -1,0 +1,50 @@
+"""The dispatcher interface: what accepting and recovery need from whatever runs the attempts.
+
+The thread pool (`worker_pool.WorkerPool`, at the repository's root) implements it for one
+machine; a Celery dispatcher can implement it for many. A dispatcher is handed requests that
+are already recorded (`submit`, `resume`), says how much more it takes (`check_room`, `room`),
+tells a waiting caller the final status (`wait`) and stops (`drain`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from mailservice.senders import Sender
+from mailservice.stores.contract import StatusRecord
+
+
+class Dispatcher(ABC):
+    """Runs delivery attempts for recorded requests."""
+
+    owner: str  # the name its leases go by in the store
+
+    @abstractmethod
+    def check_room(self, size: int = 0) -> None:
+        """Raise Unavailable when it takes no more requests (full, or `size` more bytes of
+        content would be too many, or draining)."""
+
+    @abstractmethod
+    def room(self) -> int:
+        """How many more requests it may take (for recovery)."""
+
+    @abstractmethod
+    def unfinished(self) -> int:
+        """Requests it holds that have not ended."""
+
+    @abstractmethod
+    def submit(self, record: StatusRecord, payload: str, sender: Sender) -> None:
+        """Deliver a request just recorded as `queued` (its stored spec is `payload`)."""
+
+    @abstractmethod
+    def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
+        """Take up a request another process left unfinished (already claimed); a request
+        whose sender is gone ends `failed`."""
+
+    @abstractmethod
+    def wait(self, request_id: str, timeout: float) -> StatusRecord | None:
+        """The final status of a request, waiting up to `timeout`; None if not final by then."""
+
+    @abstractmethod
+    def drain(self, seconds: float) -> int:
+        """Stop taking requests, keep sending for up to `seconds`, stop; how many were left."""
