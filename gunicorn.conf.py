@@ -19,12 +19,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mailservice.config import load_settings
 from mailservice.errors import ConfigError
+from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import load_senders
 
 try:
     _settings = load_settings()
     load_senders(_settings)  # fail in the master, with one line, not in every worker
+    check_named_resources(_settings)  # the store URL and the log's folder, opening neither
 except ConfigError as _exc:
     print(f"mail_server: configuration error: {_exc}", file=sys.stderr)
     sys.exit(2)

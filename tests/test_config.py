@@ -310,6 +310,7 @@ def start_server(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]
     [
         ("STATUS_STORE_URL", "nosuch://x"),
         ("EMAIL_LOG", "/nonexistent-dir/for/sure/email_log.txt"),
+        ("STATUS_STORE_URL", "redis://127.0.0.1:noport/0"),
         ("SMTP_SECURITY", "plain"),
         ("PIN_CPUS", "maybe"),
         ("GC_TUNING", "2"),

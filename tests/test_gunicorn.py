@@ -208,6 +208,11 @@ BAD_START_UPS = [
     ("GUNICORN_WORKERS", "two"),
     ("GUNICORN_THREADS", "0"),
     ("PIN_CPUS", "maybe"),
+    ("STATUS_STORE_URL", "foo://x"),
+    ("STATUS_STORE_URL", "memory://?max=x"),
+    ("STATUS_STORE_URL", "redis://:pw-123@127.0.0.1:noport/0"),
+    ("STATUS_STORE_URL", "sqlite:///{tmp}/a-file/status.db"),
+    ("EMAIL_LOG", "{tmp}/missing-folder/email_log.txt"),
 ]
 
 
@@ -228,6 +233,7 @@ def test_gunicorn_with_bad_setting_exits_2_with_one_line_naming_it(tmp_path, nam
     assert name in lines[0]
     assert "Traceback" not in output
     assert "Worker failed to boot" not in output
+    assert "pw-123" not in output  # a Redis URL's password is never repeated
     # Checked, not opened: no folder or file was made for the bad setting.
     assert not (tmp_path / "missing-folder").exists()
     assert not (tmp_path / "email_log.txt").exists()
