@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -194,7 +193,8 @@ def service_env(**extra: str) -> dict[str, str]:
 
 def test_server_with_missing_senders_file_exits_with_one_line(tmp_path):
     missing = tmp_path / "missing-senders.csv"
-    started = time.monotonic()
+    # The process must exit by itself rather than serve or hang: run() raises TimeoutExpired
+    # past its deadline (a bound, not a measurement).
     result = subprocess.run(
         [sys.executable, str(REPO / "mail_server.py")],
         cwd=tmp_path,
@@ -204,7 +204,6 @@ def test_server_with_missing_senders_file_exits_with_one_line(tmp_path):
         timeout=30,
     )
     assert result.returncode != 0
-    assert time.monotonic() - started < 15
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "missing-senders.csv" in lines[0]
