@@ -17,9 +17,10 @@ from gunicorn.errors import ConfigError
 
 from mailservice.serving.http_worker import BufferingThreadWorker
 from mailservice.testing.smtp_servers import SmtpServer
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, wait_for
 from tests.test_durability import message, service_env
 from tests.test_gunicorn import GunicornProcess
+from tests.tight_worker import TightWorker
 
 MAX_REQUEST_BYTES = 200_000
 AUTH = f"Authorization: Bearer {API_KEY}"
@@ -81,6 +82,28 @@ def read_to_end(sock: socket.socket) -> bytes:
     raise AssertionError(f"the server did not close: {out[:200]!r}")
 
 
+def _proc_tcp_address(address: tuple[str, int]) -> str:
+    """An IPv4 address as /proc/net/tcp writes it: the 32-bit number in host order, in hex."""
+    host, port = address
+    return f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+
+
+def unread_by_server(sock: socket.socket) -> int:
+    """Bytes this client sent that the server process has not read yet (Linux's
+    /proc/net/tcp): what our end has not had acknowledged plus the server end's receive queue.
+    0 means the worker has read everything sent so far."""
+    ours, theirs = _proc_tcp_address(sock.getsockname()), _proc_tcp_address(sock.getpeername())
+    unread = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        tx_queue, rx_queue = (int(n, 16) for n in fields[4].split(":"))
+        if (fields[1], fields[2]) == (ours, theirs):
+            unread += tx_queue
+        elif (fields[1], fields[2]) == (theirs, ours):
+            unread += rx_queue
+    return unread
+
+
 def answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     """The final answers in a byte stream of HTTP/1.1 responses (1xx interim ones skipped)."""
     found = []
@@ -126,8 +149,9 @@ def test_a_body_arriving_in_pieces_is_answered_once_whole(service) -> None:
     with connect(service) as sock:
         sock.sendall(post_head(len(body)))
         for start in range(0, len(body), 20):
+            # The worker has read all that came before: each piece is a read of its own.
+            wait_for(lambda: unread_by_server(sock) == 0)
             sock.sendall(body[start : start + 20])
-            time.sleep(0.05)
         [(status, _, answer)] = answers(read_to_end(sock))
     assert status == 202 and json.loads(answer)["request_id"]
 
@@ -139,7 +163,7 @@ def test_a_chunked_body_is_accepted(service) -> None:
     with connect(service) as sock:
         sock.sendall(post_head(None, "Transfer-Encoding: chunked"))
         sock.sendall(chunked[:25])
-        time.sleep(0.1)
+        wait_for(lambda: unread_by_server(sock) == 0)  # the worker has read the first part
         sock.sendall(chunked[25:])
         [(status, _, _)] = answers(read_to_end(sock))
     assert status == 202
@@ -225,7 +249,7 @@ def test_past_max_buffering_the_connection_waiting_longest_is_closed(tight) -> N
     try:
         for sock in waiting:
             sock.sendall(partial)
-            time.sleep(0.05)  # in this order
+            wait_for(lambda s=sock: unread_by_server(s) == 0)  # read by the worker in order
         with connect(tight) as newest:
             newest.sendall(partial)
             [(status, _, _)] = answers(read_to_end(waiting[0]))
@@ -252,9 +276,17 @@ def test_bodies_beyond_the_buffer_budget_wait_their_turn_and_all_arrive(tight) -
     body = json.dumps({**message(2), "body": "x" * 190_000}).encode()
     socks = [connect(tight) for _ in range(3)]
     try:
+        first = post_head(len(body)) + body[:150_000]
         for sock in socks:
-            sock.sendall(post_head(len(body)) + body[:150_000])
-        time.sleep(0.3)  # traffic shaping: the worker reads what it may and goes over budget
+            sock.sendall(first)
+        # The worker reads what it may and goes over its budget; past it only the largest
+        # buffer reads. Every byte sent and not unread has been read.
+        wait_for(
+            lambda: (
+                sum(len(first) - unread_by_server(sock) for sock in socks)
+                >= TightWorker.BUFFER_MAX_BYTES
+            )
+        )
         for sock in socks:
             sock.sendall(body[150_000:])
         statuses = [answers(read_to_end(sock))[0][0] for sock in socks]
