@@ -4,7 +4,8 @@ Standard library sqlite3 in WAL mode with `synchronous=NORMAL`: a committed requ
 crash or `kill -9` of the process (not a power cut in the last moments before a checkpoint).
 Several processes on the machine may share the file: leases live in the `owners` table, and
 every check-and-write (owner check, take-over, Idempotency-Key) is one SQL statement or one
-`BEGIN IMMEDIATE` transaction. Expired statuses are deleted by `purge_expired()`.
+`BEGIN IMMEDIATE` transaction. Expired statuses are deleted by `purge_expired()`. The file's
+schema version and its migrations live in `sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -27,29 +28,13 @@ from mailservice.stores.contract import (
     StatusRecord,
     StatusStore,
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    request_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL,
-    pending TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
-    attempts TEXT NOT NULL, error TEXT NOT NULL, refused TEXT NOT NULL, owner TEXT NOT NULL,
-    payload TEXT,
-    expires_at REAL
-);
-CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (owner) WHERE payload IS NOT NULL;
-CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_at) WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, lease_until REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, request_id TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-"""
+from mailservice.stores.sqlite_schema import open_database
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ", ".join(RECORD_FIELDS)
 LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
+BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
 
 class SqliteStatusStore(StatusStore):
@@ -66,12 +51,7 @@ class SqliteStatusStore(StatusStore):
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                path, timeout=10, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db = open_database(path, timeout=BUSY_TIMEOUT)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"STATUS_STORE_URL: cannot open SQLite file {path}: {exc}") from exc
 

@@ -1,0 +1,114 @@
+"""The SQLite store's file: its schema versions, their migrations, and opening it safely.
+
+The file carries its schema version in `PRAGMA user_version`. `MIGRATIONS` lists every version
+with the SQL that brings the version before it there; version 1 is the schema as first
+deployed, whose files still say 0 (they predate the version number; migration 1 only creates
+what is missing, so it finds them complete). `open_database()` switches the file to WAL and
+applies the missing migrations in one `BEGIN IMMEDIATE` transaction, so that of several
+processes starting at once on one file one migrates and the others wait, then find it done. A
+file newer than this code stops start-up: the code cannot know what the newer schema means.
+
+The next schema change is one more `(version, sql)` entry at the end of `MIGRATIONS`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+from mailservice.errors import ConfigError
+
+# Version 1: the schema of every file made before versioning (user_version 0).
+SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL,
+    pending TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    attempts TEXT NOT NULL, error TEXT NOT NULL, refused TEXT NOT NULL, owner TEXT NOT NULL,
+    payload TEXT,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (owner) WHERE payload IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, lease_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, request_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+# (version, SQL from the version before it), in order. Append; never edit a released entry:
+# files already at that version would not run it again.
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA_V1),)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def open_database(path: str, timeout: float) -> sqlite3.Connection:
+    """A connection to `path` in WAL mode at SCHEMA_VERSION; `timeout` bounds every lock wait.
+
+    Raises sqlite3.Error or OSError when the file cannot be opened or migrated, ConfigError
+    when it is newer than this code.
+    """
+    db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        refuse_newer(path, user_version(db))  # before writing anything to a file not ours
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        migrate(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def user_version(db: sqlite3.Connection) -> int:
+    """The schema version the file says it has (0 for a new file, or one made before versions)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def refuse_newer(path: str, version: int) -> None:
+    """ConfigError when the file's schema is newer than any this code knows."""
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"STATUS_STORE_URL: SQLite file {path} has schema version {version}, newer than"
+            f" version {SCHEMA_VERSION} that this release knows; run the release that wrote it"
+        )
+
+
+def migrate(db: sqlite3.Connection, path: str) -> int:
+    """Bring the file to SCHEMA_VERSION in one transaction; the version it had before."""
+    found = user_version(db)
+    refuse_newer(path, found)
+    if found == SCHEMA_VERSION:
+        return found  # the usual start-up: no write lock taken
+    # BEGIN IMMEDIATE waits under the busy timeout while another process migrates; the version
+    # is read again under the lock, so the second one finds the work done and does nothing.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = user_version(db)
+        refuse_newer(path, found)
+        for version, sql in MIGRATIONS:
+            if version > found:
+                for statement in statements(sql):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {int(version)}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return found
+
+
+def statements(sql: str) -> Iterator[str]:
+    """The statements of a migration one at a time: executescript() would COMMIT first and so
+    break the one transaction. A ';' inside a string or a trigger body does not end one."""
+    pending = ""
+    for piece in sql.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip("; \t\n"):
+                yield pending.strip()
+            pending = ""
+    if pending.strip("; \t\n"):
+        raise ValueError(f"unfinished SQL statement in a migration: {pending!r}")

@@ -1,0 +1,190 @@
+"""The SQLite file's schema version: old files migrated, newer ones refused."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailservice.errors import ConfigError
+from mailservice.stores.codec import RECORD_FIELDS, record_to_fields
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusRecord, utcnow
+from mailservice.stores.sqlite_store import SqliteStatusStore
+
+# The schema of the files deployed before versioning (user_version 0), frozen here on purpose:
+# it is what files in the field hold, whatever the code's newest schema becomes.
+SCHEMA_AS_DEPLOYED = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL, sender TEXT NOT NULL, recipients TEXT NOT NULL,
+    pending TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    attempts TEXT NOT NULL, error TEXT NOT NULL, refused TEXT NOT NULL, owner TEXT NOT NULL,
+    payload TEXT,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (owner) WHERE payload IS NOT NULL;
+CREATE INDEX IF NOT EXISTS requests_expiry ON requests (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS owners (owner TEXT PRIMARY KEY, lease_until REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, request_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+# Column names from the codec's constant; values are bound.
+INSERT_REQUEST = (
+    f"INSERT INTO requests (request_id, {', '.join(RECORD_FIELDS)}, payload)"  # noqa: S608
+    f" VALUES ({', '.join('?' * (len(RECORD_FIELDS) + 2))})"
+)
+REQUEST_ID = "66666666-6666-4666-8666-000000000001"
+CLAIM = IdempotencyClaim("key-scope", "fingerprint-a", REQUEST_ID)
+
+
+def new_record(request_id: str = REQUEST_ID, owner: str = "p1") -> StatusRecord:
+    now = utcnow()
+    return StatusRecord(
+        request_id=request_id,
+        status=EmailStatus.QUEUED,
+        sender="sender@example.com",
+        recipients=("a@example.com",),
+        pending=("a@example.com",),
+        created_at=now,
+        updated_at=now,
+        owner=owner,
+    )
+
+
+def unversioned_file(path: Path, record: StatusRecord) -> Path:
+    """A file as the code before versioning made it: WAL, today's tables, user_version 0."""
+    fields = record_to_fields(record)
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA_AS_DEPLOYED)
+        db.execute(
+            INSERT_REQUEST,
+            (record.request_id, *fields.values(), '{"subject": "kept"}'),
+        )
+        db.execute(
+            "INSERT INTO idempotency VALUES (?, ?, ?, ?)",
+            (CLAIM.scope, CLAIM.fingerprint, CLAIM.request_id, time.time() + 3600),
+        )
+    return path
+
+
+def pragma(path: Path, name: str) -> Any:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute(f"PRAGMA {name}").fetchone()[0]
+
+
+def test_unversioned_file_is_migrated_to_version_1_and_keeps_its_record_and_claim(
+    tmp_path: Path,
+) -> None:
+    from mailservice.stores.sqlite_schema import SCHEMA_VERSION
+
+    record = new_record()
+    path = unversioned_file(tmp_path / "old.db", record)
+    assert pragma(path, "user_version") == 0
+    store = SqliteStatusStore(str(path), ttl=60)
+    try:
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 1
+        assert store.get(REQUEST_ID) == record
+        assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
+        repeat = new_record("66666666-6666-4666-8666-000000000002")
+        earlier = store.create(repeat, "{}", IdempotencyClaim(CLAIM.scope, "other", "x"))
+        assert earlier == CLAIM, "the Idempotency-Key stored before the migration still holds"
+    finally:
+        store.close()
+
+
+def test_opening_a_current_file_again_takes_no_write_lock(tmp_path: Path) -> None:
+    from mailservice.stores.sqlite_schema import migrate
+
+    path = tmp_path / "s.db"
+    SqliteStatusStore(str(path), ttl=60).close()
+    executed: list[str] = []
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.set_trace_callback(executed.append)
+        assert migrate(db, str(path)) == 1
+    assert executed == ["PRAGMA user_version"], "the usual start-up only reads the version"
+    assert pragma(path, "user_version") == 1
+
+
+def test_new_file_starts_at_the_current_version_in_wal_mode(tmp_path: Path) -> None:
+    from mailservice.stores.sqlite_schema import SCHEMA_VERSION
+
+    path = tmp_path / "new.db"
+    SqliteStatusStore(str(path), ttl=60).close()
+    assert pragma(path, "user_version") == SCHEMA_VERSION
+    assert pragma(path, "journal_mode") == "wal"
+
+
+def test_file_newer_than_the_code_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    from mailservice.stores.sqlite_schema import SCHEMA_VERSION
+
+    path = tmp_path / "future.db"
+    newer = SCHEMA_VERSION + 1
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE requests (request_id TEXT PRIMARY KEY, shape TEXT)")
+        db.execute(f"PRAGMA user_version = {newer}")
+    with pytest.raises(ConfigError) as raised:
+        SqliteStatusStore(str(path), ttl=60)
+    message = str(raised.value)
+    assert str(path) in message
+    assert f"version {newer}" in message and f"version {SCHEMA_VERSION}" in message
+    assert pragma(path, "user_version") == newer
+    assert pragma(path, "journal_mode") == "delete", "not even switched to WAL"
+
+
+def test_the_next_schema_change_is_one_more_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailservice.stores import sqlite_schema
+
+    add_note = (
+        "ALTER TABLE requests ADD COLUMN note TEXT;\nCREATE INDEX by_note ON requests (note);"
+    )
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, (2, add_note)))
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+    record = new_record()
+    path = unversioned_file(tmp_path / "old.db", record)
+    for _ in range(2):  # the second start finds version 2 and runs nothing
+        store = SqliteStatusStore(str(path), ttl=60)
+        assert store.get(REQUEST_ID) == record
+        store.close()
+    assert pragma(path, "user_version") == 2
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert "note" in [row[1] for row in db.execute("PRAGMA table_info(requests)")]
+
+
+def test_a_failing_migration_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mailservice.stores import sqlite_schema
+
+    broken = "CREATE TABLE half_done (x TEXT);\nINSERT INTO no_such_table VALUES (1);"
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, (2, broken)))
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+    path = unversioned_file(tmp_path / "old.db", new_record())
+    with pytest.raises(ConfigError, match="no_such_table"):
+        SqliteStatusStore(str(path), ttl=60)
+    assert pragma(path, "user_version") == 0, "version 1 and 2 go in one transaction or neither"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "half_done" not in tables
+
+
+def test_migration_statements_split_outside_strings_and_trigger_bodies() -> None:
+    from mailservice.stores.sqlite_schema import statements
+
+    sql = (
+        "CREATE TABLE t (a TEXT DEFAULT ';');\n"
+        "CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN DELETE FROM t; SELECT 1; END;\n"
+    )
+    assert list(statements(sql)) == [
+        "CREATE TABLE t (a TEXT DEFAULT ';');",
+        "CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN DELETE FROM t; SELECT 1; END;",
+    ]
