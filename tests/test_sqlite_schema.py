@@ -1,9 +1,12 @@
-"""The SQLite file's schema version: old files migrated, newer ones refused."""
+"""The SQLite file's schema version: old files migrated, newer ones refused, and several
+processes or threads opening one new file at the same moment."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ INSERT_REQUEST = (
 )
 REQUEST_ID = "66666666-6666-4666-8666-000000000001"
 CLAIM = IdempotencyClaim("key-scope", "fingerprint-a", REQUEST_ID)
+DEADLINE = 60.0  # seconds a concurrency test may take before it fails instead of hanging
 
 
 def new_record(request_id: str = REQUEST_ID, owner: str = "p1") -> StatusRecord:
@@ -188,3 +192,75 @@ def test_migration_statements_split_outside_strings_and_trigger_bodies() -> None
         "CREATE TABLE t (a TEXT DEFAULT ';');",
         "CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN DELETE FROM t; SELECT 1; END;",
     ]
+
+
+def open_and_use(path: str, worker: int) -> str:
+    """Open the store, write and read one record: "ok", or the error."""
+    request_id = f"66666666-6666-4666-8666-{worker:012d}"
+    try:
+        store = SqliteStatusStore(path, ttl=60)
+    except ConfigError as exc:
+        return str(exc)
+    try:
+        store.create(new_record(request_id), "{}")
+        return "ok" if store.get(request_id) is not None else "record not read back"
+    finally:
+        store.close()
+
+
+def test_eight_threads_open_one_new_file_at_once(tmp_path: Path) -> None:
+    threads, rounds = 8, 40  # the race showed in about 1 round in 150 before the fix
+    results: list[str] = []
+    for round_ in range(rounds):
+        path = str(tmp_path / f"new-{round_}.db")
+        barrier = threading.Barrier(threads)
+
+        def run(worker: int, path: str = path, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(timeout=DEADLINE)
+            results.append(open_and_use(path, worker))
+
+        pool = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(timeout=DEADLINE)
+            assert not thread.is_alive(), "opening the store hung"
+        assert pragma(Path(path), "user_version") == 1
+        assert pragma(Path(path), "journal_mode") == "wal"
+    assert [r for r in results if r != "ok"] == []
+    assert len(results) == threads * rounds
+
+
+def open_in_rounds(folder: str, rounds: int, worker: int, barrier: Any, results: Any) -> None:
+    """One process of the test below: at each round, open that round's new file with the
+    others at the same moment."""
+    for round_ in range(rounds):
+        try:
+            barrier.wait(timeout=DEADLINE)
+        except threading.BrokenBarrierError:
+            results.put("barrier broken")
+            return
+        results.put(open_and_use(f"{folder}/new-{round_}.db", worker))
+
+
+def test_four_processes_open_one_new_file_at_once(tmp_path: Path) -> None:
+    processes, rounds = 4, 10  # before the fix about one round in four failed
+    context = multiprocessing.get_context("spawn")  # each worker a fresh process, as gunicorn's
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [
+        context.Process(target=open_in_rounds, args=(str(tmp_path), rounds, i, barrier, results))
+        for i in range(processes)
+    ]
+    for process in workers:
+        process.start()
+    try:
+        outcomes = [results.get(timeout=DEADLINE) for _ in range(processes * rounds)]
+    finally:
+        for process in workers:
+            process.join(timeout=DEADLINE)
+            if process.is_alive():
+                process.kill()
+                process.join()
+    assert [outcome for outcome in outcomes if outcome != "ok"] == []
+    assert all(process.exitcode == 0 for process in workers)
+    results.close()

@@ -13,7 +13,9 @@ The next schema change is one more `(version, sql)` entry at the end of `MIGRATI
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 from collections.abc import Iterator
 
 from mailservice.errors import ConfigError
@@ -42,6 +44,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
 MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA_V1),)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+# The first WAL switch of a new file needs an exclusive lock, and SQLite answers SQLITE_BUSY at
+# once there instead of calling the busy handler: workers starting together retry it, spread
+# out by jitter, for as long as the busy timeout would have waited.
+WAL_FIRST_DELAY = 0.002
+WAL_MAX_DELAY = 0.1
+BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
 
 def open_database(path: str, timeout: float) -> sqlite3.Connection:
     """A connection to `path` in WAL mode at SCHEMA_VERSION; `timeout` bounds every lock wait.
@@ -52,7 +61,7 @@ def open_database(path: str, timeout: float) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         refuse_newer(path, user_version(db))  # before writing anything to a file not ours
-        db.execute("PRAGMA journal_mode=WAL")
+        switch_to_wal(db, timeout)
         db.execute("PRAGMA synchronous=NORMAL")
         migrate(db, path)
     except BaseException:
@@ -73,6 +82,22 @@ def refuse_newer(path: str, version: int) -> None:
             f"STATUS_STORE_URL: SQLite file {path} has schema version {version}, newer than"
             f" version {SCHEMA_VERSION} that this release knows; run the release that wrote it"
         )
+
+
+def switch_to_wal(db: sqlite3.Connection, timeout: float) -> str:
+    """PRAGMA journal_mode=WAL, retried with a bounded backoff while another process holds the
+    lock it needs; the mode the file ends in ("memory" for :memory:)."""
+    deadline = time.monotonic() + timeout
+    delay = WAL_FIRST_DELAY
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended code -> primary
+            if code not in BUSY_CODES or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, WAL_MAX_DELAY)
 
 
 def migrate(db: sqlite3.Connection, path: str) -> int:
