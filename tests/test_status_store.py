@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -404,3 +406,47 @@ def test_memory_store_max_must_be_a_positive_number() -> None:
         store_from_url("memory://?max=lots", ttl=60)
     with pytest.raises(ConfigError, match="max"):
         store_from_url("memory://?max=0", ttl=60)
+
+
+BACKENDS = ("memory_store", "sqlite_store", "redis_store")
+# What a backend may import from the package; anything outside it is stdlib or third-party.
+BACKEND_MAY_IMPORT = {
+    "mailservice.stores.contract",
+    "mailservice.stores.codec",
+    "mailservice.errors",
+}
+# A backend's own helper modules, imported by that backend alone.
+BACKEND_HELPERS = {"sqlite_schema": "sqlite_store"}
+PACKAGE = Path(__file__).parent.parent / "mailservice"
+
+
+def package_imports(path: Path) -> set[str]:
+    """The mailservice modules a file imports; `from mailservice.stores import x` counts as
+    importing mailservice.stores.x when x is a module."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if (PACKAGE.parent / f"{submodule.replace('.', '/')}.py").exists():
+                    found.add(submodule)
+    return {name for name in found if name.split(".")[0] == "mailservice"}
+
+
+def test_backends_import_only_the_contract_the_codec_and_errors() -> None:
+    for module in (*BACKENDS, *BACKEND_HELPERS):
+        own = {f"mailservice.stores.{h}" for h, user in BACKEND_HELPERS.items() if user == module}
+        extra = package_imports(PACKAGE / "stores" / f"{module}.py") - BACKEND_MAY_IMPORT - own
+        assert not extra, f"stores/{module}.py imports {sorted(extra)}"
+
+
+def test_only_the_registry_imports_the_backends() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        importer = path.relative_to(PACKAGE).with_suffix("").as_posix()
+        for module in (*BACKENDS, *BACKEND_HELPERS):
+            if f"mailservice.stores.{module}" in package_imports(path):
+                allowed = BACKEND_HELPERS.get(module, "__init__")
+                assert importer == f"stores/{allowed}", f"{importer} imports stores.{module}"

@@ -4,10 +4,12 @@
     codec.py         a record as text fields (Redis, SQLite)
     memory_store.py  memory://   one process
     sqlite_store.py  sqlite:///  durable, one machine
+    sqlite_schema.py             its file's schema version and migrations
     redis_store.py   redis://    durable, several processes and hosts
 
-Backends import only the contract and the codec; this registry imports the backends (Redis and
-SQLite on use).
+Backends import only the contract, the codec and `mailservice.errors` (and the SQLite backend
+its own sqlite_schema); this registry alone imports the backends (Redis and SQLite on use).
+tests/test_status_store.py checks both rules.
 """
 
 from __future__ import annotations
