@@ -1,7 +1,7 @@
 """The HTTP API: the app factory `create_app()`, its routes and error answers, and `main()`.
 
 A send request goes: content type (415) -> size (413) -> strict JSON (400) -> key (401) ->
-fields (400/403) -> `WorkerPool.accept()` records it (202, or 503 when it can't). Every error is
+fields (400/403) -> `Acceptor.accept()` records it (202, or 503 when it can't). Every error is
 application/problem+json (RFC 9457). The steps every send route shares live in `request_path`;
 the seed systems' routes (/mail, /token, /smtp/send-email, the email_to body) in `legacy_routes`.
 Run it with `python mail_server.py [--demo]` or `gunicorn 'mail_server:create_app()'`.
@@ -40,10 +40,13 @@ from mailservice.api.request_path import (
 )
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings, load_settings
+from mailservice.delivery.accepting import Acceptor
+from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.demo import demo_senders, start_catcher
 from mailservice.errors import ApiError, ConfigError, StoreError, Unavailable
+from mailservice.events.bus import EventBus
 from mailservice.events.request_log import RequestLog
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
@@ -137,15 +140,20 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         )
     except OSError as exc:  # e.g. its folder is missing: a setting to fix, not a traceback
         raise ConfigError(f"EMAIL_LOG={settings.email_log!r} cannot be opened: {exc}") from exc
-    pool = WorkerPool(
+    events = EventBus()
+    events.subscribe(request_log.on_event, flush=request_log.flush)  # the first subscriber
+    attempt = DeliveryAttempt(
         store,
         SmtpClient(settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout),
-        request_log,
+        events,
+        max_attempts=settings.max_attempts,
+        retry_backoff=settings.retry_backoff,
+    )
+    pool = WorkerPool(
+        attempt,
         workers=settings.workers,
         queue_max=settings.queue_max,
         queue_max_bytes=settings.queue_max_bytes,
-        max_attempts=settings.max_attempts,
-        retry_backoff=settings.retry_backoff,
         server_threads=settings.smtp_server_threads
         or server_threads(settings.workers, len(senders.servers())),
         server_pause=settings.smtp_server_pause,
@@ -155,7 +163,10 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
-    app.extensions[EXTENSION] = Service(settings, senders, store, pool, request_log, tokens, leases)
+    acceptor = Acceptor(store, pool, events)
+    app.extensions[EXTENSION] = Service(
+        settings, senders, store, pool, acceptor, request_log, tokens, leases
+    )
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
 
