@@ -1,9 +1,10 @@
-"""The HTTP API: the app factory `create_app()`, its routes and error answers, and `main()`.
+"""The service's entry point: the app factory `create_app()`, which wires the parts together,
+and `main()`.
 
 A send request goes: content type (415) -> size (413) -> strict JSON (400) -> key (401) ->
-fields (400/403) -> `Acceptor.accept()` records it (202, or 503 when it can't). Every error is
-application/problem+json (RFC 9457). The steps every send route shares live in `request_path`;
-the seed systems' routes (/mail, /token, /smtp/send-email, the email_to body) in `legacy_routes`.
+fields (400/403) -> `Acceptor.accept()` records it (202, or 503 when it can't). The routes are
+blueprints in `mailservice.api` (`core_routes`, `legacy_routes` for the older services), the
+problem answers in `mailservice.api.problems`; docs/ARCHITECTURE.md is the map.
 Run it with `python mail_server.py [--demo]` or `gunicorn 'mail_server:create_app()'`.
 """
 
@@ -14,30 +15,18 @@ import logging
 import signal
 import sys
 import threading
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailservice.api.auth_guard import init_auth_guard
-from mailservice.api.http_input import json_body
-from mailservice.api.legacy_routes import is_email_to_shape, register_legacy_routes, send_email_to
+from mailservice.api.core_routes import core_blueprint
+from mailservice.api.legacy_routes import legacy_blueprint
+from mailservice.api.problems import register_error_handlers
 from mailservice.api.rate_limit import init_rate_limit
-from mailservice.api.request_path import (
-    EXTENSION,
-    Service,
-    accept,
-    accepted_answer,
-    authenticate,
-    credential_digest,
-    problem,
-    service,
-    validate_send,
-)
+from mailservice.api.request_path import EXTENSION, Service, credential_digest
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings, load_settings
 from mailservice.delivery.accepting import Acceptor
@@ -45,7 +34,7 @@ from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.demo import demo_senders, start_catcher
-from mailservice.errors import ApiError, ConfigError, StoreError, Unavailable
+from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
 from mailservice.events.request_log import RequestLog
 from mailservice.preflight import check_named_resources
@@ -56,77 +45,7 @@ from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = "5"
-
 # -- the app ---------------------------------------------------------------------------------
-
-
-def register_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) -> None:
-    @app.post("/send-email")
-    @app.post("/send-email/")
-    @rate_limited
-    def send_email() -> Response:
-        body = json_body()
-        sender = authenticate(body)
-        if is_email_to_shape(body):  # seeds 002/003 (API.md section 7)
-            return send_email_to(body, sender)
-        send = validate_send(body, sender)
-        return accepted_answer(accept(body, send, sender))
-
-    @app.get("/email-status/<request_id>")
-    def email_status(request_id: str) -> Response:
-        try:
-            canonical = str(uuid.UUID(request_id))
-        except ValueError:
-            return problem(404, "No request has this id.")
-        record = service().store.get(canonical)
-        if record is None:
-            return problem(404, "No request has this id (or its status has expired).")
-        return jsonify(record.public())
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify(status="ok")
-
-    @app.get("/readyz")
-    def readyz() -> Response:
-        svc = service()
-        svc.store.ping()  # StoreError -> 503
-        svc.pool.check_room()  # Unavailable -> 503
-        return jsonify(status="ready", unfinished=svc.pool.unfinished())
-
-
-def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError) -> Response:
-        return problem(exc.status, exc.detail, exc.errors, **exc.headers)
-
-    @app.errorhandler(StoreError)
-    def store_error(exc: StoreError) -> Response:
-        logger.warning("status store unavailable: %s", exc)
-        return problem(503, "The status store is unreachable.", Retry_After=RETRY_AFTER_SECONDS)
-
-    @app.errorhandler(Unavailable)
-    def unavailable(exc: Unavailable) -> Response:
-        return problem(503, f"Not accepting requests now: {exc}", Retry_After=RETRY_AFTER_SECONDS)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        detail = {
-            404: "No such route.",
-            405: f"Method {request.method} is not allowed here.",
-            413: "The request body is too large (MAX_REQUEST_BYTES).",
-        }.get(status, exc.description or "")
-        response = problem(status, detail)
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
-        return response
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.path)
-        return problem(500, "An internal error occurred; it has been logged.")
 
 
 def create_app(settings: Settings | None = None, senders: SenderDirectory | None = None) -> Flask:
@@ -172,8 +91,8 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
 
     rate_limited = init_rate_limit(app, settings, credential_digest)
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
-    register_routes(app, rate_limited)
-    register_legacy_routes(app, rate_limited)
+    app.register_blueprint(core_blueprint(rate_limited))
+    app.register_blueprint(legacy_blueprint(rate_limited))
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app

@@ -1,14 +1,16 @@
-"""Drop-in routes for the five seed systems (API.md section 7).
+"""Drop-in routes for the five older email services (API.md section 7), as one blueprint.
 
-Each seed body is translated, field by field, into the core `SendRequest` and then takes the
-core's path (`request_path`): the same key check, the same validation (header injection,
-addresses, recipient limits, 403 for a foreign From), the same `Acceptor.accept()`. Unknown
-fields are a 400 as in the core API, and field errors name the seed's own fields.
+Each older service's body ("seed shape" below: the shape a client of that service sends) is
+translated, field by field, into the core `SendRequest` and then takes the core's path
+(`request_path`): the same key check, the same validation (header injection, addresses,
+recipient limits, 403 for a foreign From), the same `Acceptor.accept()`. Unknown fields are a
+400 as in the core API, and field errors name the older service's own fields.
 
-    POST /mail               seed 000   waits; 200 {"message": "message Sent", "request_id"}
-    POST /send-email[/]      seed 001 (core shape) and seeds 002/003 (`email_to` shape): 202
-    POST /token              seed 004   OAuth2 password grant -> a Bearer token
-    POST /smtp/send-email    seed 004   waits; 200 {"status": "Email sent successfully", ...}
+    POST /mail               the Flask /mail microservice: waits; 200 {"message": "message Sent"}
+    POST /send-email[/]      the Flask data.csv service (core shape) and the FastAPI and Celery
+                             services (`email_to` shape, answered here): 202
+    POST /token              the FastAPI OAuth2 service: password grant -> a Bearer token
+    POST /smtp/send-email    the same: waits; 200 {"status": "Email sent successfully", ...}
 
 A route that waits holds the request at most SMTP_TIMEOUT + WAIT_MARGIN seconds and then
 answers 504 with the request_id; the send goes on and GET /email-status/<id> tells.
@@ -20,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from mailservice.api.auth_guard import check_client, count_failure
 from mailservice.api.http_input import json_body
@@ -107,12 +109,14 @@ SMTP_API = SeedShape(
 
 
 def is_email_to_shape(body: dict[str, Any]) -> bool:
-    """Seeds 002/003 post to /send-email(/) too; their bodies are told apart by `email_to`."""
+    """The FastAPI and Celery services post to /send-email(/) too; their bodies are told apart
+    by `email_to`."""
     return "email_to" in body
 
 
 def send_email_to(body: dict[str, Any], sender: Sender) -> Response:
-    """Seeds 002/003: 202 as in API.md section 3, plus `"result": "<request_id>"`."""
+    """The FastAPI and Celery services' body: 202 as in API.md section 3, plus
+    `"result": "<request_id>"`."""
     request_id = accept(body, EMAIL_TO.validate(body, sender), sender)
     return accepted_answer(request_id, result=request_id)
 
@@ -199,22 +203,25 @@ def _issue_token() -> Response:
 # -- the routes ------------------------------------------------------------------------------
 
 
-def register_legacy_routes(app: Flask, rate_limited: Callable[[Callable], Callable]) -> None:
-    """Add /mail, /token and /smtp/send-email; every send route shares one per-key budget."""
+def legacy_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
+    """/mail, /token and /smtp/send-email; every send route shares one per-key budget."""
+    legacy = Blueprint("legacy", __name__)
 
-    @app.post("/mail")
+    @legacy.post("/mail")
     @rate_limited
     def mail() -> Response:
         return _send_and_answer(MAIL, 502, "The message was not sent", message="message Sent")
 
-    @app.post("/smtp/send-email")
+    @legacy.post("/smtp/send-email")
     @rate_limited
     def smtp_send_email() -> Response:
         return _send_and_answer(
             SMTP_API, 400, "The email could not be sent", status="Email sent successfully"
         )
 
-    @app.post("/token")
+    @legacy.post("/token")
     @rate_limited  # counted per client address; failed logins also count in auth_guard
     def token() -> Response:
         return _issue_token()
+
+    return legacy

@@ -1,0 +1,68 @@
+"""The core routes (API.md sections 3, 4 and 8) as one blueprint: send, status, health.
+
+    POST /send-email[/]       202: recorded and queued (the older FastAPI services' `email_to`
+                              body is told apart and answered in their shape)
+    GET  /email-status/<id>   the status; no message content, ever
+    GET  /healthz, /readyz    alive; store reachable and room for more
+
+The blueprint is made per app (`core_blueprint(rate_limited)`), because the rate limit's
+decorator belongs to that app's Limiter.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from flask import Blueprint, Response, jsonify
+
+from mailservice.api.http_input import json_body
+from mailservice.api.legacy_routes import is_email_to_shape, send_email_to
+from mailservice.api.request_path import (
+    accept,
+    accepted_answer,
+    authenticate,
+    problem,
+    service,
+    validate_send,
+)
+
+
+def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
+    """The core routes, the send route under `rate_limited`."""
+    core = Blueprint("core", __name__)
+
+    @core.post("/send-email")
+    @core.post("/send-email/")
+    @rate_limited
+    def send_email() -> Response:
+        body = json_body()
+        sender = authenticate(body)
+        if is_email_to_shape(body):  # the FastAPI and Celery services' body (API.md section 7)
+            return send_email_to(body, sender)
+        send = validate_send(body, sender)
+        return accepted_answer(accept(body, send, sender))
+
+    @core.get("/email-status/<request_id>")
+    def email_status(request_id: str) -> Response:
+        try:
+            canonical = str(uuid.UUID(request_id))
+        except ValueError:
+            return problem(404, "No request has this id.")
+        record = service().store.get(canonical)
+        if record is None:
+            return problem(404, "No request has this id (or its status has expired).")
+        return jsonify(record.public())
+
+    @core.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @core.get("/readyz")
+    def readyz() -> Response:
+        svc = service()
+        svc.store.ping()  # StoreError -> 503
+        svc.pool.check_room()  # Unavailable -> 503
+        return jsonify(status="ready", unfinished=svc.pool.unfinished())
+
+    return core
