@@ -325,3 +325,11 @@ def test_server_with_bad_setting_exits_with_one_line_naming_it(tmp_path, name, v
     assert name in lines[0]
     assert "pw-123" not in result.stderr
     assert "k-123" not in result.stderr
+
+
+def test_every_variable_is_in_the_contract():
+    # docs/API.md is the contract: a setting the code reads and the contract does not name
+    # is one a user cannot find.
+    contract = (REPO / "docs" / "API.md").read_text(encoding="utf-8")
+    missing = [name for name in config._VARIABLES if f"`{name}`" not in contract]
+    assert missing == []
