@@ -10,7 +10,6 @@ and print `OK`, `quit` (or end of input) -> stop. `SinkProcess` drives it from t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import queue
 import subprocess
@@ -19,9 +18,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpProtocol
 from aiosmtpd.smtp import Envelope, Session
+
+from mailservice.testing.smtp_servers import CountingController
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +50,12 @@ class CountingHandler:
             self.first_message: float | None = None
             self.last_message: float | None = None
 
-    def session_opened(self) -> None:
+    def connection_opened(self, session: SmtpProtocol) -> None:
         with self._lock:
             self.sessions += 1
+
+    def connection_closed(self, session: SmtpProtocol) -> None:
+        pass
 
     async def handle_DATA(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
         now = time.time()
@@ -72,21 +75,10 @@ class CountingHandler:
             )
 
 
-class _CountingSmtp(SmtpProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.event_handler.session_opened()
-        super().connection_made(transport)
-
-
-class _Controller(Controller):
-    def factory(self) -> SmtpProtocol:
-        return _CountingSmtp(self.handler, **self.SMTP_kwargs)
-
-
 def serve(port: int) -> int:
     """Run the sink until `quit` or end of input on stdin."""
     handler = CountingHandler()
-    controller = _Controller(
+    controller = CountingController(
         handler,
         hostname="127.0.0.1",
         port=port,

@@ -8,7 +8,8 @@ import smtplib
 from bench.load import lua_script, percentile
 from bench.report import RowResult, format_markdown, format_table
 from bench.sink import SinkProcess
-from bench.workload import API_KEY, SEND_PATH, body_bytes, free_port
+from bench.workload import API_KEY, SEND_PATH, body_bytes
+from mailservice.testing.ports import free_port
 
 
 def test_sink_counts_messages_and_sessions_then_resets() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from mailservice.testing.smtp_servers import free_port
+from mailservice.testing.ports import free_port
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ import pytest
 from mailservice.config import Settings
 from mailservice.errors import ConfigError
 from mailservice.senders import Sender, SenderDirectory, load_senders
-from mailservice.testing.smtp_servers import free_port
+from mailservice.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "key-abcdef-123456"

@@ -6,7 +6,9 @@ says `server.handler.script("DATA", "451 4.3.0 try later")` and the next DATA ge
 A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply; at DATA,
 `("KEEP", seconds)` keeps the message first and then delays the 250 (a server that has it but
 answers late). `GreetingServer` answers every connection with one line (a 421) and closes it;
-`SilentServer` accepts connections and never says a word.
+`SilentServer` accepts connections and never says a word. `CountingController` is aiosmtpd's
+Controller with sessions that tell their handler of each connection opened and closed; the
+bench's counting sink (bench/sink.py) runs on it too.
 """
 
 from __future__ import annotations
@@ -21,20 +23,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Self
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpProtocol
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from mailservice.testing.ports import free_port
+
 DROP = "DROP"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (aiosmtpd cannot bind port 0 itself)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -64,6 +61,16 @@ class ScriptedHandler:
         self.open_sessions: set[SmtpProtocol] = set()
         self.transactions = 0
         self._lock = threading.Lock()
+
+    def connection_opened(self, session: SmtpProtocol) -> None:
+        with self._lock:
+            self.connections += 1
+            self.open_sessions.add(session)
+
+    def connection_closed(self, session: SmtpProtocol) -> None:
+        with self._lock:
+            self.disconnections += 1
+            self.open_sessions.discard(session)
 
     def script(self, hook: str, *replies: Any) -> None:
         """Queue replies for the next calls of a hook: an SMTP reply, DROP, or ("SLEEP", s)."""
@@ -135,24 +142,21 @@ class ScriptedHandler:
 
 
 class CountingSmtp(SmtpProtocol):
-    """aiosmtpd's SMTP protocol that counts connections opened and closed on its handler."""
+    """aiosmtpd's SMTP protocol that tells its handler of each connection: the handler's
+    `connection_opened(session)` and `connection_closed(session)`."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        handler = self.event_handler
-        with handler._lock:
-            handler.connections += 1
-            handler.open_sessions.add(self)
+        self.event_handler.connection_opened(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        handler = self.event_handler
-        with handler._lock:
-            handler.disconnections += 1
-            handler.open_sessions.discard(self)
+        self.event_handler.connection_closed(self)
         super().connection_lost(error)
 
 
-class _Controller(Controller):
+class CountingController(Controller):
+    """aiosmtpd's Controller whose sessions are CountingSmtp."""
+
     def factory(self) -> SmtpProtocol:
         return CountingSmtp(self.handler, **self.SMTP_kwargs)
 
@@ -180,7 +184,7 @@ class SmtpServer:
         if tls_context is not None and not implicit_tls:
             kwargs["tls_context"] = tls_context
             kwargs["require_starttls"] = require_starttls
-        self.controller = _Controller(
+        self.controller = CountingController(
             self.handler,
             hostname="127.0.0.1",
             port=self.port,
@@ -244,20 +248,22 @@ class SmtpServer:
             self.controller.stop()
 
 
-class GreetingServer:
-    """Answers every connection with one line (e.g. `421 busy`) and closes it."""
+class _Listener:
+    """A TCP listener on a free loopback port whose thread hands each connection to
+    `take(conn)`."""
 
-    def __init__(self, greeting: bytes = b"421 4.3.2 too busy, try later\r\n") -> None:
-        self.greeting = greeting
+    def __init__(self, backlog: int) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
+        self.sock.listen(backlog)
+        self.sock.settimeout(0.2)  # how soon the thread sees stop()
         self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def take(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -265,11 +271,9 @@ class GreetingServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
-            self.connections += 1
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(self.greeting)
+            self.take(conn)
 
-    def start(self) -> GreetingServer:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -279,40 +283,36 @@ class GreetingServer:
         self.sock.close()
 
 
-class SilentServer:
+class GreetingServer(_Listener):
+    """Answers every connection with one line (e.g. `421 busy`) and closes it."""
+
+    def __init__(self, greeting: bytes = b"421 4.3.2 too busy, try later\r\n") -> None:
+        super().__init__(backlog=16)
+        self.greeting = greeting
+        self.connections = 0
+
+    def take(self, conn: socket.socket) -> None:
+        self.connections += 1
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(self.greeting)
+
+
+class SilentServer(_Listener):
     """Accepts TCP connections and never greets: a hung SMTP server. Holds what it accepted
     until stopped, so the client waits for its own time-out."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        super().__init__(backlog=64)
         self.accepted: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def connections(self) -> int:
         return len(self.accepted)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.accepted.append(conn)
-
-    def start(self) -> SilentServer:
-        self._thread.start()
-        return self
+    def take(self, conn: socket.socket) -> None:
+        self.accepted.append(conn)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
+        super().stop()
         for conn in self.accepted:
             conn.close()
-        self.sock.close()
