@@ -27,9 +27,12 @@ from bench import stress_rows
 from bench.ceiling import run_ceiling
 from bench.load import LoadResult, lua_script, run_python, run_wrk
 from bench.report import Row, RowResult, format_table, write_results
-from bench.services import ROOT, RedisProcess, ServiceProcess, cpu_seconds, memory_kb
+from bench.services import cpu_seconds, memory_kb, start_settled
 from bench.sink import SinkProcess, SinkStats
-from bench.workload import API_KEY, SEND_PATH, body_bytes, free_port, write_senders_file
+from bench.workload import API_KEY, SEND_PATH, body_bytes, write_senders_file
+from mailservice.testing.ports import free_port
+from mailservice.testing.redis_server import RedisServer, find_redis_binary
+from mailservice.testing.service_process import ROOT, ServiceProcess
 
 THROUGHPUT_ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-redis")
 ROWS = (*THROUGHPUT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
@@ -130,7 +133,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.sink = SinkProcess(free_port())
-        self.redis: RedisProcess | None = None
+        self.redis: RedisServer | None = None
         self.senders_file = workdir / "data.csv"
         self.script = workdir / "send.lua"
         self.wrk = shutil.which("wrk") if args.generator != "python" else None
@@ -140,7 +143,7 @@ class Bench:
     def fire(self, service: ServiceProcess) -> LoadResult:
         args = self.args
         if self.wrk is not None:
-            url = service.url + SEND_PATH
+            url = service.base + SEND_PATH
             return run_wrk(
                 self.wrk, url, self.script, args.messages, args.concurrency,
                 args.wrk_threads, args.max_seconds,
@@ -174,9 +177,9 @@ class Bench:
             "DRAIN_SECONDS": "5",
         }
         self.sink.reset()
-        service = ServiceProcess(kind, env, rowdir)
+        service = ServiceProcess(rowdir, env, kind=kind)
         try:
-            service.start()
+            start_settled(service)
             pids_before = service.pids()
             cpu_before = cpu_seconds(pids_before)
             rss_before = memory_kb(pids_before, "VmRSS")
@@ -264,8 +267,9 @@ class Bench:
         self.sink.start()
         write_senders_file(self.senders_file, self.sink.port)
         self.script.write_text(lua_script(body_bytes(), API_KEY, SEND_PATH), encoding="utf-8")
-        if any(name.endswith("-redis") for name in self.args.rows) and shutil.which("redis-server"):
-            self.redis = RedisProcess(self.workdir).start()
+        redis_binary = find_redis_binary()
+        if any(name.endswith("-redis") for name in self.args.rows) and redis_binary:
+            self.redis = RedisServer(self.workdir, binary=redis_binary).start()
         ceiling = ceiling_row(self.args, self.sink)
         rows: list[Row] = [ceiling]
         generator = "none"

@@ -27,10 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.report import BigMessagesResult, SlowClientsResult
-from bench.services import RedisProcess, ServiceProcess, memory_kb
+from bench.services import memory_kb, start_settled
 from bench.sink import SinkProcess
 from bench.slow_clients import Dribblers, body_payload, head_payload, normal_calls
-from bench.workload import API_KEY, RECIPIENT, SEND_PATH, body_bytes, free_port, write_senders_file
+from bench.workload import API_KEY, RECIPIENT, SEND_PATH, body_bytes, write_senders_file
+from mailservice.testing.ports import free_port
+from mailservice.testing.redis_server import RedisServer
+from mailservice.testing.service_process import ServiceProcess
 
 SLOW_ROWS = ("slow-clients-gunicorn", "slow-clients-plain", "slow-clients-gthread")
 BIG_ROWS = ("big-messages-memory", "big-messages-redis")
@@ -81,7 +84,7 @@ def slow_clients_row(
     if variant == "gthread":  # the worker class gunicorn.conf.py had before http_worker.py
         env["GUNICORN_CMD_ARGS"] = "--worker-class gthread"
     sink.reset()
-    service = ServiceProcess("plain" if variant == "plain" else "gunicorn", env, rowdir)
+    service = ServiceProcess(rowdir, env, kind="plain" if variant == "plain" else "gunicorn")
     if args.slow_mode == "head":
         dribblers = Dribblers(
             service.port, args.slow_connections, args.slow_interval,
@@ -93,7 +96,7 @@ def slow_clients_row(
             service.port, args.slow_connections, args.slow_interval, body, first=head
         )
     try:
-        service.start()
+        start_settled(service)
         dribblers.start()
         if not dribblers.wait_open(15):
             row.notes.append("not every slow client could connect within 15 s")
@@ -175,7 +178,7 @@ def _settled_rss_kb(pids: list[int], timeout: float = 30.0, samples: int = 4) ->
 
 
 def big_messages_row(
-    name: str, args: argparse.Namespace, redis: RedisProcess | None, rowdir: Path
+    name: str, args: argparse.Namespace, redis: RedisServer | None, rowdir: Path
 ) -> BigMessagesResult:
     row = BigMessagesResult(name, args.big_requests, args.big_mb)
     store = name.removeprefix("big-messages-")
@@ -197,10 +200,10 @@ def big_messages_row(
         "MAX_REQUEST_BYTES": str(max(10 << 20, len(body) + (64 << 10))),
         "DRAIN_SECONDS": "0",
     }
-    service = ServiceProcess("plain", env, rowdir)
+    service = ServiceProcess(rowdir, env)
     statuses: dict[str, int] = {}
     try:
-        service.start()
+        start_settled(service)
         pids = service.pids()
         row.rss_before_mb = _settled_rss_kb(pids) / 1024
         redis_before = memory_kb(redis.pids(), "VmRSS") if store == "redis" and redis else 0

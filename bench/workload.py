@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 API_KEY = "bench-key-0123456789abcdef"
@@ -31,13 +30,6 @@ SEND_BODY: dict[str, object] = {
 def body_bytes() -> bytes:
     """The JSON body every load generator posts."""
     return json.dumps(SEND_BODY, separators=(",", ":")).encode()
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (aiosmtpd and redis-server cannot bind port 0 for us)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_senders_file(path: Path, smtp_port: int) -> Path:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from mailservice.testing.redis_server import RedisServer
+from mailservice.testing.service_process import ServiceProcess
 from tests.conftest import API_KEY, OTHER_KEY, send, wait_final, wait_for, write_senders
-from tests.service_process import ServiceProcess
 
 pytestmark = pytest.mark.redis
 

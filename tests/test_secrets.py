@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from mailservice.testing.service_process import ServiceProcess
 from tests.conftest import API_KEY
-from tests.service_process import ServiceProcess
 from tests.test_durability import message, service_env
 
 
