@@ -1,0 +1,133 @@
+"""The Redis store beyond the contract: its keys, their expiry, its scripts and round trips,
+on a real redis-server."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from mailservice.stores import store_from_url
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim
+from tests.test_status_store import new_record
+
+
+@pytest.mark.redis
+def test_redis_store_sets_ttl_only_when_final(redis_server: Any) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=120)
+    record = new_record()
+    store.create(record, "{}")
+    client = redis.Redis.from_url(redis_server.url)
+    key = f"mail:req:{record.request_id}"
+    assert client.ttl(key) == -1, "unfinished: no expiry"
+    store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    assert 0 < client.ttl(key) <= 120
+    assert not client.hexists(key, "payload")
+    client.close()
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_store_expiry_really_removes_the_status(redis_server: Any) -> None:
+    store = store_from_url(redis_server.url, ttl=1)
+    record = new_record()
+    store.create(record, "{}")
+    store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    deadline = time.monotonic() + 5
+    while store.get(record.request_id) is not None:
+        assert time.monotonic() < deadline, "record did not expire"
+        time.sleep(0.1)
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_key_names_are_those_of_existing_deployments(redis_server: Any) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=60)
+    record = new_record(owner="p1")
+    store.create(record, "{}", IdempotencyClaim("scope-1", "f", record.request_id))
+    store.heartbeat("p1", 30)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert set(client.keys("*")) == {
+        f"mail:req:{record.request_id}",
+        "mail:unfinished",
+        "mail:owner:p1",
+        "mail:idem:scope-1",
+    }
+    client.close()
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_scripts_take_their_key_prefixes_from_the_constants(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from mailservice.stores import redis_store
+
+    for name in ("KEY_PREFIX", "OWNER_PREFIX", "IDEMPOTENCY_PREFIX"):
+        monkeypatch.setattr(redis_store, name, "alt:" + getattr(redis_store, name))
+    monkeypatch.setattr(redis_store, "UNFINISHED", "alt:mail:unfinished")
+    first, second = (store_from_url(redis_server.url, ttl=60) for _ in range(2))
+    dead, alive = (
+        new_record("88888888-8888-4888-8888-000000000001", owner="dead"),
+        new_record("88888888-8888-4888-8888-000000000002", owner="alive"),
+    )
+    first.create(dead, "{}")
+    first.create(alive, "{}")
+    first.heartbeat("alive", 30)
+    assert second.orphans(10) == [dead.request_id], "records and leases read under the prefixes"
+    assert second.claim(alive.request_id, "thief") is None
+    assert second.claim(dead.request_id, "heir") is not None
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    assert all(key.startswith("alt:") for key in client.keys("*")), client.keys("*")
+    client.close()
+    first.close()
+    second.close()
+
+
+@pytest.mark.redis
+def test_redis_store_makes_one_round_trip_per_call(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round trips counted at the client: a pipeline or a script is one."""
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=60)
+    sent: list[int] = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(connection: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        real_send(connection, command, check_health)
+
+    def trips(call: Any) -> int:
+        call()  # the first call of a script may also load it (NOSCRIPT)
+        sent.clear()
+        call()
+        return len(sent)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+    ids = iter(f"99999999-9999-4999-8999-{i:012d}" for i in range(10))
+    record = new_record(owner="dead")
+    store.create(record, "{}")
+    counts = {
+        "create": trips(lambda: store.create(new_record(next(ids)), "{}")),
+        "create+idempotency": trips(
+            lambda: store.create(new_record(next(ids)), "{}", IdempotencyClaim("s", "f", "r"))
+        ),
+        "save": trips(lambda: store.save(replace(record, attempts=1))),
+        "get": trips(lambda: store.get(record.request_id)),
+        "heartbeat": trips(lambda: store.heartbeat("p1", 30)),
+        "orphans": trips(lambda: store.orphans(10)),
+        "claim": trips(lambda: store.claim(record.request_id, "heir")),
+    }
+    # claim is a script then a read of the record taken over: two, as before.
+    assert counts == {name: 2 if name == "claim" else 1 for name in counts}
+    store.close()
