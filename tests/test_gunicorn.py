@@ -223,10 +223,8 @@ def test_gunicorn_with_bad_setting_exits_2_with_one_line_naming_it(tmp_path, nam
     (tmp_path / "a-file").write_text("not a folder\n", encoding="utf-8")
     env = service_env(tmp_path, free_port(), "memory://")
     env[name] = value.format(tmp=tmp_path)
-    started = time.monotonic()
-    code, output = gunicorn_start_up(tmp_path, env)
+    code, output = gunicorn_start_up(tmp_path, env)  # fails if gunicorn booted instead
     assert code == 2, output
-    assert time.monotonic() - started < 15
     lines = output.strip().splitlines()
     assert len(lines) == 1, output
     assert lines[0].startswith("mail_server: configuration error: ")
