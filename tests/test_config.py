@@ -12,7 +12,7 @@ import pytest
 from mailservice import config
 from mailservice.config import Settings, load_settings, settings_from_mapping
 from mailservice.errors import ConfigError
-from mailservice.testing.smtp_servers import free_port
+from mailservice.testing.ports import free_port
 
 
 @pytest.fixture

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from mailservice.testing.smtp_servers import SmtpServer, free_port
+from mailservice.testing.ports import free_port
+from mailservice.testing.service_process import ServiceProcess
+from mailservice.testing.smtp_servers import SmtpServer
 from tests.conftest import API_KEY, send, wait_final, wait_for, write_senders
-from tests.service_process import ServiceProcess
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

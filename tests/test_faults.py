@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from mail_server import EXTENSION
+from mailservice.testing.ports import free_port
 from mailservice.testing.redis_server import RedisServer
-from mailservice.testing.smtp_servers import GreetingServer, SilentServer, SmtpServer, free_port
+from mailservice.testing.smtp_servers import GreetingServer, SilentServer, SmtpServer
 from tests.conftest import OTHER_KEY, send, wait_final, wait_for
 
 

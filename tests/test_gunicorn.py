@@ -19,9 +19,9 @@ import pytest
 
 from bench.slow_clients import Dribblers, body_payload, head_payload, normal_calls
 from mailservice import config
-from mailservice.testing.smtp_servers import free_port
+from mailservice.testing.ports import free_port
+from mailservice.testing.service_process import ROOT
 from tests.conftest import API_KEY, wait_for
-from tests.service_process import ROOT
 from tests.test_durability import message, message_ids, service_env
 
 

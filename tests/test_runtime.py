@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from mailservice import runtime
-from tests.service_process import ROOT
+from mailservice.testing.service_process import ROOT
 
 
 def in_child(code: str) -> dict:

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from mail_server import EXTENSION
-from mailservice.testing.smtp_servers import DROP, free_port
+from mailservice.testing.ports import free_port
+from mailservice.testing.smtp_servers import DROP
 from tests.conftest import OTHER_KEY, send, wait_final, wait_for
 
 
