@@ -39,6 +39,7 @@ class Settings:
     smtp_server_threads: int = 0  # 0: all WORKERS for one server, half when there are several
     smtp_server_pause: float = 30.0
     smtp_ca_file: str = ""
+    smtp_ehlo_name: str = ""  # empty: the machine's FQDN, else the connection's address literal
     workers: int = 8
     queue_max: int = 10000
     queue_max_bytes: int = 256 * 1024 * 1024
@@ -59,6 +60,8 @@ class Settings:
     wait_margin: float = WAIT_MARGIN_SECONDS
     max_request_bytes: int = 10 * 1024 * 1024
     max_recipients: int = 50
+    allow_special_use_recipients: bool = False
+    sms_gateways: str = ""  # more carriers for the SMS route: "name=gateway.domain,..."
     # Process layout (API.md section 1): read by gunicorn.conf.py and mailservice.runtime.
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
@@ -115,6 +118,11 @@ def _switch(raw: str) -> bool:
     raise ValueError(f"must be one of {', '.join(_TRUE)} or {', '.join(_FALSE)}")
 
 
+def _off_switch(raw: str) -> bool:
+    """A switch that is off unless set: empty means off."""
+    return bool(raw.strip()) and _switch(raw)
+
+
 def _rate_limit(raw: str) -> str:
     value = raw.strip()
     if value:
@@ -139,6 +147,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_SERVER_THREADS": ("smtp_server_threads", _or_zero(_positive(int, allow_zero=True))),
     "SMTP_SERVER_PAUSE": ("smtp_server_pause", _positive(float)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
+    "SMTP_EHLO_NAME": ("smtp_ehlo_name", str.strip),
     "WORKERS": ("workers", _positive(int)),
     "QUEUE_MAX": ("queue_max", _positive(int)),
     "QUEUE_MAX_BYTES": ("queue_max_bytes", _positive(int)),
@@ -159,6 +168,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WAIT_MARGIN": ("wait_margin", _positive(float, allow_zero=True)),
     "MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
     "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
+    "ALLOW_SPECIAL_USE_RECIPIENTS": ("allow_special_use_recipients", _off_switch),
+    "SMS_GATEWAYS": ("sms_gateways", str.strip),
     "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
     "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
     "PIN_CPUS": ("pin_cpus", _switch),

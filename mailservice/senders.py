@@ -24,7 +24,7 @@ from mailservice.config import SECURITY_MODES, Settings
 from mailservice.errors import ConfigError
 
 REQUIRED_COLUMNS = ("key", "email", "app_password")
-OPTIONAL_COLUMNS = ("smtp_host", "smtp_port", "smtp_security", "name")
+OPTIONAL_COLUMNS = ("smtp_host", "smtp_port", "smtp_security", "name", "jwt_secret")
 CREDENTIALS_FIELDS = ("smtp_host", "smtp_port", "user", "password")
 IMPLICIT_TLS_PORT = 465
 
@@ -39,6 +39,9 @@ class Sender:
     smtp_port: int
     smtp_security: str
     name: str = ""
+    # A secret of this sender's own for HS256 JWTs its clients sign (the older FastAPI services'
+    # clients); empty: such a JWT verifies under the API key itself.
+    jwt_secret: str = field(default="", repr=False)
 
     @property
     def domain(self) -> str:
@@ -137,6 +140,7 @@ def _row_sender(row: dict[str, str], where: str, settings: Settings) -> tuple[st
         smtp_port=port,
         smtp_security=security,
         name=name,
+        jwt_secret=(row.get("jwt_secret") or "").strip(),
     )
     return key, sender
 
