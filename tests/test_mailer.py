@@ -167,6 +167,18 @@ def test_extra_headers_arrive(client, smtp_server):
     assert b"List-Unsubscribe:" in received.content
 
 
+def test_a_long_list_unsubscribe_url_arrives_as_itself_not_as_encoded_words(client, smtp_server):
+    # RFC 8058 one-click: the receiver reads the URL from the header; an encoded word is none.
+    url = "<https://example.com/unsubscribe?list=news&token=" + "Zq81x9Kp" * 16 + ">"
+    value = f"{url}, <mailto:unsubscribe@example.com?subject=unsubscribe>"
+    headers = {"List-Unsubscribe": value, "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+    _, received = deliver(client, smtp_server, headers=headers)
+    assert raw_headers(received)["list-unsubscribe"] == value.encode()
+    assert b"=?" not in received.content.split(b"\r\n\r\n", 1)[0]
+    assert received.message["List-Unsubscribe"] == value
+    assert received.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
 def test_every_header_is_present_once(client, smtp_server):
     _, received = deliver(client, smtp_server, reply_to="r@example.com", cc=["c@example.com"])
     names = [name.lower() for name in received.message]

@@ -126,11 +126,6 @@ def test_extra_headers_are_added_and_every_header_is_there_once():
 LONG_URL = "<https://example.com/unsubscribe?token=" + "a1b2c3d4" * 16 + ">"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="build_message folds a long one-token header into RFC 2047 encoded words "
-    "(PITFALLS.md, email package); the fix belongs in mailservice/delivery/message.py",
-)
 @pytest.mark.parametrize(
     "name", ["List-Unsubscribe", "References"], ids=["list_unsubscribe", "references"]
 )
@@ -140,6 +135,39 @@ def test_a_long_single_token_header_is_not_folded_into_encoded_words(name):
     [line] = [line for line in raw.split(b"\r\n") if line.startswith(name.encode() + b":")]
     assert b"=?" not in line
     assert line == f"{name}: {LONG_URL}".encode()
+
+
+def test_a_header_of_several_long_tokens_is_folded_at_whitespace_and_unfolds_to_itself():
+    value = f"{LONG_URL}, <mailto:unsubscribe@example.com?subject={'x' * 90}>"
+    msg = build(headers={"List-Unsubscribe": value, "References": f"{LONG_URL} {LONG_URL}"})
+    lines = head(msg).split(b"\r\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"List-Unsubscribe:"))
+    assert lines[start + 1].startswith(b" <mailto:")  # the second URL on a line of its own
+    assert b"=?" not in head(msg)
+    got = parsed(msg)
+    assert got["List-Unsubscribe"] == value
+    assert got["References"] == f"{LONG_URL} {LONG_URL}"
+
+
+def test_short_words_are_folded_before_whitespace_within_78_characters():
+    value = " ".join(f"<id{i}@mail.example.com>" for i in range(12))
+    msg = build(headers={"References": value})
+    folded = [line for line in head(msg).split(b"\r\n") if b"<id" in line]
+    assert len(folded) > 1
+    assert all(len(line) <= 78 for line in folded)
+    assert all(line.startswith(b" ") for line in folded[1:])
+    assert parsed(msg)["References"] == value
+
+
+def test_a_non_ascii_extra_header_is_still_an_encoded_word():
+    msg = build(headers={"X-Greeting": "Grüße " + "x" * 100})
+    assert b"X-Greeting: =?utf-8?" in head(msg)
+    assert parsed(msg)["X-Greeting"] == "Grüße " + "x" * 100
+
+
+def test_a_header_value_with_a_line_break_is_refused_even_past_the_api():
+    with pytest.raises(ValueError):
+        build(headers={"X-Campaign": "a\r\nBcc: victim@example.com"})
 
 
 # -- bodies ------------------------------------------------------------------------------------

@@ -1,11 +1,16 @@
 """Building a request's message with the standard library's `email` package: `build_message()`.
 
 Policy `default` (API.md section 3) with CRLF line ends for the wire, a header registry that
-makes each header class once, and the UTF-8 policy when an address needs SMTPUTF8.
+makes each header class once, and the UTF-8 policy when an address needs SMTPUTF8. The extra
+headers (List-Unsubscribe, References, X-...) are folded at whitespace only
+(`WhitespaceFoldedHeader`): the policy would fold a long token such as a URL into RFC 2047
+encoded words, which no longer read as a URL.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from datetime import datetime
 from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry
@@ -39,6 +44,52 @@ class CachedHeaderRegistry(HeaderRegistry):
 MESSAGE_POLICY = email_policy.default.clone(linesep="\r\n", header_factory=CachedHeaderRegistry())
 UTF8_POLICY = MESSAGE_POLICY.clone(utf8=True)
 
+# RFC 5322 2.1.1: no line of a message longer than 998 octets, CRLF excluded.
+MAX_LINE_OCTETS = 998
+# A header value as runs of whitespace, each with the word after it.
+_WORDS = re.compile(r"[ \t]*[^ \t]+|[ \t]+$")
+
+
+class WhitespaceFoldedHeader(str):
+    """An ASCII header value that folds only at its own whitespace, never into encoded words.
+
+    The policy's header classes fold an unstructured value whose token is longer than a line
+    (a URL in List-Unsubscribe, a long id in References) into RFC 2047 encoded words, which
+    break it (RFC 2369, RFC 8058). This value is written as given, with a line break before
+    whitespace where a line would pass the policy's `max_line_length`; a word longer than that
+    stays whole on its line. Unfolding gives the value back exactly. The policy calls `fold()`
+    of any header value that has a `name`.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, value: str) -> WhitespaceFoldedHeader:
+        if not value.isascii() or "\r" in value or "\n" in value:
+            raise ValueError(f"header {name} must be ASCII on one line to be folded as is")
+        self = super().__new__(cls, value)
+        self.name = name
+        return self
+
+    @classmethod
+    def fits(cls, name: str, value: str) -> bool:
+        """True when the value is ASCII and each word fits on a line of 998 octets."""
+        if not value.isascii():
+            return False
+        longest = max((len(word) for word in value.split()), default=0)
+        return len(name) + 2 + longest <= MAX_LINE_OCTETS
+
+    def fold(self, *, policy: email_policy.Policy) -> str:
+        maxlen = policy.max_line_length or sys.maxsize
+        lines = [f"{self.name}:"]
+        for index, word in enumerate(_WORDS.findall(self)):
+            if index == 0:
+                word = " " + word.lstrip(" \t")  # the separator after the colon is not value
+            if index and len(lines[-1]) + len(word) > maxlen and not word.isspace():
+                lines.append(word)  # the break goes before whitespace (RFC 5322 2.2.3)
+            else:
+                lines[-1] += word
+        return policy.linesep.join(lines) + policy.linesep
+
 
 def _address(addr_spec: str, display_name: str = "") -> Address:
     # Given as username and domain: Address(addr_spec=...) re-parses the address (slow) and
@@ -67,7 +118,10 @@ def build_message(
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = f"<{request_id}@{sender.domain}>"
     for name, value in request.headers.items():
-        msg[name] = value
+        # A value that is not ASCII needs encoded words, and one with a word too long for any
+        # line is folded by the policy: that is the only way to send it at all.
+        fits = WhitespaceFoldedHeader.fits(name, value)
+        msg[name] = WhitespaceFoldedHeader(name, value) if fits else value
     if request.body is not None:
         msg.set_content(request.body, subtype="html" if request.is_html else "plain")
     elif request.text is not None and request.html is not None:
