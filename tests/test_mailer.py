@@ -227,6 +227,39 @@ def test_text_alone_is_text_plain(client, smtp_server):
     assert received.message.get_content_type() == "text/plain"
 
 
+@pytest.mark.parametrize("eight_bit_mime", [True, False], ids=["8bitmime", "7bit_only"])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"body": "Grüße aus Köln ✓\nzweite Zeile"},
+        {"body": "<p>Grüße ✓</p>", "is_html": True},
+        {"text": "Grüße ✓", "html": "<p>Grüße ✓</p>"},
+    ],
+    ids=["plain", "html", "alternative"],
+)
+def test_a_non_ascii_body_arrives_7bit_safe_at_any_server(
+    make_app, start_smtp, eight_bit_mime, fields
+):
+    # RFC 6152: no 8-bit byte without BODY=8BITMIME; built 7-bit safe, none is ever needed.
+    server = start_smtp(eight_bit_mime=eight_bit_mime)
+    client = make_app(server.port).test_client()
+    _, received = deliver(client, server, **fields)
+    assert received.content.isascii()
+    assert "BODY=8BITMIME" not in received.mail_options
+    parts = [p for p in received.message.walk() if not p.is_multipart()]
+    assert {p["Content-Transfer-Encoding"] for p in parts} <= {"quoted-printable", "base64"}
+    sent = [fields["body"]] if "body" in fields else [fields["text"], fields["html"]]
+    assert [body_text(p).rstrip("\n") for p in parts] == sent
+
+
+def test_an_smtputf8_message_declares_body_8bitmime_with_its_8bit_body(make_app, start_smtp):
+    server = start_smtp(smtputf8=True)
+    client = make_app(server.port).test_client()
+    _, received = deliver(client, server, recipient="jöe@example.com", body="Grüße ✓")
+    assert {"SMTPUTF8", "BODY=8BITMIME"} <= set(received.mail_options)
+    assert body_text(received.message).rstrip("\n") == "Grüße ✓"
+
+
 def test_lines_end_in_crlf_on_the_wire(client, smtp_server):
     _, received = deliver(
         client, smtp_server, text="one\ntwo\r\nthree\rfour\n\nsix", html="<p>a</p>\n<p>b</p>"

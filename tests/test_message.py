@@ -212,12 +212,6 @@ def test_ascii_body_is_7bit_and_a_long_line_quoted_printable():
     assert content(parsed(msg)) == "x" * 5000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="policy default picks 8bit for short UTF-8 lines, sent without BODY=8BITMIME when "
-    "no address needs SMTPUTF8 (PITFALLS.md, email package); the fix belongs in "
-    "mailservice/delivery/message.py",
-)
 @pytest.mark.parametrize(
     "fields",
     [
@@ -231,6 +225,12 @@ def test_non_ascii_body_without_smtputf8_is_never_8bit(fields):
     msg = build(**fields)
     assert set(transfer_encodings(msg)) <= {"7bit", "quoted-printable", "base64"}
     assert msg.as_bytes().isascii()
+
+
+def test_an_smtputf8_message_keeps_8bit_bodies():
+    msg = build(recipient=("jöe@example.com",), body="Grüße ✓")
+    assert transfer_encodings(msg) == ["8bit"]
+    assert content(parsed(msg)) == "Grüße ✓"
 
 
 def test_non_ascii_body_decodes_to_the_original():

@@ -112,6 +112,30 @@ def test_smtputf8_is_asked_for_when_the_server_offers_it(smtp, start_smtp):
     assert {"SMTPUTF8", "BODY=8BITMIME"} <= set(received.mail_options)
 
 
+EIGHT_BIT = "Subject: hi\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n".encode()
+
+
+def test_ascii_data_declares_no_body_type(smtp, smtp_server):
+    send(smtp, smtp_server)
+    [received] = smtp_server.received
+    assert received.mail_options == []
+
+
+def test_8bit_data_declares_body_8bitmime_to_a_server_that_offers_it(smtp, smtp_server):
+    send(smtp, smtp_server, data=EIGHT_BIT)
+    [received] = smtp_server.received
+    assert received.mail_options == ["BODY=8BITMIME"]
+    assert received.content == EIGHT_BIT
+
+
+def test_8bit_data_to_a_server_without_8bitmime_is_permanent_before_mail_from(smtp, start_smtp):
+    server = start_smtp(eight_bit_mime=False)
+    with pytest.raises(PermanentDelivery, match="8BITMIME"):
+        send(smtp, server, data=EIGHT_BIT)
+    assert server.handler.transactions == 0
+    assert send(smtp, server).accepted == ("user@example.com",)  # ASCII still goes
+
+
 def test_smtputf8_without_server_support_is_permanent_before_mail_from(smtp, smtp_server):
     with pytest.raises(PermanentDelivery, match="SMTPUTF8"):
         send(smtp, smtp_server, ["用户@例子.广告"], smtputf8=True)

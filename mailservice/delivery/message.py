@@ -1,10 +1,10 @@
 """Building a request's message with the standard library's `email` package: `build_message()`.
 
-Policy `default` (API.md section 3) with CRLF line ends for the wire, a header registry that
-makes each header class once, and the UTF-8 policy when an address needs SMTPUTF8. The extra
-headers (List-Unsubscribe, References, X-...) are folded at whitespace only
-(`WhitespaceFoldedHeader`): the policy would fold a long token such as a URL into RFC 2047
-encoded words, which no longer read as a URL.
+Policy `default` (API.md section 3) with CRLF line ends for the wire, 7-bit safe bodies, a
+header registry that makes each header class once, and the UTF-8 policy (8bit bodies) when an
+address needs SMTPUTF8. The extra headers (List-Unsubscribe, References, X-...) are folded at
+whitespace only (`WhitespaceFoldedHeader`): the policy would fold a long token such as a URL
+into RFC 2047 encoded words, which no longer read as a URL.
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ class CachedHeaderRegistry(HeaderRegistry):
 
 
 # Policy `default` (API.md section 3), with CRLF line ends for the wire and the cached registry.
-MESSAGE_POLICY = email_policy.default.clone(linesep="\r\n", header_factory=CachedHeaderRegistry())
-UTF8_POLICY = MESSAGE_POLICY.clone(utf8=True)
+# Bodies are 7-bit safe (cte_type 7bit: quoted-printable or base64 for non-ASCII text), so a
+# message goes to any server without BODY=8BITMIME (RFC 6152), whatever the server offers; the
+# UTF-8 policy of SMTPUTF8 messages keeps 8bit, which goes with BODY=8BITMIME (RFC 6531).
+_WIRE = email_policy.default.clone(linesep="\r\n", header_factory=CachedHeaderRegistry())
+MESSAGE_POLICY = _WIRE.clone(cte_type="7bit")
+UTF8_POLICY = _WIRE.clone(utf8=True)
 
 # RFC 5322 2.1.1: no line of a message longer than 998 octets, CRLF excluded.
 MAX_LINE_OCTETS = 998

@@ -6,7 +6,9 @@ closed by the server before MAIL FROM. It drives the SMTP transaction step by st
 smtplib's own commands so that it knows which recipients were refused and whether a failure
 came before or after the message was handed over. Failures are raised as `TransientDelivery` or
 `PermanentDelivery` (see errors.py); a failure to connect or greet is a `ConnectFailed`, and no
-reply to the final "." of DATA within `data_timeout` is a `PossiblyDelivered`.
+reply to the final "." of DATA within `data_timeout` is a `PossiblyDelivered`. MAIL FROM
+declares `BODY=8BITMIME` for 8-bit data (SMTPUTF8 messages; build_message's others are 7-bit
+safe) and refuses, before MAIL FROM, to send 8-bit data to a server that does not offer it.
 """
 
 from __future__ import annotations
@@ -194,6 +196,8 @@ class SmtpClient:
                 raise PermanentDelivery(
                     "server does not support SMTPUTF8 for international addresses"
                 )
+            if options == ["BODY=8BITMIME"] and not conn.has_extn("8bitmime"):
+                raise PermanentDelivery("server does not offer 8BITMIME for an 8-bit message")
             try:
                 code, reply = conn.mail(sender, options)
             except (OSError, smtplib.SMTPServerDisconnected) as exc:
@@ -223,7 +227,12 @@ class SmtpClient:
         self, target: SmtpTarget, sender: str, recipients: list[str], data: bytes, smtputf8: bool
     ) -> DeliveryOutcome:
         """One SMTP transaction; raises Transient/PermanentDelivery for the whole message."""
-        options = ["SMTPUTF8", "BODY=8BITMIME"] if smtputf8 else []
+        if smtputf8:
+            options = ["SMTPUTF8", "BODY=8BITMIME"]
+        elif not data.isascii():  # build_message makes none (7-bit safe bodies); others may
+            options = ["BODY=8BITMIME"]
+        else:
+            options = []
         conn = self._mail_from(target, sender, options)
         try:
             accepted: list[str] = []

@@ -6,7 +6,9 @@ says `server.handler.script("DATA", "451 4.3.0 try later")` and the next DATA ge
 A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply; at DATA,
 `("KEEP", seconds)` keeps the message first and then delays the 250 (a server that has it but
 answers late). `GreetingServer` answers every connection with one line (a 421) and closes it;
-`SilentServer` accepts connections and never says a word. `CountingController` is aiosmtpd's
+`SilentServer` accepts connections and never says a word. `SmtpServer(eight_bit_mime=False)`
+does not offer 8BITMIME in its EHLO answer (a server of RFC 6152's "7-bit only" kind), and
+`handler.ehlo_names` records the name each client gave in EHLO. `CountingController` is aiosmtpd's
 Controller with sessions that tell their handler of each connection opened and closed; the
 bench's counting sink (bench/sink.py) runs on it too.
 """
@@ -60,6 +62,8 @@ class ScriptedHandler:
         self.disconnections = 0
         self.open_sessions: set[SmtpProtocol] = set()
         self.transactions = 0
+        self.eight_bit_mime = True  # False: EHLO does not offer 8BITMIME
+        self.ehlo_names: list[str] = []  # the name each EHLO gave, in order
         self._lock = threading.Lock()
 
     def connection_opened(self, session: SmtpProtocol) -> None:
@@ -92,6 +96,10 @@ class ScriptedHandler:
         self, server: SmtpProtocol, session: Session, envelope: Envelope, hostname: str, responses
     ) -> list[str]:
         session.host_name = hostname
+        with self._lock:
+            self.ehlo_names.append(hostname)
+        if not self.eight_bit_mime:
+            responses = [r for r in responses if r[4:].upper() != "8BITMIME"]
         return responses
 
     async def handle_MAIL(
@@ -173,9 +181,11 @@ class SmtpServer:
         logins: dict[str, str] | None = None,
         idle_timeout: float = 300,
         smtputf8: bool = False,
+        eight_bit_mime: bool = True,
         port: int | None = None,
     ) -> None:
         self.handler = ScriptedHandler()
+        self.handler.eight_bit_mime = eight_bit_mime
         self.port = port or free_port()
         kwargs: dict[str, Any] = {"timeout": idle_timeout, "enable_SMTPUTF8": smtputf8}
         if logins is not None:
