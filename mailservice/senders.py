@@ -64,17 +64,29 @@ def key_digest(key: str) -> bytes:
 
 
 class SenderDirectory:
-    """Maps API keys to senders; never stores or shows a key in clear."""
+    """Maps API keys to senders; never shows a key. Keys are looked up by digest; one is kept
+    in clear only as the JWT secret of a sender without a `jwt_secret` (`jwt_secrets()`)."""
 
     def __init__(self, entries: Iterable[tuple[str, Sender]]) -> None:
         self._by_digest: dict[bytes, tuple[bytes, Sender]] = {}
         self._by_email: dict[str, Sender] = {}
+        # An HS256 JWT's signature can only be checked with the secret itself (its jwt_secret,
+        # else its API key), so these stay in memory; nothing shows them (see __repr__).
+        self._jwt_secrets: dict[bytes, bytes] = {}
         for key, sender in entries:
             digest = key_digest(key)
             if digest in self._by_digest:
                 raise ConfigError("the senders file lists the same key twice")
             self._by_digest[digest] = (digest, sender)
             self._by_email.setdefault(sender.email.lower(), sender)
+            secret = (sender.jwt_secret or key).encode("utf-8", "surrogatepass")
+            if secret in self._jwt_secrets:
+                # A JWT signed with it could not say which of the two sends.
+                raise ConfigError(
+                    f"the senders file gives {sender.email} the same JWT secret (jwt_secret, "
+                    "else the key) as another sender"
+                )
+            self._jwt_secrets[secret] = digest
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -98,6 +110,11 @@ class SenderDirectory:
     def key_digests(self) -> list[bytes]:
         """The digests of every key (for tokens that name a key without holding it)."""
         return list(self._by_digest)
+
+    def jwt_secrets(self) -> list[tuple[bytes, bytes]]:
+        """(secret, key digest) of every sender: the secret an HS256 JWT of its clients is
+        signed with, and the digest of the key it stands for (`api/jwt_auth`)."""
+        return list(self._jwt_secrets.items())
 
     def servers(self) -> set[tuple[str, int]]:
         """The SMTP servers (host, port) the senders send through."""

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
-from flask import Response, current_app, jsonify
+from flask import Response, current_app, g, jsonify
 from pydantic import ValidationError
 
+from mailservice.api import jwt_auth
 from mailservice.api.auth_guard import check_client, count_failure
 from mailservice.api.http_input import (
     bearer_credential,
@@ -91,8 +92,18 @@ def problem(
 # -- the request path ------------------------------------------------------------------------
 
 
+def jwt_key_digest(credential: str) -> bytes | None:
+    """The key digest an HS256 JWT stands for (`jwt_auth`), worked out once per request: the
+    rate limiter, the credential check and the Idempotency-Key all ask."""
+    cache: dict[str, bytes | None] = g.setdefault("jwt_key_digests", {})
+    if credential not in cache:
+        cache[credential] = jwt_auth.key_digest_of(credential, service().senders.jwt_secrets())
+    return cache[credential]
+
+
 def authenticate(body: dict[str, Any]) -> Sender:
-    """The sender of the presented key or Bearer token; 401 when unknown, bad or expired.
+    """The sender of the presented key, Bearer token or Bearer JWT; 401 when unknown, bad or
+    expired.
 
     429 instead, before the credential is looked at, for a client address past AUTH_FAIL_LIMIT
     failed authentications (`auth_guard`); every 401 here counts as one.
@@ -103,12 +114,15 @@ def authenticate(body: dict[str, Any]) -> Sender:
     sender = svc.senders.authenticate(presented_key(body))
     if sender is None and (bearer := bearer_credential()) is not None:
         sender = svc.tokens.sender_of(bearer)
+        # Last: trying a JWT costs one HMAC per sender (jwt_auth).
+        if sender is None and (digest := jwt_key_digest(bearer)) is not None:
+            sender = svc.senders.by_key_digest(digest)
     if sender is None:
         count_failure()
         raise ApiError(
             401,
-            "A valid API key or unexpired token is required "
-            "(Authorization: Bearer <key or token>, or X-API-Key).",
+            "A valid API key, unexpired token or HS256 JWT is required "
+            "(Authorization: Bearer <key, token or JWT>, or X-API-Key).",
             headers={"WWW-Authenticate": 'Bearer realm="mail"'},
         )
     return sender
@@ -138,13 +152,13 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
 
 
 def credential_digest(credential: str) -> bytes:
-    """The digest of the key a credential stands for: a token stands for its key, so that it
-    shares the key's rate limit and Idempotency-Keys."""
+    """The digest of the key a credential stands for: a token or a JWT stands for its
+    sender's key, so that it shares the key's rate limit and Idempotency-Keys."""
     digest = key_digest(credential)
     svc = service()
     if svc.senders.by_key_digest(digest) is not None:  # a key: no token to check
         return digest
-    return svc.tokens.key_digest(credential) or digest
+    return svc.tokens.key_digest(credential) or jwt_key_digest(credential) or digest
 
 
 def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
