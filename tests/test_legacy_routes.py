@@ -39,15 +39,38 @@ def token_for(client, username: str = SENDER, password: str = API_KEY) -> str:
 
 
 def test_seed_000_mail_example_waits_and_answers_message_sent(client, smtp_server):
-    answer = client.post("/mail", json=SEED_000_EXAMPLE, headers=AUTH)
+    # The Flask /mail service returned the text `message Sent`, which its clients compare.
+    answer = client.post("/mail", json=SEED_000_EXAMPLE, headers={**AUTH, "Accept": "*/*"})
     assert answer.status_code == 200
-    body = answer.get_json()
-    assert body == {"message": "message Sent", "request_id": body["request_id"]}
+    assert answer.mimetype == "text/plain"
+    assert answer.get_data(as_text=True) == "message Sent"
+    request_id = answer.headers["X-Request-Id"]
     [received] = smtp_server.received  # the outcome is known when /mail answers
     assert received.mail_from == SENDER
     assert received.rcpt_tos == ["example@example.com"]
     assert received.message["Subject"] == "Email Subject"
     assert received.message.get_content().strip() == "Email Body Text"
+    assert client.get(f"/email-status/{request_id}").get_json()["status"] == "sent"
+
+
+@pytest.mark.parametrize(
+    "accept", [None, "text/plain", "text/html", "text/plain, application/json"]
+)
+def test_seed_000_mail_answers_text_unless_accept_prefers_json(client, smtp_server, accept):
+    headers = {**AUTH, "Accept": accept} if accept else AUTH
+    answer = client.post("/mail", json=SEED_000_EXAMPLE, headers=headers)
+    assert answer.status_code == 200
+    assert answer.mimetype == "text/plain"
+    assert answer.get_data(as_text=True) == "message Sent"
+    assert answer.headers["Vary"] == "Accept"
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/json, text/plain;q=0.5"])
+def test_seed_000_mail_answers_json_when_accept_prefers_it(client, smtp_server, accept):
+    answer = client.post("/mail", json=SEED_000_EXAMPLE, headers={**AUTH, "Accept": accept})
+    assert answer.status_code == 200
+    body = answer.get_json()
+    assert body == {"message": "message Sent", "request_id": answer.headers["X-Request-Id"]}
     assert client.get(f"/email-status/{body['request_id']}").get_json()["status"] == "sent"
 
 
@@ -312,7 +335,8 @@ def test_idempotency_key_on_a_waiting_route_answers_the_same_outcome_once(client
     first = client.post("/mail", json=SEED_000_EXAMPLE, headers=headers)
     again = client.post("/mail", json=SEED_000_EXAMPLE, headers=headers)
     assert first.status_code == again.status_code == 200
-    assert first.get_json() == again.get_json()
+    assert first.get_data() == again.get_data() == b"message Sent"
+    assert first.headers["X-Request-Id"] == again.headers["X-Request-Id"]
     assert len(smtp_server.received) == 1
     other = client.post("/mail", json={**SEED_000_EXAMPLE, "subject": "other"}, headers=headers)
     assert other.status_code == 409

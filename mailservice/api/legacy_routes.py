@@ -6,7 +6,8 @@ translated, field by field, into the core `SendRequest` and then takes the core'
 recipient limits, 403 for a foreign From), the same `Acceptor.accept()`. Unknown fields are a
 400 as in the core API, and field errors name the older service's own fields.
 
-    POST /mail               the Flask /mail microservice: waits; 200 {"message": "message Sent"}
+    POST /mail               the Flask /mail microservice: waits; 200 text/plain `message Sent`
+                             (JSON when Accept prefers it)
     POST /send-email[/]      the Flask data.csv service (core shape) and the FastAPI and Celery
                              services (`email_to` shape, answered here): 202
     POST /token              the FastAPI OAuth2 service: password grant -> a Bearer token
@@ -140,8 +141,10 @@ def _send_and_wait(shape: SeedShape) -> StatusRecord | Response:
     return final
 
 
-def _send_and_answer(shape: SeedShape, failed: int, failed_text: str, **sent: str) -> Response:
-    """A waiting route's answer: `sent` members when sent, problem `failed` when it failed."""
+def _send_and_answer(
+    shape: SeedShape, failed: int, failed_text: str, sent: Callable[[str], Response]
+) -> Response:
+    """A waiting route's answer: `sent(request_id)` when sent, problem `failed` when it failed."""
     outcome = _send_and_wait(shape)
     if isinstance(outcome, Response):
         return outcome
@@ -149,7 +152,24 @@ def _send_and_answer(shape: SeedShape, failed: int, failed_text: str, **sent: st
         return problem(
             failed, f"{failed_text}: {outcome.error}", members={"request_id": outcome.request_id}
         )
-    return jsonify(**sent, request_id=outcome.request_id)
+    return sent(outcome.request_id)
+
+
+MAIL_SENT = "message Sent"
+
+
+def mail_sent(request_id: str) -> Response:
+    """/mail's answer: the text the Flask /mail service returned, which its clients compare,
+    or JSON for a client whose Accept prefers application/json; the id in X-Request-Id."""
+    if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == (
+        "application/json"
+    ):
+        response = jsonify(message=MAIL_SENT, request_id=request_id)
+    else:
+        response = Response(MAIL_SENT, mimetype="text/plain")
+    response.headers["X-Request-Id"] = request_id
+    response.headers["Vary"] = "Accept"
+    return response
 
 
 # -- /token: OAuth2 password grant (RFC 6749 section 4.3) --------------------------------------
@@ -210,13 +230,16 @@ def legacy_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
     @legacy.post("/mail")
     @rate_limited
     def mail() -> Response:
-        return _send_and_answer(MAIL, 502, "The message was not sent", message="message Sent")
+        return _send_and_answer(MAIL, 502, "The message was not sent", mail_sent)
 
     @legacy.post("/smtp/send-email")
     @rate_limited
     def smtp_send_email() -> Response:
         return _send_and_answer(
-            SMTP_API, 400, "The email could not be sent", status="Email sent successfully"
+            SMTP_API,
+            400,
+            "The email could not be sent",
+            lambda request_id: jsonify(status="Email sent successfully", request_id=request_id),
         )
 
     @legacy.post("/token")
