@@ -63,7 +63,12 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     events.subscribe(request_log.on_event, flush=request_log.flush)  # the first subscriber
     attempt = DeliveryAttempt(
         store,
-        SmtpClient(settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout),
+        SmtpClient(
+            settings.smtp_timeout,
+            settings.smtp_ca_file,
+            settings.smtp_data_timeout,
+            settings.smtp_ehlo_name,
+        ),
         events,
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,

@@ -487,3 +487,9 @@ def test_connection_closed_by_server_while_idle_is_reopened_transparently(make_a
     assert second["error"] is None
     assert len(server.received) == 2
     assert server.handler.connections == 2
+
+
+def test_smtp_ehlo_name_is_the_name_the_server_hears(make_app, smtp_server):
+    client = make_app(smtp_server.port, smtp_ehlo_name="relay-client.example.com").test_client()
+    deliver(client, smtp_server)
+    assert smtp_server.handler.ehlo_names == ["relay-client.example.com"]

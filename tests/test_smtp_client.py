@@ -7,12 +7,20 @@ one connection per thread. tests/test_mailer.py checks the same bytes through th
 
 from __future__ import annotations
 
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from mailservice.delivery.smtp_client import DeliveryOutcome, SmtpClient, SmtpTarget
+from mailservice.delivery.smtp_client import (
+    DeliveryOutcome,
+    SmtpClient,
+    SmtpTarget,
+    _address_literal,
+)
 from mailservice.errors import (
     ConnectFailed,
     PermanentDelivery,
@@ -39,8 +47,8 @@ def make_client() -> Iterator[Callable[..., SmtpClient]]:
     """SmtpClients closed after the test (generous time-outs unless a test asks otherwise)."""
     clients: list[SmtpClient] = []
 
-    def make(timeout: float = 5.0, data_timeout: float = 5.0) -> SmtpClient:
-        client = SmtpClient(timeout=timeout, data_timeout=data_timeout)
+    def make(timeout: float = 5.0, data_timeout: float = 5.0, **kw: str) -> SmtpClient:
+        client = SmtpClient(timeout=timeout, data_timeout=data_timeout, **kw)
         clients.append(client)
         return client
 
@@ -348,3 +356,62 @@ def test_target_for_a_sender_is_its_server_and_login_and_hides_the_password():
     assert login == SmtpTarget("smtp.example.com", 587, "starttls", SENDER, PASSWORD)
     assert login.key == ("smtp.example.com", 587, "starttls", SENDER)
     assert PASSWORD not in repr(login)
+
+
+# -- the EHLO name -----------------------------------------------------------------------------
+
+
+def test_the_ehlo_name_is_smtp_ehlo_name_when_set(make_client, smtp_server, monkeypatch):
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "vm")
+    send(make_client(ehlo_name="relay-client.example.com"), smtp_server)
+    assert smtp_server.handler.ehlo_names == ["relay-client.example.com"]
+
+
+def test_without_a_setting_the_ehlo_name_is_the_machines_fqdn(
+    make_client, smtp_server, monkeypatch
+):
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "mailer.example.net")
+    send(make_client(), smtp_server)
+    assert smtp_server.handler.ehlo_names == ["mailer.example.net"]
+
+
+def test_a_short_host_name_gives_the_connections_address_literal(
+    make_client, smtp_server, monkeypatch
+):
+    # Our machines' getfqdn() is `vm`: a name without a dot, which some relays refuse.
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "vm")
+    client = make_client()
+    send(client, smtp_server)
+    send(client, smtp_server)  # the reused connection says EHLO once
+    assert smtp_server.handler.ehlo_names == ["[127.0.0.1]"]
+
+
+def test_the_address_literal_over_implicit_tls(start_smtp, make_client, tls_files, monkeypatch):
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = start_smtp(tls_context=context, implicit_tls=True)
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "vm")
+    client = make_client(ca_file=str(Path(cert)))
+    client.send(target(server, security="ssl"), SENDER, ["user@example.com"], DATA, False)
+    client.close_all()  # before the server stops: a TLS session it closes leaks its socket
+    assert server.handler.ehlo_names == ["[127.0.0.1]"]
+    assert len(server.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("family", "address", "literal"),
+    [
+        (socket.AF_INET, "127.0.0.1", "[127.0.0.1]"),
+        (socket.AF_INET6, "::1", "[IPv6:::1]"),
+        (socket.AF_INET6, "::ffff:127.0.0.1", "[127.0.0.1]"),
+    ],
+    ids=["ipv4", "ipv6", "ipv4_mapped"],
+)
+def test_an_address_literal_is_written_as_rfc_5321_says(family, address, literal):
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            pytest.skip(f"{address} cannot be bound on this machine")
+        assert _address_literal(sock) == literal

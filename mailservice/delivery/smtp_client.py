@@ -9,11 +9,14 @@ came before or after the message was handed over. Failures are raised as `Transi
 reply to the final "." of DATA within `data_timeout` is a `PossiblyDelivered`. MAIL FROM
 declares `BODY=8BITMIME` for 8-bit data (SMTPUTF8 messages; build_message's others are 7-bit
 safe) and refuses, before MAIL FROM, to send 8-bit data to a server that does not offer it.
+The EHLO name is SMTP_EHLO_NAME, else the machine's fully qualified name, else the address
+literal of the connection's own end (RFC 5321 4.1.1.1, 4.1.3).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 import smtplib
 import socket
@@ -79,6 +82,17 @@ def _classify(
     return PermanentDelivery(reason) if 500 <= code < 600 else transient(reason)
 
 
+def _address_literal(sock: socket.socket | None) -> str:
+    """The EHLO name of a host without a domain name: its address on this connection, as an
+    address literal (RFC 5321 4.1.3): `[192.0.2.1]`, `[IPv6:2001:db8::1]`."""
+    if sock is None:  # pragma: no cover - a connected SMTP has its socket
+        return "[127.0.0.1]"
+    ip = ipaddress.ip_address(sock.getsockname()[0].partition("%")[0])  # no IPv6 scope id
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # IPv4 on a dual-stack socket
+        ip = ip.ipv4_mapped
+    return f"[IPv6:{ip}]" if ip.version == 6 else f"[{ip}]"
+
+
 # A line of the message that starts with "." gets another (RFC 5321 4.5.2), as smtplib does.
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
@@ -86,7 +100,13 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 class SmtpClient:
     """Sends over one reused connection per thread and server login."""
 
-    def __init__(self, timeout: float, ca_file: str = "", data_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        ca_file: str = "",
+        data_timeout: float = 600.0,
+        ehlo_name: str = "",
+    ) -> None:
         self.timeout = timeout
         self.data_timeout = data_timeout
         # The system's CAs, plus SMTP_CA_FILE: create_default_context(cafile=...) alone would
@@ -95,7 +115,10 @@ class SmtpClient:
         if ca_file:
             self._ssl_context.load_verify_locations(cafile=ca_file)
         self._local = threading.local()
-        self._local_hostname = socket.gethostname() or "localhost"
+        # SMTP_EHLO_NAME, else the machine's FQDN if it is one (looked up once: getfqdn may ask
+        # DNS); with neither, each connection's own address literal (`_ehlo_name`).
+        fqdn = "" if ehlo_name else socket.getfqdn()
+        self._ehlo_name = ehlo_name or (fqdn if "." in fqdn.strip(".") else "")
         self._all: set[smtplib.SMTP] = set()
         self._all_lock = threading.Lock()
         self.sessions_opened = 0
@@ -107,27 +130,31 @@ class SmtpClient:
         return conns
 
     def _open(self, target: SmtpTarget) -> smtplib.SMTP:
+        # Connected apart from construction: the EHLO name may be the socket's own address,
+        # known only once connected. A placeholder local_hostname keeps smtplib from calling
+        # getfqdn() for every connection.
+        if target.security == "ssl":
+            conn: smtplib.SMTP = smtplib.SMTP_SSL(
+                local_hostname="localhost", timeout=self.timeout, context=self._ssl_context
+            )
+        else:
+            conn = smtplib.SMTP(local_hostname="localhost", timeout=self.timeout)
+        # The name TLS checks the certificate against, in SMTP_SSL and starttls(): smtplib sets
+        # it only when the host is given to the constructor, not to connect().
+        conn._host = target.host
         try:
-            if target.security == "ssl":
-                conn: smtplib.SMTP = smtplib.SMTP_SSL(
-                    target.host,
-                    target.port,
-                    local_hostname=self._local_hostname,
-                    timeout=self.timeout,
-                    context=self._ssl_context,
-                )
-            else:
-                conn = smtplib.SMTP(
-                    target.host,
-                    target.port,
-                    local_hostname=self._local_hostname,
-                    timeout=self.timeout,
-                )
+            code, reply = conn.connect(target.host, target.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
+            conn.local_hostname = self._ehlo_name or _address_literal(conn.sock)
         except smtplib.SMTPConnectError as exc:
+            conn.close()
             raise _classify(exc.smtp_code, exc.smtp_error, "connect", ConnectFailed) from exc
         except ssl.SSLCertVerificationError as exc:
+            conn.close()
             raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
         except (OSError, smtplib.SMTPException) as exc:
+            conn.close()
             raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {exc}") from exc
         try:
             self._handshake(conn, target)
