@@ -264,3 +264,26 @@ def test_four_processes_open_one_new_file_at_once(tmp_path: Path) -> None:
     assert [outcome for outcome in outcomes if outcome != "ok"] == []
     assert all(process.exitcode == 0 for process in workers)
     results.close()
+
+
+# -- the URL's path --------------------------------------------------------------------------
+
+
+def test_three_slashes_name_a_file_relative_to_the_working_directory(tmp_path, monkeypatch):
+    # sqlite:///var/lib/mail/status.db is var/lib/mail/status.db under the working directory.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").mkdir()
+    store = SqliteStatusStore.from_url("sqlite:///var/status.db", ttl=60)
+    store.close()
+    assert (tmp_path / "var" / "status.db").is_file()
+
+
+def test_four_slashes_name_an_absolute_path(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert str(tmp_path).startswith("/")
+    store = SqliteStatusStore.from_url(f"sqlite:///{tmp_path}/status.db", ttl=60)  # ////tmp/...
+    store.close()
+    assert (tmp_path / "status.db").is_file()
+    assert not any(elsewhere.iterdir())
