@@ -27,7 +27,9 @@ from mailservice.api.legacy_routes import legacy_blueprint
 from mailservice.api.problems import register_error_handlers
 from mailservice.api.rate_limit import init_rate_limit
 from mailservice.api.request_path import EXTENSION, Service, credential_digest
+from mailservice.api.sms_gateways import gateway_table
 from mailservice.api.tokens import TokenIssuer
+from mailservice.api.v1_routes import v1_blueprint
 from mailservice.config import Settings, load_settings
 from mailservice.delivery.accepting import Acceptor
 from mailservice.delivery.attempt import DeliveryAttempt
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     app.register_blueprint(core_blueprint(rate_limited))
     app.register_blueprint(legacy_blueprint(rate_limited))
+    app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -132,6 +133,39 @@ def _rate_limit(raw: str) -> str:
     return value
 
 
+_GATEWAY_DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def sms_provider_key(name: str) -> str:
+    """A carrier's name as looked up: letters and digits, case-folded (`AT&T`, `At&T` and
+    `att` are one carrier, `T-Mobile` is `tmobile`)."""
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+def parse_sms_gateways(raw: str) -> dict[str, str]:
+    """SMS_GATEWAYS (`provider=gateway.domain,...`) as {provider key: domain}; ValueError
+    naming the first bad entry. Empty: no entries."""
+    gateways: dict[str, str] = {}
+    if not raw.strip():
+        return gateways
+    for entry in raw.split(","):
+        name, sep, domain = entry.partition("=")
+        key, domain = sms_provider_key(name), domain.strip().lower()
+        if not sep or not key:
+            raise ValueError(f"entry {entry.strip()!r} is not provider=gateway.domain")
+        if not _GATEWAY_DOMAIN.fullmatch(domain):
+            raise ValueError(f"{domain!r} (for {name.strip()!r}) is not a domain name")
+        if key in gateways:
+            raise ValueError(f"provider {name.strip()!r} is given twice")
+        gateways[key] = domain
+    return gateways
+
+
+def _sms_gateways(raw: str) -> str:
+    parse_sms_gateways(raw)
+    return raw.strip()
+
+
 # variable name -> (Settings field, parser)
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOST": ("host", str.strip),
@@ -169,7 +203,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
     "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
     "ALLOW_SPECIAL_USE_RECIPIENTS": ("allow_special_use_recipients", _off_switch),
-    "SMS_GATEWAYS": ("sms_gateways", str.strip),
+    "SMS_GATEWAYS": ("sms_gateways", _sms_gateways),
     "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
     "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
     "PIN_CPUS": ("pin_cpus", _switch),

@@ -78,8 +78,12 @@ class SeedShape:
 
     def validate(self, body: dict[str, Any], sender: Sender) -> SendRequest:
         """The validated SendRequest; errors name the seed's fields, not the core's."""
+        return self.validate_core(self.to_core(body), sender)
+
+    def validate_core(self, core: dict[str, Any], sender: Sender) -> SendRequest:
+        """Validate a core body made from this seed's; errors name the seed's fields."""
         try:
-            return validate_send(self.to_core(body), sender)
+            return validate_send(core, sender)
         except ApiError as exc:
             seed_name = {"body": self.content} | {core: seed for seed, core in self.fields.items()}
             detail = exc.detail
@@ -122,11 +126,15 @@ def send_email_to(body: dict[str, Any], sender: Sender) -> Response:
     return accepted_answer(request_id, result=request_id)
 
 
-def _send_and_wait(shape: SeedShape) -> StatusRecord | Response:
+# A route's translation of its body: the validated request (ApiError 400/403 otherwise).
+Validate = Callable[[dict[str, Any], Sender], SendRequest]
+
+
+def send_and_wait(validate: Validate) -> StatusRecord | Response:
     """Accept the request and wait for its outcome; a 504 answer when it isn't known in time."""
     body = json_body()
     sender = authenticate(body)
-    send = shape.validate(body, sender)
+    send = validate(body, sender)
     svc = service()
     request_id = accept(body, send, sender)
     final = svc.pool.wait(request_id, svc.settings.smtp_timeout + svc.settings.wait_margin)
@@ -141,11 +149,11 @@ def _send_and_wait(shape: SeedShape) -> StatusRecord | Response:
     return final
 
 
-def _send_and_answer(
-    shape: SeedShape, failed: int, failed_text: str, sent: Callable[[str], Response]
+def send_and_answer(
+    validate: Validate, failed: int, failed_text: str, sent: Callable[[str], Response]
 ) -> Response:
     """A waiting route's answer: `sent(request_id)` when sent, problem `failed` when it failed."""
-    outcome = _send_and_wait(shape)
+    outcome = send_and_wait(validate)
     if isinstance(outcome, Response):
         return outcome
     if outcome.status is EmailStatus.FAILED:
@@ -230,13 +238,13 @@ def legacy_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
     @legacy.post("/mail")
     @rate_limited
     def mail() -> Response:
-        return _send_and_answer(MAIL, 502, "The message was not sent", mail_sent)
+        return send_and_answer(MAIL.validate, 502, "The message was not sent", mail_sent)
 
     @legacy.post("/smtp/send-email")
     @rate_limited
     def smtp_send_email() -> Response:
-        return _send_and_answer(
-            SMTP_API,
+        return send_and_answer(
+            SMTP_API.validate,
             400,
             "The email could not be sent",
             lambda request_id: jsonify(status="Email sent successfully", request_id=request_id),
