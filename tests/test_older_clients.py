@@ -291,14 +291,14 @@ def test_v2_idempotency_key_replays_the_201(client, smtp_server):
 
 
 def test_sms_gateways_add_and_override_carriers(build, smtp_server):
-    client = build(sms_gateways="Verizon=vtext.com, Acme Wireless=SMS.acme.example")
+    client = build(sms_gateways="Verizon=vtext.com, Acme Wireless=SMS.acme-wireless.com")
     for provider in ("verizon", "ACME wireless"):
         payload = {"message": "hi", "phone_number": "5555550123", "provider": provider}
         answer = client.post("/api/v1/sms/send-email-sms/", headers=v2_headers(), json=payload)
         assert answer.status_code == 201
     assert [m.rcpt_tos for m in smtp_server.received] == [
         ["5555550123@vtext.com"],
-        ["5555550123@sms.acme.example"],
+        ["5555550123@sms.acme-wireless.com"],
     ]
 
 
