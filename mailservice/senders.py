@@ -18,8 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 
+from mailservice.addresses import validate_address
 from mailservice.config import SECURITY_MODES, Settings
 from mailservice.errors import ConfigError
 
@@ -50,7 +51,7 @@ class Sender:
     def is_address(self, candidate: str) -> bool:
         """True when `candidate` is this sender's address (normalised; domain in any case)."""
         try:
-            normalised = validate_email(candidate, check_deliverability=False).normalized
+            normalised = validate_address(candidate, special_use=True).normalized
         except EmailNotValidError:
             return False
         local, _, domain = normalised.rpartition("@")
@@ -126,8 +127,10 @@ class SenderDirectory:
 
 
 def _normalise_email(raw: str, where: str) -> str:
+    # Special-use domains (`.local`, `.internal`, `.test`) are allowed: the operator chose the
+    # sender, and internal relays use them.
     try:
-        return validate_email(raw, check_deliverability=False).normalized
+        return validate_address(raw, special_use=True).normalized
     except EmailNotValidError as exc:
         raise ConfigError(f"{where}: email {raw!r} is not a valid address ({exc})") from exc
 

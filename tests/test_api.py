@@ -376,6 +376,27 @@ def test_one_bad_address_is_one_error(client):
     assert "valid list" not in problem["errors"][0]["message"]
 
 
+@pytest.mark.parametrize("field", ["recipient", "cc", "bcc", "reply_to"])
+def test_a_special_use_domain_is_400_for_recipients_by_default(client, field):
+    value = "x@host.local" if field in ("recipient", "reply_to") else ["x@host.local"]
+    response = send(client, with_(**{field: value}))
+    problem = assert_problem(response, 400)
+    assert error_fields(problem) in ([field], [f"{field}.0"])
+
+
+def test_allow_special_use_recipients_accepts_them(make_app, smtp_server):
+    client = make_app(smtp_server.port, allow_special_use_recipients=True).test_client()
+    body = with_(recipient="x@host.local", cc=["y@relay.internal"], bcc=["z@ci.test"])
+    response = send(client, body | {"reply_to": "r@Desk.LOCAL"})
+    assert response.status_code == 202, response.get_json()
+    assert wait_final(client, response.get_json()["request_id"])["status"] == "sent"
+    [received] = smtp_server.received
+    assert received.rcpt_tos == ["x@host.local", "y@relay.internal", "z@ci.test"]
+    assert received.message["Reply-To"] == "r@desk.local"
+    # Still addresses: a malformed one is refused all the same.
+    assert_problem(send(client, with_(recipient="x@-host.local")), 400)
+
+
 def test_bad_address_in_a_list_is_named_by_position(client):
     response = send(client, with_(recipient=["ok@example.com", "bad"]))
     problem = assert_problem(response, 400)
@@ -461,6 +482,14 @@ def test_from_with_smuggled_second_address_is_rejected(client):
 def test_own_from_address_is_accepted(client):
     response = send(client, with_(**{"from": SENDER}))
     assert response.status_code == 202
+
+
+def test_from_may_be_a_sender_on_a_special_use_domain():
+    # `from` must be the key's own sender, and senders may use special-use domains.
+    from mailservice.api.schemas import SendRequest
+
+    body = {"recipient": "a@example.com", "subject": "s", "body": "b", "from": "me@relay.local"}
+    assert SendRequest.model_validate(body).from_ == "me@relay.local"
 
 
 def test_own_from_address_in_other_case_is_accepted(client):

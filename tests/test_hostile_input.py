@@ -648,13 +648,13 @@ def test_no_key_or_password_in_logs_email_log_or_status(
 
 def test_10000_recipients_are_refused_before_any_address_is_validated(catalogue_app, monkeypatch):
     calls: list[str] = []
-    real = schemas.validate_email
+    real = schemas.validate_address
 
     def counting(value: str, **kwargs: Any):
         calls.append(value)
         return real(value, **kwargs)
 
-    monkeypatch.setattr(schemas, "validate_email", counting)
+    monkeypatch.setattr(schemas, "validate_address", counting)
     models: list[object] = []
     real_model = schemas.SendRequest.model_validate
 

@@ -226,3 +226,29 @@ def test_server_with_bad_variable_exits_with_one_line_naming_it(tmp_path):
     assert "WORKERS" in lines[0]
     assert "Traceback" not in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
+
+
+# -- special-use domains -----------------------------------------------------------------------
+
+
+def test_senders_on_special_use_domains_load(tmp_path):
+    # Internal relays use them; the operator chose the sender (recipients stay strict: API.md).
+    path = write(
+        tmp_path,
+        "key,email,app_password\n"
+        f"{KEY},alerts@relay.internal,{PASSWORD}\n"
+        "key-2,Ops@Mail.LOCAL,pw\n"
+        "key-3,ci@runner.test,pw\n"
+        "key-4,cron@localhost,pw\n",
+    )
+    directory = load(path)
+    emails = [directory.authenticate(k).email for k in (KEY, "key-2", "key-3", "key-4")]
+    assert emails == ["alerts@relay.internal", "Ops@mail.local", "ci@runner.test", "cron@localhost"]
+    assert directory.authenticate("key-2").is_address("Ops@MAIL.local")
+
+
+@pytest.mark.parametrize("email", ["bad@-x.local", "two@@relay.local", "dots@relay..local"])
+def test_a_malformed_address_on_a_special_use_domain_still_stops_start_up(tmp_path, email):
+    path = write(tmp_path, f"key,email,app_password\n{KEY},{email},{PASSWORD}\n")
+    with pytest.raises(ConfigError, match="not a valid address"):
+        load(path)

@@ -24,7 +24,7 @@ from mailservice.api.http_input import (
     presented_key,
     reject_key_in_url,
 )
-from mailservice.api.schemas import SendRequest, validation_errors
+from mailservice.api.schemas import SPECIAL_USE_RECIPIENTS, SendRequest, validation_errors
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings
 from mailservice.delivery.accepting import Acceptor
@@ -142,8 +142,9 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
             f"At most {limit} recipients (to + cc + bcc) per message.",
             [FieldError("recipient", f"{total} recipients; the limit is {limit}")],
         )
+    allow = service().settings.allow_special_use_recipients
     try:
-        send = SendRequest.model_validate(body)
+        send = SendRequest.model_validate(body, context={SPECIAL_USE_RECIPIENTS: allow})
     except ValidationError as exc:
         raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
     if send.from_ is not None and send.from_.lower() != sender.email.lower():

@@ -4,8 +4,9 @@
 keys, NaN, lone surrogates or nesting past 32 levels). `SendRequest` validates the fields; every
 header value is checked for control and format characters, line separators and encoded words,
 a display name also for address syntax, and the content for NUL; offending input is rejected,
-never cleaned. `validation_errors()` turns a pydantic error into field errors for the problem
-answer.
+never cleaned. Recipients on special-use domains are refused unless the validation context
+says `SPECIAL_USE_RECIPIENTS: True`. `validation_errors()` turns a pydantic error into field
+errors for the problem answer.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import functools
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -27,13 +29,18 @@ from pydantic import (
     StrictBool,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from mailservice.addresses import validate_address
 from mailservice.errors import ApiError, FieldError
 
 MAX_DEPTH = 32
+# The validation context's switch (`SendRequest.model_validate(body, context=...)`) that accepts
+# recipients on special-use domains: ALLOW_SPECIAL_USE_RECIPIENTS.
+SPECIAL_USE_RECIPIENTS = "allow_special_use_recipients"
 MAX_EXTRA_HEADERS = 20
 ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[a-z]\?[^?\s]*\?=", re.IGNORECASE)
 # Characters no header value may hold (API.md section 3): controls (Cc) but TAB, which folding
@@ -143,6 +150,18 @@ def check_content(value: str) -> str:
     return value
 
 
+def _checked_address(value: str, special_use: bool) -> str:
+    if len(value) > 320:
+        raise ValueError("is too long to be an email address")
+    check_header_value(value)
+    try:
+        # strict: enforce the 64-octet local part of RFC 5321 (API.md section 3).
+        result = validate_address(value, special_use=special_use, strict=True)
+    except EmailNotValidError as exc:
+        raise ValueError(f"is not a valid email address: {exc}") from exc
+    return result.ascii_email or result.normalized
+
+
 @functools.lru_cache(maxsize=4096)
 def check_address(value: str) -> str:
     """One addr-spec, normalised; ASCII form of an international domain where possible.
@@ -150,25 +169,37 @@ def check_address(value: str) -> str:
     Cached: the same addresses come again and again (and a lone recipient string is checked
     before and after it becomes a list); a ValueError is not cached, only raised again.
     """
-    if len(value) > 320:
-        raise ValueError("is too long to be an email address")
-    check_header_value(value)
-    try:
-        # strict: enforce the 64-octet local part of RFC 5321 (API.md section 3).
-        result = validate_email(value, check_deliverability=False, strict=True)
-    except EmailNotValidError as exc:
-        raise ValueError(f"is not a valid email address: {exc}") from exc
-    return result.ascii_email or result.normalized
+    return _checked_address(value, special_use=False)
 
 
-def _as_list(value: Any) -> Any:
+@functools.lru_cache(maxsize=4096)
+def check_address_special_use(value: str) -> str:
+    """`check_address`, but a special-use domain (`.local`, `.internal`, `.test`) is allowed."""
+    return _checked_address(value, special_use=True)
+
+
+def _address_check(info: ValidationInfo) -> Callable[[str], str]:
+    """The recipients' check the validation context asks for (ALLOW_SPECIAL_USE_RECIPIENTS)."""
+    context = info.context
+    allow = isinstance(context, dict) and context.get(SPECIAL_USE_RECIPIENTS) is True
+    return check_address_special_use if allow else check_address
+
+
+def _address(value: str, info: ValidationInfo) -> str:
+    return _address_check(info)(value)
+
+
+def _as_list(value: Any, info: ValidationInfo) -> Any:
     """One address may be given as a string; it is checked here so that an error about it
     names the field itself (`recipient`), not a list item (`recipient.0`)."""
-    return [check_address(value)] if isinstance(value, str) else value
+    return [_address_check(info)(value)] if isinstance(value, str) else value
 
 
 HeaderText = Annotated[StrictStr, AfterValidator(check_header_value)]
-Address = Annotated[StrictStr, AfterValidator(check_address)]
+# A recipient or reply_to: special-use domains only when the validation context allows them.
+Address = Annotated[StrictStr, AfterValidator(_address)]
+# `from`, which must be the key's own sender, whose domain the operator chose.
+SenderAddress = Annotated[StrictStr, AfterValidator(check_address_special_use)]
 DisplayName = Annotated[HeaderText, AfterValidator(check_display_name), Field(max_length=200)]
 Text = Annotated[StrictStr, Field(max_length=50_000_000), AfterValidator(check_content)]
 
@@ -191,7 +222,7 @@ class SendRequest(BaseModel):
     text: Text | None = None
     html: Text | None = None
     from_name: DisplayName | None = None
-    from_: Address | None = Field(default=None, alias="from")
+    from_: SenderAddress | None = Field(default=None, alias="from")
     reply_to: Address | None = None
     headers: dict[StrictStr, Annotated[HeaderText, Field(max_length=998)]] = Field(
         default_factory=dict
