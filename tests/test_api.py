@@ -82,7 +82,9 @@ def test_seed_body_with_key_field_is_accepted_and_delivered(client, smtp_server)
     assert wait_final(client, response.get_json()["request_id"])["status"] == "sent"
     [received] = smtp_server.received
     assert received.message["Subject"] == "Welcome to Our Service"
-    assert received.message.get_content_type() == "text/html"
+    # The HTML, last of multipart/alternative after the text rendered from it (API.md section 3).
+    assert received.message.get_content_type() == "multipart/alternative"
+    assert "<h1>Hello!</h1>" in received.message.get_body(("html",)).get_content()
     assert API_KEY.encode() not in received.content
 
 
@@ -395,6 +397,23 @@ def test_allow_special_use_recipients_accepts_them(make_app, smtp_server):
     assert received.message["Reply-To"] == "r@desk.local"
     # Still addresses: a malformed one is refused all the same.
     assert_problem(send(client, with_(recipient="x@-host.local")), 400)
+
+
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_text_alternative_must_be_a_boolean(client, value):
+    body = with_(body="<p>x</p>", is_html=True) | {"text_alternative": value}
+    problem = assert_problem(send(client, body), 400)
+    assert error_fields(problem) == ["text_alternative"]
+
+
+def test_text_alternative_false_reaches_the_stored_spec(client):
+    from mailservice.api.request_path import message_spec
+    from mailservice.api.schemas import SendRequest
+
+    body = {"recipient": "a@example.com", "subject": "s", "html": "<p>x</p>"}
+    assert message_spec(SendRequest.model_validate(body)).text_alternative is True
+    off = SendRequest.model_validate(body | {"text_alternative": False})
+    assert message_spec(off).text_alternative is False
 
 
 def test_bad_address_in_a_list_is_named_by_position(client):

@@ -200,9 +200,22 @@ def test_plain_body_is_text_plain(client, smtp_server):
     assert body_text(message).rstrip("\n") == "Hello,\nplain world ✓"
 
 
-def test_is_html_body_is_text_html(client, smtp_server):
-    html = "<h1>Hello!</h1> Thanks for joining us."
+def test_is_html_body_is_text_html_with_a_text_alternative(client, smtp_server):
+    html = "<h1>Hello!</h1> Thanks for <a href='https://example.com/j'>joining</a> us."
     _, received = deliver(client, smtp_server, body=html, is_html=True)
+    message = received.message
+    assert message.get_content_type() == "multipart/alternative"
+    text, rich = message.iter_parts()
+    assert [text.get_content_type(), rich.get_content_type()] == ["text/plain", "text/html"]
+    assert body_text(rich).rstrip("\n") == html
+    assert " ".join(body_text(text).split()) == (
+        "Hello! Thanks for [joining](https://example.com/j) us."
+    )
+
+
+def test_text_alternative_false_sends_html_alone(client, smtp_server):
+    html = "<h1>Hello!</h1> Thanks for joining us."
+    _, received = deliver(client, smtp_server, body=html, is_html=True, text_alternative=False)
     assert received.message.get_content_type() == "text/html"
     assert body_text(received.message).rstrip("\n") == html
 
@@ -217,9 +230,18 @@ def test_text_and_html_make_multipart_alternative(client, smtp_server):
     assert body_text(parts[1]).rstrip("\n") == "<p>html version</p>"
 
 
-def test_html_alone_is_text_html(client, smtp_server):
+def test_html_alone_gets_a_text_alternative(client, smtp_server):
     _, received = deliver(client, smtp_server, html="<p>only html</p>")
-    assert received.message.get_content_type() == "text/html"
+    message = received.message
+    assert message.get_content_type() == "multipart/alternative"
+    assert [body_text(p).strip() for p in message.iter_parts()] == [
+        "only html",
+        "<p>only html</p>",
+    ]
+    no_text = {"html": "<p>only html</p>", "text_alternative": False}
+    response = send(client, {"recipient": "user@example.com", "subject": "Hi", **no_text})
+    assert wait_final(client, response.get_json()["request_id"])["status"] == "sent"
+    assert smtp_server.received[1].message.get_content_type() == "text/html"
 
 
 def test_text_alone_is_text_plain(client, smtp_server):
@@ -232,7 +254,7 @@ def test_text_alone_is_text_plain(client, smtp_server):
     "fields",
     [
         {"body": "Grüße aus Köln ✓\nzweite Zeile"},
-        {"body": "<p>Grüße ✓</p>", "is_html": True},
+        {"body": "<p>Grüße ✓</p>", "is_html": True, "text_alternative": False},
         {"text": "Grüße ✓", "html": "<p>Grüße ✓</p>"},
     ],
     ids=["plain", "html", "alternative"],

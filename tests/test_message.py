@@ -178,7 +178,8 @@ def content(part: EmailMessage) -> str:
 
 
 def test_body_is_text_plain_unless_is_html():
-    plain, html = build(body="hello"), build(body="<p>hello</p>", is_html=True)
+    plain = build(body="hello")
+    html = build(body="<p>hello</p>", is_html=True, text_alternative=False)
     assert (plain.get_content_type(), content(parsed(plain))) == ("text/plain", "hello")
     assert (html.get_content_type(), content(parsed(html))) == ("text/html", "<p>hello</p>")
 
@@ -191,9 +192,46 @@ def test_text_and_html_make_multipart_alternative_text_first():
     assert [content(p) for p in parts] == ["plain version", "<p>html version</p>"]
 
 
-def test_html_alone_is_text_html_and_text_alone_text_plain():
-    assert build(body=None, html="<p>x</p>").get_content_type() == "text/html"
+def test_html_alone_without_a_text_alternative_is_text_html_and_text_alone_text_plain():
+    assert build(body=None, html="<p>x</p>", text_alternative=False).get_content_type() == (
+        "text/html"
+    )
     assert build(body=None, text="x").get_content_type() == "text/plain"
+    assert build(body="x", text_alternative=False).get_content_type() == "text/plain"
+
+
+HTML = (
+    "<html><head><style>p {color: red}</style></head><body><h1>Your order</h1>"
+    "<p>Thanks, <b>Zoë</b>!</p><p><a href='https://example.com/o/1'>View it</a></p>"
+    "<ul><li>one</li><li>two</li></ul></body></html>"
+)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"body": HTML, "is_html": True}, {"body": None, "html": HTML}],
+    ids=["is_html", "html"],
+)
+def test_html_alone_gets_a_text_alternative_rendered_from_it(fields):
+    msg = parsed(build(**fields))
+    assert msg.get_content_type() == "multipart/alternative"
+    text_part, html_part = msg.iter_parts()
+    assert [text_part.get_content_type(), html_part.get_content_type()] == [
+        "text/plain",
+        "text/html",
+    ]
+    assert content(html_part) == HTML
+    text = content(text_part)
+    assert "Your order" in text and "Thanks, Zoë!" in text
+    assert "[View it](https://example.com/o/1)" in text  # the link stays usable
+    assert "* one" in text and "* two" in text
+    assert "<" not in text and "color" not in text  # no markup, no style sheet
+
+
+def test_a_text_alternative_is_not_added_when_text_is_given_or_for_plain_text():
+    both = parsed(build(body=None, text="mine", html="<p>theirs</p>"))
+    assert [content(p) for p in both.iter_parts()] == ["mine", "<p>theirs</p>"]
+    assert build(body="plain").get_content_type() == "text/plain"
 
 
 def test_every_line_ends_in_crlf():

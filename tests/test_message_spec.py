@@ -3,6 +3,7 @@ text it cannot read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -26,6 +27,25 @@ def test_round_trip_with_the_format_version():
     text = SPEC.to_json()
     assert json.loads(text)["v"] == PAYLOAD_VERSION
     assert MessageSpec.from_json(text) == SPEC
+
+
+def test_text_alternative_false_round_trips():
+    spec = MessageSpec(recipient=("a@example.com",), subject="Hi", html="<p>x</p>")
+    assert spec.text_alternative is True
+    off = MessageSpec.from_json(dataclasses.replace(spec, text_alternative=False).to_json())
+    assert off.text_alternative is False
+
+
+def test_a_version_1_text_stored_before_text_alternative_loads_with_it_on():
+    # What a release before the member stored: version 1 without text_alternative.
+    stored = json.dumps(
+        {
+            "v": 1, "recipient": ["a@example.com"], "cc": [], "bcc": [], "subject": "Hi",
+            "body": "<p>Hello</p>", "is_html": True, "text": None, "html": None,
+            "from_name": None, "reply_to": None, "headers": {},
+        }
+    )  # fmt: skip
+    assert MessageSpec.from_json(stored).text_alternative is True
 
 
 def test_recipients_are_to_cc_bcc_each_once():
@@ -54,6 +74,7 @@ def test_version_0_the_http_model_as_older_releases_stored_it_still_loads():
         ('{"v": 1, "recipient": "a@example.com", "subject": "x"}', "address list"),
         ('{"v": 1, "recipient": [], "subject": 5}', "should be text"),
         ('{"v": 1, "recipient": [], "subject": "x", "attachments": []}', "unknown members"),
+        ('{"v": 1, "recipient": [], "subject": "x", "text_alternative": 0}', "true or false"),
     ],
 )
 def test_a_stored_text_that_does_not_load_says_why(stored, says):

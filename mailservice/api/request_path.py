@@ -192,6 +192,7 @@ def message_spec(send: SendRequest) -> MessageSpec:
         from_name=send.from_name,
         reply_to=send.reply_to,
         headers=dict(send.headers),
+        text_alternative=send.text_alternative,
     )
 
 

@@ -227,6 +227,8 @@ class SendRequest(BaseModel):
     headers: dict[StrictStr, Annotated[HeaderText, Field(max_length=998)]] = Field(
         default_factory=dict
     )
+    # false: an HTML-only message gets no text/plain alternative rendered from its HTML.
+    text_alternative: StrictBool = True
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
 
     @field_validator("recipient", mode="after")

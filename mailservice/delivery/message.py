@@ -4,7 +4,8 @@ Policy `default` (API.md section 3) with CRLF line ends for the wire, 7-bit safe
 header registry that makes each header class once, and the UTF-8 policy (8bit bodies) when an
 address needs SMTPUTF8. The extra headers (List-Unsubscribe, References, X-...) are folded at
 whitespace only (`WhitespaceFoldedHeader`): the policy would fold a long token such as a URL
-into RFC 2047 encoded words, which no longer read as a URL.
+into RFC 2047 encoded words, which no longer read as a URL. An HTML-only request gets a
+text/plain alternative rendered from its HTML, unless it asks for none (`text_alternative`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
+
+from inscriptis import get_text
+from inscriptis.model.config import ParserConfig
 
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.senders import Sender
@@ -127,12 +131,22 @@ def build_message(
         fits = WhitespaceFoldedHeader.fits(name, value)
         msg[name] = WhitespaceFoldedHeader(name, value) if fits else value
     if request.body is not None:
-        msg.set_content(request.body, subtype="html" if request.is_html else "plain")
-    elif request.text is not None and request.html is not None:
-        msg.set_content(request.text)
-        msg.add_alternative(request.html, subtype="html")
-    elif request.html is not None:
-        msg.set_content(request.html, subtype="html")
+        html, text = (request.body, None) if request.is_html else (None, request.body)
     else:
-        msg.set_content(request.text or "")
+        html, text = request.html, request.text
+    if html is not None and text is None and request.text_alternative:
+        text = text_of_html(html)  # an HTML-only message is a spam sign (MIME_HTML_ONLY)
+    if html is None:
+        msg.set_content(text or "")
+    elif text is None:
+        msg.set_content(html, subtype="html")
+    else:
+        msg.set_content(text)
+        msg.add_alternative(html, subtype="html")  # the last part is the one preferred
     return msg
+
+
+def text_of_html(html: str) -> str:
+    """The plain-text rendering of an HTML body (inscriptis: layout kept, links as
+    `[text](url)`), for the text/plain alternative of an HTML-only message."""
+    return get_text(html, ParserConfig(display_links=True))

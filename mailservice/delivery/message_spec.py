@@ -9,6 +9,11 @@ final (`to_json()`, `{"v": 1, ...}`) and what every attempt builds its message f
 Version 0 is the request as the HTTP model dumped it before specs were versioned (same
 members, `recipient` for the To list, an ignored `from`); it still loads, so requests recorded
 by an older release are sent after an upgrade.
+
+`text_alternative` joined version 1 later, without a new version: a stored text without it
+loads as its default (true), which is what every request asked before, so texts of either kind
+load in either release that knows the member. A release older than the member refuses a text
+that has it as an unknown member; roll back only with no such requests unsent.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class MessageSpec:
     from_name: str | None = None
     reply_to: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    # An HTML-only message also gets a text/plain part rendered from its HTML.
+    text_alternative: bool = True
 
     @property
     def recipients(self) -> list[str]:
@@ -61,6 +68,7 @@ class MessageSpec:
                 "from_name": self.from_name,
                 "reply_to": self.reply_to,
                 "headers": self.headers,
+                "text_alternative": self.text_alternative,
             },
             ensure_ascii=False,
             separators=(",", ":"),
@@ -92,6 +100,7 @@ class MessageSpec:
                 from_name=_optional_text(data.pop("from_name", None)),
                 reply_to=_optional_text(data.pop("reply_to", None)),
                 headers=_headers(data.pop("headers", {})),
+                text_alternative=_flag(data.pop("text_alternative", True)),
             )
         except KeyError as exc:
             raise PayloadError(f"the stored message lacks {exc}") from exc
