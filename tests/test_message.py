@@ -15,7 +15,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from mailservice.delivery.message import build_message
+from mailservice.delivery.message import CachedHeaderRegistry, build_message
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.senders import Sender
 
@@ -313,3 +313,26 @@ def test_an_international_sender_uses_the_utf8_policy():
     msg = build(sender)
     assert msg.policy.utf8 is True
     assert "From: Test Sender <müller@example.com>".encode() in head(msg)
+
+
+# -- the header registry's kept MIME headers ---------------------------------------------------
+
+
+def test_kept_mime_headers_are_bounded_and_never_hold_a_boundary():
+    registry = CachedHeaderRegistry()
+    first = registry("Content-Transfer-Encoding", "7bit")
+    assert registry("Content-Transfer-Encoding", "7bit") is first
+    for i in range(registry.MAX_KEPT * 2):
+        registry("Content-Type", f'text/plain; charset="x-{i}"')
+    registry("Content-Type", 'multipart/alternative; boundary="b1"')
+    assert len(registry._kept) == registry.MAX_KEPT
+    assert not any("boundary" in value for _, value in registry._kept)
+
+
+def test_messages_that_share_kept_headers_stay_apart():
+    one = build(body=None, text="Grüße", html="<p>Grüße</p>")
+    two = build(body=None, text="plain", html="<p>plain</p>")
+    assert parsed(one).get_boundary() != parsed(two).get_boundary()
+    assert [content(p) for p in parsed(one).iter_parts()] == ["Grüße", "<p>Grüße</p>"]
+    assert [content(p) for p in parsed(two).iter_parts()] == ["plain", "<p>plain</p>"]
+    assert parsed(build(body="x"))["Content-Type"] == 'text/plain; charset="utf-8"'

@@ -17,6 +17,7 @@ from email import policy as email_policy
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Any
 
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
@@ -26,22 +27,42 @@ from mailservice.senders import Sender
 
 
 class CachedHeaderRegistry(HeaderRegistry):
-    """The standard header registry, but each header class is made once, not per header.
+    """The standard header registry, but each header class is made once, not per header, and
+    the MIME headers every message repeats are parsed once, not per message.
 
     `HeaderRegistry.__getitem__` builds a new class with `type()` on every call, which made up
     almost half the cost of building a message; the classes it builds depend only on the
-    header name, so they are kept.
+    header name, so they are kept. `Content-Type: text/plain; charset="utf-8"`,
+    `Content-Transfer-Encoding: 7bit` and `MIME-Version: 1.0` come again in every message and
+    part, and parsing them cost a third of a multipart message: their header objects, which
+    nothing changes once made (a new value is a new object), are kept for a bounded number of
+    values. A multipart Content-Type holds a random boundary and is never kept.
     """
+
+    REPEATED = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
+    MAX_KEPT = 64
 
     def __init__(self) -> None:
         super().__init__()
         self._classes: dict[str, type] = {}
+        self._kept: dict[tuple[str, str], object] = {}
 
     def __getitem__(self, name: str) -> type:
         cls = self._classes.get(name)
         if cls is None:
             cls = self._classes[name] = super().__getitem__(name)
         return cls
+
+    def __call__(self, name: str, value: Any) -> Any:
+        if name.lower() not in self.REPEATED or not isinstance(value, str):
+            return self[name](name, value)
+        key = (name, value)
+        header = self._kept.get(key)
+        if header is None:
+            header = self[name](name, value)
+            if len(self._kept) < self.MAX_KEPT and "boundary" not in value.lower():
+                self._kept[key] = header
+        return header
 
 
 # Policy `default` (API.md section 3), with CRLF line ends for the wire and the cached registry.
