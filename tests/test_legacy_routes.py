@@ -143,8 +143,10 @@ def test_seed_001_send_email_example_is_accepted_and_sent(make_app, smtp_server,
     assert received.mail_from == "example1@gmail.com"
     assert received.rcpt_tos == ["user@example.com"]
     assert received.message["Subject"] == "Welcome to Our Service"
-    assert received.message.get_content_type() == "text/html"
-    assert "<h1>Hello!</h1>" in received.message.get_content()
+    # is_html: the HTML, with the text alternative message building renders from it.
+    assert received.message.get_content_type() == "multipart/alternative"
+    assert "<h1>Hello!</h1>" in received.message.get_body(("html",)).get_content()
+    assert "Hello!" in received.message.get_body(("plain",)).get_content()
 
 
 # -- seeds 002/003: {email_to, email_from, subject, message: {text, html}} --------------------

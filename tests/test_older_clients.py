@@ -165,7 +165,12 @@ def test_v2_send_email_is_queued_and_answers_201_with_result(client, smtp_server
     assert received.mail_from == "SMTP_service@lyourapp.net"  # the domain normalised
     assert received.rcpt_tos == ["user@example.com"]
     assert received.message["Subject"] == "EMAIL TESTING"
+    # message is HTML; message building adds the text alternative rendered from it.
+    assert received.message.get_content_type() == "multipart/alternative"
     assert "<h1>EMAIL TESTING</h1>" in received.message.get_body(("html",)).get_content()
+    assert (
+        "Sent by the notification service." in received.message.get_body(("plain",)).get_content()
+    )
 
 
 def test_v2_send_async_waits_and_answers_201_email_sent(client, smtp_server):
