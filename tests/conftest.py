@@ -29,6 +29,7 @@ STATUS_KEYS = {
     "sender",
     "recipients",
     "refused",
+    "metadata",
     "created_at",
     "updated_at",
 }

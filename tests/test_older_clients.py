@@ -209,6 +209,22 @@ def test_v2_text_message_goes_to_the_carriers_gateway(client, smtp_server):
     assert received.message.get_content_type() == "text/plain"
     assert received.message.get_content().strip() == payload["message"]
     assert received.message["Subject"] == ""
+    status = client.get(f"/email-status/{body['request_id']}").get_json()
+    assert status["metadata"] == {"user_id": "0"}  # kept with the status as metadata
+    assert b"user_id" not in received.content  # and never written into the message
+
+
+def test_v2_user_id_is_kept_as_metadata_and_none_leaves_it_empty(client, smtp_server):
+    queued = client.post(
+        "/api/v1/mail/send-email/", headers=v2_headers(), json={**v2_email(), "user_id": 42}
+    ).get_json()
+    wait_final(client, queued["request_id"])
+    assert client.get(f"/email-status/{queued['request_id']}").get_json()["metadata"] == {
+        "user_id": "42"
+    }
+    plain = client.post("/api/v1/mail/send-email/", headers=v2_headers(), json=v2_email())
+    status = client.get(f"/email-status/{plain.get_json()['request_id']}").get_json()
+    assert status["metadata"] == {}
 
 
 @pytest.mark.parametrize(

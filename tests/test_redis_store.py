@@ -128,3 +128,18 @@ def test_redis_store_makes_one_round_trip_per_call(
     # claim is a script then a read of the record taken over: two, as before.
     assert counts == {name: 2 if name == "claim" else 1 for name in counts}
     store.close()
+
+
+@pytest.mark.redis
+def test_a_record_stored_before_metadata_existed_reads_with_none(redis_server: Any) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=60)
+    record = replace(new_record(), metadata={"user_id": "7"})
+    store.create(record, "{}")
+    assert store.get(record.request_id).metadata == {"user_id": "7"}
+    client = redis.Redis.from_url(redis_server.url)
+    client.hdel(f"mail:req:{record.request_id}", "metadata")  # as an older release wrote it
+    client.close()
+    assert store.get(record.request_id).metadata == {}
+    store.close()

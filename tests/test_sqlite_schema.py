@@ -16,6 +16,7 @@ import pytest
 from mailservice.errors import ConfigError
 from mailservice.stores.codec import RECORD_FIELDS, record_to_fields
 from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusRecord, utcnow
+from mailservice.stores.sqlite_schema import SCHEMA_VERSION
 from mailservice.stores.sqlite_store import SqliteStatusStore
 
 # The schema of the files deployed before versioning (user_version 0), frozen here on purpose:
@@ -38,10 +39,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
-# Column names from the codec's constant; values are bound.
+# The record's columns as deployed (version 1: before `metadata`); values are bound.
+V1_FIELDS = tuple(name for name in RECORD_FIELDS if name != "metadata")
 INSERT_REQUEST = (
-    f"INSERT INTO requests (request_id, {', '.join(RECORD_FIELDS)}, payload)"  # noqa: S608
-    f" VALUES ({', '.join('?' * (len(RECORD_FIELDS) + 2))})"
+    f"INSERT INTO requests (request_id, {', '.join(V1_FIELDS)}, payload)"  # noqa: S608
+    f" VALUES ({', '.join('?' * (len(V1_FIELDS) + 2))})"
 )
 REQUEST_ID = "66666666-6666-4666-8666-000000000001"
 CLAIM = IdempotencyClaim("key-scope", "fingerprint-a", REQUEST_ID)
@@ -65,6 +67,7 @@ def new_record(request_id: str = REQUEST_ID, owner: str = "p1") -> StatusRecord:
 def unversioned_file(path: Path, record: StatusRecord) -> Path:
     """A file as the code before versioning made it: WAL, today's tables, user_version 0."""
     fields = record_to_fields(record)
+    fields.pop("metadata")
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA_AS_DEPLOYED)
@@ -84,7 +87,7 @@ def pragma(path: Path, name: str) -> Any:
         return db.execute(f"PRAGMA {name}").fetchone()[0]
 
 
-def test_unversioned_file_is_migrated_to_version_1_and_keeps_its_record_and_claim(
+def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_record_and_claim(
     tmp_path: Path,
 ) -> None:
     from mailservice.stores.sqlite_schema import SCHEMA_VERSION
@@ -94,8 +97,8 @@ def test_unversioned_file_is_migrated_to_version_1_and_keeps_its_record_and_clai
     assert pragma(path, "user_version") == 0
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 1
-        assert store.get(REQUEST_ID) == record
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 2
+        assert store.get(REQUEST_ID) == record  # version 2's metadata column reads as {}
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
         repeat = new_record("66666666-6666-4666-8666-000000000002")
         earlier = store.create(repeat, "{}", IdempotencyClaim(CLAIM.scope, "other", "x"))
@@ -105,16 +108,16 @@ def test_unversioned_file_is_migrated_to_version_1_and_keeps_its_record_and_clai
 
 
 def test_opening_a_current_file_again_takes_no_write_lock(tmp_path: Path) -> None:
-    from mailservice.stores.sqlite_schema import migrate
+    from mailservice.stores.sqlite_schema import SCHEMA_VERSION, migrate
 
     path = tmp_path / "s.db"
     SqliteStatusStore(str(path), ttl=60).close()
     executed: list[str] = []
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.set_trace_callback(executed.append)
-        assert migrate(db, str(path)) == 1
+        assert migrate(db, str(path)) == SCHEMA_VERSION
     assert executed == ["PRAGMA user_version"], "the usual start-up only reads the version"
-    assert pragma(path, "user_version") == 1
+    assert pragma(path, "user_version") == SCHEMA_VERSION
 
 
 def test_new_file_starts_at_the_current_version_in_wal_mode(tmp_path: Path) -> None:
@@ -151,15 +154,16 @@ def test_the_next_schema_change_is_one_more_entry(
     add_note = (
         "ALTER TABLE requests ADD COLUMN note TEXT;\nCREATE INDEX by_note ON requests (note);"
     )
-    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, (2, add_note)))
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+    nxt = sqlite_schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, (nxt, add_note)))
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", nxt)
     record = new_record()
     path = unversioned_file(tmp_path / "old.db", record)
-    for _ in range(2):  # the second start finds version 2 and runs nothing
+    for _ in range(2):  # the second start finds the new version and runs nothing
         store = SqliteStatusStore(str(path), ttl=60)
         assert store.get(REQUEST_ID) == record
         store.close()
-    assert pragma(path, "user_version") == 2
+    assert pragma(path, "user_version") == nxt
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert "note" in [row[1] for row in db.execute("PRAGMA table_info(requests)")]
 
@@ -170,12 +174,13 @@ def test_a_failing_migration_changes_nothing(
     from mailservice.stores import sqlite_schema
 
     broken = "CREATE TABLE half_done (x TEXT);\nINSERT INTO no_such_table VALUES (1);"
-    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, (2, broken)))
-    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", 2)
+    nxt = sqlite_schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*sqlite_schema.MIGRATIONS, (nxt, broken)))
+    monkeypatch.setattr(sqlite_schema, "SCHEMA_VERSION", nxt)
     path = unversioned_file(tmp_path / "old.db", new_record())
     with pytest.raises(ConfigError, match="no_such_table"):
         SqliteStatusStore(str(path), ttl=60)
-    assert pragma(path, "user_version") == 0, "version 1 and 2 go in one transaction or neither"
+    assert pragma(path, "user_version") == 0, "every missing version goes in one transaction"
     with contextlib.closing(sqlite3.connect(path)) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert "half_done" not in tables
@@ -225,7 +230,7 @@ def test_eight_threads_open_one_new_file_at_once(tmp_path: Path) -> None:
         for thread in pool:
             thread.join(timeout=DEADLINE)
             assert not thread.is_alive(), "opening the store hung"
-        assert pragma(Path(path), "user_version") == 1
+        assert pragma(Path(path), "user_version") == SCHEMA_VERSION
         assert pragma(Path(path), "journal_mode") == "wal"
     assert [r for r in results if r != "ok"] == []
     assert len(results) == threads * rounds

@@ -128,15 +128,19 @@ def send_email_to(body: dict[str, Any], sender: Sender) -> Response:
 
 # A route's translation of its body: the validated request (ApiError 400/403 otherwise).
 Validate = Callable[[dict[str, Any], Sender], SendRequest]
+# What of a route's body is kept with the status as metadata.
+MetadataOf = Callable[[dict[str, Any]], dict[str, str]]
 
 
-def send_and_wait(validate: Validate) -> StatusRecord | Response:
+def send_and_wait(
+    validate: Validate, metadata_of: MetadataOf | None = None
+) -> StatusRecord | Response:
     """Accept the request and wait for its outcome; a 504 answer when it isn't known in time."""
     body = json_body()
     sender = authenticate(body)
     send = validate(body, sender)
     svc = service()
-    request_id = accept(body, send, sender)
+    request_id = accept(body, send, sender, metadata_of(body) if metadata_of else None)
     final = svc.pool.wait(request_id, svc.settings.smtp_timeout + svc.settings.wait_margin)
     if final is None:
         return problem(
@@ -150,10 +154,14 @@ def send_and_wait(validate: Validate) -> StatusRecord | Response:
 
 
 def send_and_answer(
-    validate: Validate, failed: int, failed_text: str, sent: Callable[[str], Response]
+    validate: Validate,
+    failed: int,
+    failed_text: str,
+    sent: Callable[[str], Response],
+    metadata_of: MetadataOf | None = None,
 ) -> Response:
     """A waiting route's answer: `sent(request_id)` when sent, problem `failed` when it failed."""
-    outcome = send_and_wait(validate)
+    outcome = send_and_wait(validate, metadata_of)
     if isinstance(outcome, Response):
         return outcome
     if outcome.status is EmailStatus.FAILED:

@@ -162,7 +162,12 @@ def credential_digest(credential: str) -> bytes:
     return svc.tokens.key_digest(credential) or jwt_key_digest(credential) or digest
 
 
-def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
+def accept(
+    body: dict[str, Any],
+    send: SendRequest,
+    sender: Sender,
+    metadata: dict[str, str] | None = None,
+) -> str:
     """Record the request (the 202 promise), once per Idempotency-Key; its request_id.
 
     A repeated Idempotency-Key with the same body gets the first request's id and sends
@@ -172,7 +177,7 @@ def accept(body: dict[str, Any], send: SendRequest, sender: Sender) -> str:
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
-    result = service().acceptor.accept(message_spec(send), sender, claim)
+    result = service().acceptor.accept(message_spec(send), sender, claim, metadata)
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id

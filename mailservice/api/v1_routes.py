@@ -10,9 +10,9 @@ Every answer adds `request_id`. The bodies are translated into the core SendRequ
 `legacy_routes` (its SeedShape and waiting helpers), so every core check applies and errors
 name this service's fields. The mail body's `message` is one string, sent as HTML (message
 building adds its plain-text alternative); the text message is plain text with no subject, as
-the older service sent it. `user_id`, which the older service took and never used, is accepted
-(a string, an integer or null) and dropped: not a header, which every recipient would see, and
-not in the status, which holds no client data.
+the older service sent it. `user_id` (a string, an integer or null) is kept as the request's
+metadata, `{"user_id": "<as text>"}` in its status, never written into the message (every
+recipient would see a header).
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ def without_user_id(body: dict[str, Any]) -> dict[str, Any]:
     if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
         raise _invalid(FieldError("user_id", "must be a string, an integer or null"))
     return rest
+
+
+def user_id_metadata(body: dict[str, Any]) -> dict[str, str]:
+    """`user_id` (checked by without_user_id) as the request's metadata, shown in its status."""
+    value = body.get("user_id")
+    return {} if value is None else {"user_id": str(value)}
 
 
 def _validate_mail(body: dict[str, Any], sender: Sender) -> SendRequest:
@@ -126,7 +132,7 @@ def v1_blueprint(
     def send_email() -> Response:
         body = json_body()
         sender = authenticate(body)
-        request_id = accept(body, _validate_mail(body, sender), sender)
+        request_id = accept(body, _validate_mail(body, sender), sender, user_id_metadata(body))
         return _created(request_id, f"{request_id}, Task passed to Celery")
 
     @v1.post("/mail/send-async/")
@@ -137,6 +143,7 @@ def v1_blueprint(
             400,
             "The email could not be sent",
             lambda request_id: _created(request_id, f"Email sent @ {_now()}"),
+            user_id_metadata,
         )
 
     @v1.post("/sms/send-email-sms/")
@@ -147,6 +154,7 @@ def v1_blueprint(
             400,
             "The text message could not be sent",
             lambda request_id: _created(request_id, f"Text sent @ {_now()}"),
+            user_id_metadata,
         )
 
     return v1

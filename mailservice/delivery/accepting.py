@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Mapping
 
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
@@ -38,11 +39,13 @@ class Acceptor:
         spec: MessageSpec,
         sender: Sender,
         idempotency: tuple[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> StatusRecord | IdempotencyClaim:
         """Record the request as queued and dispatch it; Unavailable or StoreError if not.
 
         With `idempotency` (scope, fingerprint) already used, nothing is created and the
-        earlier claim is returned instead of a record.
+        earlier claim is returned instead of a record. `metadata` is the client's own, kept
+        with the status.
         """
         payload = spec.to_json()
         self.dispatcher.check_room(sys.getsizeof(payload))
@@ -58,6 +61,7 @@ class Acceptor:
             created_at=now,
             updated_at=now,
             owner=self.dispatcher.owner,
+            metadata=dict(metadata or {}),
         )
         claim = IdempotencyClaim(*idempotency, request_id) if idempotency else None
         earlier = self.store.create(record, payload, claim)

@@ -24,6 +24,7 @@ RECORD_FIELDS = (
     "error",
     "refused",
     "owner",
+    "metadata",
 )
 
 
@@ -40,6 +41,7 @@ def record_to_fields(record: StatusRecord) -> dict[str, str]:
         "error": "" if record.error is None else record.error,
         "refused": json.dumps(record.refused),
         "owner": record.owner,
+        "metadata": json.dumps(record.metadata),
     }
 
 
@@ -60,4 +62,5 @@ def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusR
         error=fields["error"] or None,
         refused=json.loads(fields["refused"] or "{}"),
         owner=fields["owner"] or "",
+        metadata=json.loads(fields["metadata"] or "{}"),  # none in records made before it
     )

@@ -51,6 +51,7 @@ class StatusRecord:
     error: str | None = None
     refused: dict[str, str] = field(default_factory=dict)
     owner: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # the client's own, shown as given
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /email-status/<id> (API.md section 4): no content, no internals."""
@@ -62,6 +63,7 @@ class StatusRecord:
             "sender": self.sender,
             "recipients": list(self.recipients),
             "refused": dict(self.refused),
+            "metadata": dict(self.metadata),
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
             "updated_at": self.updated_at.isoformat().replace("+00:00", "Z"),
         }

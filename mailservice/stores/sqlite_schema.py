@@ -41,7 +41,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 # (version, SQL from the version before it), in order. Append; never edit a released entry:
 # files already at that version would not run it again.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, SCHEMA_V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, SCHEMA_V1),
+    # Version 2: a request's metadata (the client's own, shown in its status).
+    (2, "ALTER TABLE requests ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';"),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # The first WAL switch of a new file needs an exclusive lock, and SQLite answers SQLITE_BUSY at
