@@ -11,16 +11,23 @@ gets back.
 
 from __future__ import annotations
 
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, ValidatedEmail, validate_email
+from email_validator import (
+    SPECIAL_USE_DOMAIN_NAMES,
+    EmailNotValidError,
+    ValidatedEmail,
+    validate_email,
+)
 
 # Not special-use, and as plain as a label can be: IDNA and case folding leave it as it is.
 _STAND_IN = "example"
+# ICANN reserved `.internal` for private networks in 2024, after email-validator's list was made.
+_SPECIAL_USE = (*SPECIAL_USE_DOMAIN_NAMES, "internal")
 
 
 def _special_suffix(domain: str) -> str | None:
     """The special-use name this domain is, or ends in (`local` for `host.LOCAL`), or None."""
     lowered = domain.lower()
-    for name in SPECIAL_USE_DOMAIN_NAMES:
+    for name in _SPECIAL_USE:
         if lowered == name or lowered.endswith("." + name):
             return name
     return None
@@ -35,7 +42,13 @@ def validate_address(
     not deliverable on the Internet but are on an internal relay.
     """
     if not special_use:
-        return validate_email(value, check_deliverability=False, strict=strict)
+        result = validate_email(value, check_deliverability=False, strict=strict)
+        if _special_suffix(result.ascii_domain) is not None:  # `.internal`: not in the library's
+            raise EmailNotValidError(
+                "The part after the @-sign is a special-use or reserved name that cannot be used "
+                "with email."
+            )
+        return result
     local, at, domain = value.rpartition("@")
     suffix = _special_suffix(domain) if at else None
     if suffix is None:
