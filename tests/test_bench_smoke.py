@@ -11,6 +11,18 @@ from bench.sink import SinkProcess
 from bench.workload import API_KEY, SEND_PATH, body_bytes
 from mailservice.testing.ports import free_port
 
+# What a run's summary is headed with; the same fake run for every report test.
+FAKE_META = {
+    "date": "2026-01-01T00:00:00+00:00",
+    "cpu_count": 2,
+    "loadavg_before": "0.00 0.00 0.00",
+    "generator": "fake",
+    "messages": 10,
+    "concurrency": 2,
+    "workers": 8,
+    "gunicorn_workers": 2,
+}
+
 
 def test_sink_counts_messages_and_sessions_then_resets() -> None:
     sink = SinkProcess(free_port()).start()
@@ -51,17 +63,7 @@ def test_table_and_markdown_show_figures_and_flag_a_shortfall() -> None:
     assert "1,234" in first and "12.3" in first and "10/10" in first
     assert "7/10 SHORT" in second
     assert notes[0].startswith("!! plain-redis: 3 accepted")
-    meta = {
-        "date": "2026-01-01T00:00:00+00:00",
-        "cpu_count": 2,
-        "loadavg_before": "0.00 0.00 0.00",
-        "generator": "fake",
-        "messages": 10,
-        "concurrency": 2,
-        "workers": 8,
-        "gunicorn_workers": 2,
-    }
-    markdown = format_markdown([full, short], meta)
+    markdown = format_markdown([full, short], FAKE_META)
     assert "2 cores" in markdown and "| gunicorn-memory |" in markdown
     assert "**plain-redis: 3 accepted message(s) never reached the sink**" in markdown
 

@@ -17,6 +17,7 @@ from bench.slow_clients import Dribblers, head_payload
 from bench.stress_rows import big_body
 from bench.workload import API_KEY, SEND_PATH
 from tests.conftest import wait_for
+from tests.test_bench_smoke import FAKE_META
 
 
 def test_a_big_body_is_a_send_of_the_asked_size() -> None:
@@ -72,15 +73,5 @@ def test_stress_rows_get_tables_of_their_own_and_flag_slow_calls() -> None:
     assert "!! slow-clients-gthread: p99 10,000 ms is not under 1 s" in table
     assert "slow-clients-gunicorn:" not in table  # nothing to flag
     assert big.queued_mb == 40.0 and big.rss_per_queued_mb == 2.0
-    meta = {
-        "date": "2026-01-01T00:00:00+00:00",
-        "cpu_count": 2,
-        "loadavg_before": "0.00 0.00 0.00",
-        "generator": "fake",
-        "messages": 10,
-        "concurrency": 2,
-        "workers": 8,
-        "gunicorn_workers": 2,
-    }
-    markdown = format_markdown([throughput, fast, slow, big], meta)
+    markdown = format_markdown([throughput, fast, slow, big], FAKE_META)
     assert "| big-messages-memory | 10 | 4.00 | 10 | 0 | 40.0 | 50.0 | 130 | - | 2.00 |" in markdown

@@ -22,19 +22,12 @@ from mailservice.testing.ports import free_port
 from mailservice.testing.redis_server import RedisServer
 from mailservice.testing.smtp_servers import GreetingServer, SilentServer, SmtpServer
 from tests.conftest import OTHER_KEY, send, wait_final, wait_for
-
-
-def accepted_id(response) -> str:
-    assert response.status_code == 202, response.get_json()
-    return response.get_json()["request_id"]
+from tests.test_durability import message_ids
+from tests.test_worker_pool import accepted_id
 
 
 def message(i: int, body: str = "hello") -> dict[str, Any]:
     return {"recipient": f"user{i}@example.com", "subject": f"n{i}", "body": body}
-
-
-def message_ids(server: SmtpServer) -> Counter[str]:
-    return Counter(str(r.message["Message-ID"]) for r in server.received)
 
 
 def status_of(client, request_id: str) -> tuple[int, dict[str, Any]]:
