@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from dotenv import dotenv_values, find_dotenv
 
+from mailservice.addresses import validate_address
 from mailservice.errors import ConfigError
 
 SECURITY_MODES = ("starttls", "ssl", "none")
@@ -63,6 +64,16 @@ class Settings:
     max_recipients: int = 50
     allow_special_use_recipients: bool = False
     sms_gateways: str = ""  # more carriers for the SMS route: "name=gateway.domain,..."
+    max_attachments: int = 10
+    max_attachment_bytes: int = 10 * 1024 * 1024  # decoded, all of a message's attachments
+    templates_dir: str = ""  # empty: only the shipped templates
+    batch_max: int = 100
+    webhook_url: str = ""  # empty: no deployment-wide webhook
+    webhook_secret: str = field(default="", repr=False)
+    webhook_allow_private: bool = False
+    webhook_timeout: float = 5.0
+    webhook_backoff: float = 120.0  # before the first retry; doubles: 6 tries over ~an hour
+    admin_email: str = ""  # empty: no failure notices
     # Process layout (API.md section 1): read by gunicorn.conf.py and mailservice.runtime.
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
@@ -166,6 +177,24 @@ def _sms_gateways(raw: str) -> str:
     return raw.strip()
 
 
+def _http_url(raw: str) -> str:
+    """Empty, or an absolute http(s) URL with a host (a webhook target)."""
+    value = raw.strip()
+    if value and not re.fullmatch(r"https?://[^/?#\s@]+([/?#]\S*)?", value, re.IGNORECASE):
+        raise ValueError("must be an http:// or https:// URL with a host")
+    return value
+
+
+def _admin_email(raw: str) -> str:
+    value = raw.strip()
+    if value:
+        try:
+            validate_address(value, special_use=True, strict=True)
+        except ValueError as exc:  # EmailNotValidError is a ValueError
+            raise ValueError(f"is not an email address: {exc}") from exc
+    return value
+
+
 # variable name -> (Settings field, parser)
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOST": ("host", str.strip),
@@ -204,6 +233,16 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
     "ALLOW_SPECIAL_USE_RECIPIENTS": ("allow_special_use_recipients", _off_switch),
     "SMS_GATEWAYS": ("sms_gateways", _sms_gateways),
+    "MAX_ATTACHMENTS": ("max_attachments", _positive(int, allow_zero=True)),
+    "MAX_ATTACHMENT_BYTES": ("max_attachment_bytes", _positive(int, allow_zero=True)),
+    "TEMPLATES_DIR": ("templates_dir", str.strip),
+    "BATCH_MAX": ("batch_max", _positive(int)),
+    "WEBHOOK_URL": ("webhook_url", _http_url),
+    "WEBHOOK_SECRET": ("webhook_secret", str),
+    "WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _off_switch),
+    "WEBHOOK_TIMEOUT": ("webhook_timeout", _positive(float)),
+    "WEBHOOK_BACKOFF": ("webhook_backoff", _positive(float, allow_zero=True)),
+    "ADMIN_EMAIL": ("admin_email", _admin_email),
     "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
     "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
     "PIN_CPUS": ("pin_cpus", _switch),
@@ -229,6 +268,8 @@ def settings_from_mapping(env: Mapping[str, str], **overrides: object) -> Settin
             f"QUEUE_MAX_BYTES={settings.queue_max_bytes} is smaller than "
             f"MAX_REQUEST_BYTES={settings.max_request_bytes}: a large request could never be taken"
         )
+    if settings.webhook_url and not settings.webhook_secret:
+        raise ConfigError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are signed")
     return settings
 
 
@@ -245,4 +286,5 @@ def load_settings(demo: bool = False, **overrides: object) -> Settings:
     env.update(os.environ)
     if demo:
         overrides.setdefault("smtp_security", "none")
+        overrides.setdefault("webhook_allow_private", True)  # a receiver on this machine
     return settings_from_mapping(env, **overrides)

@@ -30,6 +30,8 @@ STATUS_KEYS = {
     "recipients",
     "refused",
     "metadata",
+    "tags",
+    "webhook",
     "created_at",
     "updated_at",
 }

@@ -120,6 +120,49 @@ def test_fault_settings_are_read(clean_env, monkeypatch):
     assert (settings.smtp_server_threads, settings.smtp_server_pause) == (3, 12.5)
 
 
+def test_content_and_webhook_settings_are_read(clean_env, monkeypatch):
+    for name, value in {
+        "MAX_ATTACHMENTS": "0",
+        "MAX_ATTACHMENT_BYTES": "2048",
+        "TEMPLATES_DIR": " /srv/templates ",
+        "BATCH_MAX": "7",
+        "WEBHOOK_URL": "https://hooks.example.com/mail?x=1",
+        "WEBHOOK_SECRET": "whsec",
+        "WEBHOOK_ALLOW_PRIVATE": "yes",
+        "WEBHOOK_TIMEOUT": "1.5",
+        "WEBHOOK_BACKOFF": "0",
+        "ADMIN_EMAIL": "ops@example.com",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert (settings.max_attachments, settings.max_attachment_bytes) == (0, 2048)
+    assert (settings.templates_dir, settings.batch_max) == ("/srv/templates", 7)
+    assert settings.webhook_url == "https://hooks.example.com/mail?x=1"
+    assert (settings.webhook_secret, settings.webhook_allow_private) == ("whsec", True)
+    assert (settings.webhook_timeout, settings.webhook_backoff) == (1.5, 0)
+    assert settings.admin_email == "ops@example.com"
+    assert "whsec" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"WEBHOOK_URL": "ftp://hooks.example.com/"}, "WEBHOOK_URL"),
+        ({"WEBHOOK_URL": "https:///path"}, "WEBHOOK_URL"),
+        ({"WEBHOOK_URL": "https://hooks.example.com/"}, "WEBHOOK_SECRET"),
+        ({"ADMIN_EMAIL": "not an address"}, "ADMIN_EMAIL"),
+        ({"BATCH_MAX": "0"}, "BATCH_MAX"),
+    ],
+)
+def test_bad_content_or_webhook_setting_names_its_variable(
+    clean_env, monkeypatch, variables, named
+):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=named):
+        load_settings()
+
+
 def test_process_layout_settings_are_read(clean_env, monkeypatch):
     for name, value in {
         "GUNICORN_WORKERS": "4",

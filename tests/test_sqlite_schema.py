@@ -39,8 +39,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
-# The record's columns as deployed (version 1: before `metadata`); values are bound.
-V1_FIELDS = tuple(name for name in RECORD_FIELDS if name != "metadata")
+# The record's columns as deployed (version 1: before `metadata` and version 3's columns).
+LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook")
+V1_FIELDS = tuple(name for name in RECORD_FIELDS if name not in LATER_FIELDS)
 INSERT_REQUEST = (
     f"INSERT INTO requests (request_id, {', '.join(V1_FIELDS)}, payload)"  # noqa: S608
     f" VALUES ({', '.join('?' * (len(V1_FIELDS) + 2))})"
@@ -67,7 +68,8 @@ def new_record(request_id: str = REQUEST_ID, owner: str = "p1") -> StatusRecord:
 def unversioned_file(path: Path, record: StatusRecord) -> Path:
     """A file as the code before versioning made it: WAL, today's tables, user_version 0."""
     fields = record_to_fields(record)
-    fields.pop("metadata")
+    for name in LATER_FIELDS:
+        fields.pop(name)
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA_AS_DEPLOYED)
@@ -97,8 +99,8 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
     assert pragma(path, "user_version") == 0
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 2
-        assert store.get(REQUEST_ID) == record  # version 2's metadata column reads as {}
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 3
+        assert store.get(REQUEST_ID) == record  # later columns read as their defaults
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
         repeat = new_record("66666666-6666-4666-8666-000000000002")
         earlier = store.create(repeat, "{}", IdempotencyClaim(CLAIM.scope, "other", "x"))

@@ -16,6 +16,7 @@ from mailservice.stores.contract import (
     IdempotencyClaim,
     StatusRecord,
     StatusStore,
+    WebhookState,
     utcnow,
 )
 from mailservice.stores.memory_store import MemoryStatusStore
@@ -78,6 +79,24 @@ def test_created_record_reads_back_equal(store: StatusStore) -> None:
     store.create(record, '{"subject": "s"}')
     assert store.get(record.request_id) == record
     assert store.payload(record.request_id) == '{"subject": "s"}'
+
+
+def test_client_fields_and_webhook_state_read_back_equal(store: StatusStore) -> None:
+    record = replace(
+        new_record(),
+        metadata={"order": "42", "ünïcode": "välue"},
+        tags=("invoice", "eu-west"),
+        callback_url="https://hooks.example.com/mail?token=t",
+        webhook=WebhookState.PENDING,
+    )
+    store.create(record, "{}")
+    assert store.get(record.request_id) == record
+    final = replace(record, status=EmailStatus.SENT, pending=(), webhook=WebhookState.DELIVERED)
+    store.save(final)
+    assert store.get(record.request_id) == final
+    public = final.public()
+    assert public["tags"] == ["invoice", "eu-west"] and public["webhook"] == "delivered"
+    assert "hooks.example.com" not in str(public), "the callback URL is internal"
 
 
 def test_unknown_id_reads_none(store: StatusStore) -> None:

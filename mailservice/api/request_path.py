@@ -27,7 +27,7 @@ from mailservice.api.http_input import (
 from mailservice.api.schemas import SPECIAL_USE_RECIPIENTS, SendRequest, validation_errors
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings
-from mailservice.delivery.accepting import Acceptor
+from mailservice.delivery.accepting import Acceptor, RequestExtras
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
@@ -177,7 +177,8 @@ def accept(
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
-    result = service().acceptor.accept(message_spec(send), sender, claim, metadata)
+    extras = RequestExtras(metadata=dict(metadata or {}))
+    result = service().acceptor.accept(message_spec(send), sender, claim, extras)
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from mailservice.stores.contract import EmailStatus, StatusRecord
+from mailservice.stores.contract import EmailStatus, StatusRecord, WebhookState
 
 # A record as flat text fields, for backends that store strings (Redis hashes, SQLite rows).
 RECORD_FIELDS = (
@@ -25,6 +25,9 @@ RECORD_FIELDS = (
     "refused",
     "owner",
     "metadata",
+    "tags",
+    "callback_url",
+    "webhook",
 )
 
 
@@ -42,6 +45,9 @@ def record_to_fields(record: StatusRecord) -> dict[str, str]:
         "refused": json.dumps(record.refused),
         "owner": record.owner,
         "metadata": json.dumps(record.metadata),
+        "tags": json.dumps(record.tags),
+        "callback_url": record.callback_url or "",
+        "webhook": "" if record.webhook is None else str(record.webhook),
     }
 
 
@@ -62,5 +68,9 @@ def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusR
         error=fields["error"] or None,
         refused=json.loads(fields["refused"] or "{}"),
         owner=fields["owner"] or "",
-        metadata=json.loads(fields["metadata"] or "{}"),  # none in records made before it
+        # Records made before a field existed have none: each reads as its default.
+        metadata=json.loads(fields["metadata"] or "{}"),
+        tags=tuple(json.loads(fields["tags"] or "[]")),
+        callback_url=fields["callback_url"] or None,
+        webhook=WebhookState(fields["webhook"]) if fields["webhook"] else None,
     )

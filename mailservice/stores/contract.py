@@ -31,6 +31,15 @@ class EmailStatus(StrEnum):
         return self in (EmailStatus.SENT, EmailStatus.FAILED)
 
 
+class WebhookState(StrEnum):
+    """Where a request's webhook stands (API.md section 4): `pending` from acceptance until it
+    is `delivered` (every target answered 2xx) or `failed` (a target's tries ran out)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -52,6 +61,9 @@ class StatusRecord:
     refused: dict[str, str] = field(default_factory=dict)
     owner: str = ""
     metadata: dict[str, str] = field(default_factory=dict)  # the client's own, shown as given
+    tags: tuple[str, ...] = ()  # the client's own labels, shown as given
+    callback_url: str | None = None  # the request's own webhook target (internal, never shown)
+    webhook: WebhookState | None = None  # None: no webhook for this request
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /email-status/<id> (API.md section 4): no content, no internals."""
@@ -64,6 +76,8 @@ class StatusRecord:
             "recipients": list(self.recipients),
             "refused": dict(self.refused),
             "metadata": dict(self.metadata),
+            "tags": list(self.tags),
+            "webhook": None if self.webhook is None else str(self.webhook),
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
             "updated_at": self.updated_at.isoformat().replace("+00:00", "Z"),
         }

@@ -45,6 +45,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, SCHEMA_V1),
     # Version 2: a request's metadata (the client's own, shown in its status).
     (2, "ALTER TABLE requests ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}';"),
+    # Version 3: tags, the request's webhook target and where its webhook stands; the index
+    # finds the webhooks still to deliver (API.md section 4).
+    (
+        3,
+        """
+        ALTER TABLE requests ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE requests ADD COLUMN callback_url TEXT NOT NULL DEFAULT '';
+        ALTER TABLE requests ADD COLUMN webhook TEXT NOT NULL DEFAULT '';
+        CREATE INDEX IF NOT EXISTS requests_webhook_pending ON requests (owner)
+            WHERE webhook = 'pending';
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
