@@ -33,6 +33,7 @@ from mailservice.api.v1_routes import v1_blueprint
 from mailservice.config import Settings, load_settings
 from mailservice.delivery.accepting import Acceptor
 from mailservice.delivery.attempt import DeliveryAttempt
+from mailservice.delivery.failure_notices import FailureNotifier
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.demo import demo_senders, start_catcher
@@ -46,6 +47,8 @@ from mailservice.stores import store_from_url
 from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)
+
+NOTICES = "mailservice.failure_notices"  # app.extensions key of the FailureNotifier, if any
 
 # -- the app ---------------------------------------------------------------------------------
 
@@ -90,6 +93,10 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.json.sort_keys = False  # type: ignore[attr-defined]
     tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
     acceptor = Acceptor(store, pool, events)
+    if settings.admin_email:  # after the request log: a failure's line comes before its notice's
+        notices = FailureNotifier(settings.admin_email, senders, acceptor)
+        events.subscribe(notices.on_event)
+        app.extensions[NOTICES] = notices
     app.extensions[EXTENSION] = Service(
         settings, senders, store, pool, acceptor, request_log, tokens, leases
     )
