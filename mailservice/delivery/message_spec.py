@@ -14,19 +14,52 @@ by an older release are sent after an upgrade.
 loads as its default (true), which is what every request asked before, so texts of either kind
 load in either release that knows the member. A release older than the member refuses a text
 that has it as an unknown member; roll back only with no such requests unsent.
+
+`attachments` joined version 1 the same way, for the same reason: a text without it loads as
+no attachments, which is what every earlier request had. It is written only when there are
+attachments, so a rollback to a release before the member refuses only the requests that hold
+attachments (which that release could not send), not every request stored since the upgrade.
+The content is kept as base64 text (RFC 4648, no line breaks); a stored attachment that is not
+an object of those members, or whose content is not strict base64, is a `PayloadError`.
+
+A text with attachments is written ASCII-only (`\\uXXXX` escapes): Python keeps a string at
+1, 2 or 4 bytes a character, by its widest character (PEP 393), so one emoji in the subject
+would make the held payload, base64 included, four times its size in memory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 PAYLOAD_VERSION = 1
+ATTACHMENT_MEMBERS = frozenset({"filename", "content_type", "content", "content_id"})
 
 
 class PayloadError(ValueError):
     """A stored message that cannot be loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """One attached file; with a `content_id`, an inline part the HTML shows as `cid:<id>`."""
+
+    filename: str
+    content_type: str  # type/subtype (RFC 2045), lower case
+    content: bytes = field(repr=False)  # decoded; never in a log line
+    content_id: str | None = None  # without < >; the part's Content-ID is <content_id>
+
+    def stored(self) -> dict[str, str | None]:
+        """The stored form: the content as base64 text."""
+        return {
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "content": base64.b64encode(self.content).decode("ascii"),
+            "content_id": self.content_id,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +79,9 @@ class MessageSpec:
     headers: dict[str, str] = field(default_factory=dict)
     # An HTML-only message also gets a text/plain part rendered from its HTML.
     text_alternative: bool = True
+    # Files attached (multipart/mixed) or, with a content_id, inline parts of the HTML
+    # (multipart/related); see delivery/attachments.py.
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def recipients(self) -> list[str]:
@@ -54,25 +90,24 @@ class MessageSpec:
 
     def to_json(self) -> str:
         """The stored form: one JSON object with the format version."""
-        return json.dumps(
-            {
-                "v": PAYLOAD_VERSION,
-                "recipient": self.recipient,
-                "cc": self.cc,
-                "bcc": self.bcc,
-                "subject": self.subject,
-                "body": self.body,
-                "is_html": self.is_html,
-                "text": self.text,
-                "html": self.html,
-                "from_name": self.from_name,
-                "reply_to": self.reply_to,
-                "headers": self.headers,
-                "text_alternative": self.text_alternative,
-            },
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
+        stored: dict[str, Any] = {
+            "v": PAYLOAD_VERSION,
+            "recipient": self.recipient,
+            "cc": self.cc,
+            "bcc": self.bcc,
+            "subject": self.subject,
+            "body": self.body,
+            "is_html": self.is_html,
+            "text": self.text,
+            "html": self.html,
+            "from_name": self.from_name,
+            "reply_to": self.reply_to,
+            "headers": self.headers,
+            "text_alternative": self.text_alternative,
+        }
+        if self.attachments:  # only then: see the module docstring (rollback)
+            stored["attachments"] = [a.stored() for a in self.attachments]
+        return json.dumps(stored, ensure_ascii=bool(self.attachments), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> MessageSpec:
@@ -101,6 +136,7 @@ class MessageSpec:
                 reply_to=_optional_text(data.pop("reply_to", None)),
                 headers=_headers(data.pop("headers", {})),
                 text_alternative=_flag(data.pop("text_alternative", True)),
+                attachments=_attachments(data.pop("attachments", [])),
             )
         except KeyError as exc:
             raise PayloadError(f"the stored message lacks {exc}") from exc
@@ -138,3 +174,28 @@ def _headers(value: Any) -> dict[str, str]:
     ):
         raise PayloadError("the stored message has headers that are not text")
     return value
+
+
+def _attachments(value: Any) -> tuple[Attachment, ...]:
+    if not isinstance(value, list):
+        raise PayloadError("the stored message has attachments that are not a list")
+    return tuple(_attachment(item) for item in value)
+
+
+def _attachment(value: Any) -> Attachment:
+    if not isinstance(value, dict) or set(value) - ATTACHMENT_MEMBERS:
+        raise PayloadError(
+            "the stored message has an attachment that is not an object of "
+            "filename, content_type, content and content_id"
+        )
+    try:
+        filename, content_type, content = (
+            _text(value[name]) for name in ("filename", "content_type", "content")
+        )
+    except KeyError as exc:
+        raise PayloadError(f"the stored message has an attachment without {exc}") from exc
+    try:
+        data = base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: not ASCII
+        raise PayloadError("the stored message has an attachment that is not base64") from exc
+    return Attachment(filename, content_type, data, _optional_text(value.get("content_id")))
