@@ -6,6 +6,7 @@ address needs SMTPUTF8. The extra headers (List-Unsubscribe, References, X-...) 
 whitespace only (`WhitespaceFoldedHeader`): the policy would fold a long token such as a URL
 into RFC 2047 encoded words, which no longer read as a URL. An HTML-only request gets a
 text/plain alternative rendered from its HTML, unless it asks for none (`text_alternative`).
+Attachments and inline parts are added by `delivery/attachments.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 
+from mailservice.delivery.attachments import add_attachments
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.senders import Sender
 
@@ -164,6 +166,8 @@ def build_message(
     else:
         msg.set_content(text)
         msg.add_alternative(html, subtype="html")  # the last part is the one preferred
+    if request.attachments:
+        add_attachments(msg, request.attachments)
     return msg
 
 
