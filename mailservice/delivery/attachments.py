@@ -19,6 +19,8 @@ inline, where clients show them after the text.
 
 from __future__ import annotations
 
+import base64
+import secrets
 from email import policy as email_policy
 from email.message import EmailMessage, MIMEPart
 from email.utils import quote
@@ -83,6 +85,19 @@ def add_attachments(msg: EmailMessage, attachments: tuple[Attachment, ...]) -> N
         msg.make_mixed()
         for attachment in regular:
             msg.attach(_part(attachment, msg.policy))
+    for part in msg.walk():
+        if part.is_multipart() and part.get_boundary() is None:
+            part.set_boundary(_boundary())
+
+
+def _boundary() -> str:
+    """A boundary no part can hold: `=_` occurs in neither base64 nor quoted-printable, and 128
+    random bits are not in a text written before them.
+
+    Without one, the generator makes its own and searches the whole encoded text of the
+    multipart for it, which cost a quarter of building a message with a 100 KB attachment.
+    """
+    return f"=_{secrets.token_hex(16)}"
 
 
 def _html_part(msg: EmailMessage) -> EmailMessage | None:
@@ -97,8 +112,11 @@ def _html_part(msg: EmailMessage) -> EmailMessage | None:
 
 def _part(attachment: Attachment, policy: email_policy.Policy) -> MIMEPart:
     part = MIMEPart(policy=policy)
-    maintype, _, subtype = attachment.content_type.partition("/")
-    part.set_content(attachment.content, maintype, subtype)  # base64 for bytes
+    part["Content-Type"] = attachment.content_type
+    part["Content-Transfer-Encoding"] = "base64"
+    # One call, lines of 76 characters (RFC 2045 6.8), as set_content() makes them 57 bytes
+    # at a time in Python: that loop cost a quarter of a build with a 100 KB attachment.
+    part.set_payload(base64.encodebytes(attachment.content).decode("ascii"))
     disposition = "attachment" if attachment.content_id is None else "inline"
     value = f'{disposition}; filename="{quote(attachment.filename)}"'
     part["Content-Disposition"] = Rfc2231ParameterHeader("Content-Disposition", value)
