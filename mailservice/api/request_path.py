@@ -16,6 +16,12 @@ from flask import Response, current_app, g, jsonify
 from pydantic import ValidationError
 
 from mailservice.api import jwt_auth
+from mailservice.api.attachment_fields import (
+    check_count,
+    check_inline_parts,
+    check_total,
+    spec_attachments,
+)
 from mailservice.api.auth_guard import check_client, count_failure
 from mailservice.api.http_input import (
     bearer_credential,
@@ -142,11 +148,14 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
             f"At most {limit} recipients (to + cc + bcc) per message.",
             [FieldError("recipient", f"{total} recipients; the limit is {limit}")],
         )
-    allow = service().settings.allow_special_use_recipients
+    settings = service().settings
+    check_count(body, settings.max_attachments)
+    allow = settings.allow_special_use_recipients
     try:
         send = SendRequest.model_validate(body, context={SPECIAL_USE_RECIPIENTS: allow})
     except ValidationError as exc:
         raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
+    check_total(send.attachments, settings.max_attachment_bytes)
     if send.from_ is not None and send.from_.lower() != sender.email.lower():
         raise ApiError(403, "`from` must be the address of the key's own sender.")
     return send
@@ -173,20 +182,25 @@ def accept(
     A repeated Idempotency-Key with the same body gets the first request's id and sends
     nothing; with another body it is a 409.
     """
+    spec = message_spec(send)  # its 400s come before the Idempotency-Key's (API.md section 3)
     value = idempotency_key()
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
     extras = RequestExtras(metadata=dict(metadata or {}))
-    result = service().acceptor.accept(message_spec(send), sender, claim, extras)
+    result = service().acceptor.accept(spec, sender, claim, extras)
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id
 
 
 def message_spec(send: SendRequest) -> MessageSpec:
-    """The plain value delivery works from: the validated request without the HTTP model."""
-    return MessageSpec(
+    """The plain value delivery works from: the validated request without the HTTP model.
+
+    400 for inline attachments in a message without an HTML body (checked on the spec, which
+    holds the HTML however the request gave it).
+    """
+    spec = MessageSpec(
         recipient=tuple(send.recipient),
         subject=send.subject,
         cc=tuple(send.cc),
@@ -199,7 +213,10 @@ def message_spec(send: SendRequest) -> MessageSpec:
         reply_to=send.reply_to,
         headers=dict(send.headers),
         text_alternative=send.text_alternative,
+        attachments=spec_attachments(send.attachments),
     )
+    check_inline_parts(spec)
+    return spec
 
 
 def accepted_answer(request_id: str, **members: Any) -> Response:

@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from mailservice.addresses import validate_address
+from mailservice.api.attachment_fields import Attachments
 from mailservice.errors import ApiError, FieldError
 
 MAX_DEPTH = 32
@@ -229,6 +230,7 @@ class SendRequest(BaseModel):
     )
     # false: an HTML-only message gets no text/plain alternative rendered from its HTML.
     text_alternative: StrictBool = True
+    attachments: Attachments = Field(default_factory=list)
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
 
     @field_validator("recipient", mode="after")
