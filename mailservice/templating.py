@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import Template, meta
+from jinja2 import Environment, Template, meta
 from jinja2 import nodes as jinja_nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 
@@ -151,6 +151,7 @@ class TemplateLibrary:
             except TemplateSyntaxError as exc:
                 message = (exc.message or "syntax error").splitlines()[0]
                 raise ConfigError(f"{origin}: {path} line {exc.lineno}: {message}") from None
+            _check_names(tree, env, origin, path)
             own_variables[key] = meta.find_undeclared_variables(tree)
             references[key] = _references(tree, sources, origin, path)
         compiled_templates = {}
@@ -304,6 +305,16 @@ def _references(
             )
         found.add(reference)
     return found
+
+
+def _check_names(tree: jinja_nodes.Template, env: Environment, origin: str, path: str) -> None:
+    """Every filter and test exists: Jinja compiles an unknown one inside `{% if %}` and fails
+    only when a request reaches it, which is a template's fault found at start-up here."""
+    for node in tree.find_all((jinja_nodes.Filter, jinja_nodes.Test)):
+        known = env.filters if isinstance(node, jinja_nodes.Filter) else env.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, jinja_nodes.Filter) else "test"
+            raise ConfigError(f"{origin}: {path} line {node.lineno}: no {kind} named {node.name!r}")
 
 
 def _closure(key: str, own: dict[str, set[str]], references: dict[str, set[str]]) -> set[str]:

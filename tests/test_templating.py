@@ -77,6 +77,13 @@ def test_name_is_optional(name_value):
     assert rendered.html is not None and "Hi," in rendered.html and "None" not in rendered.html
 
 
+def test_a_template_can_give_an_optional_variable_a_default(tmp_path):
+    write_template(tmp_path, "hi", subject_txt="Hi", body_txt='Hi {{ name | default("there") }}')
+    lib = library(tmp_path)
+    assert lib.render("hi", {}).text == "Hi there"
+    assert lib.render("hi", {"name": "Ada"}).text == "Hi Ada"
+
+
 def test_subject_is_one_stripped_line():
     assert library().render("reset-password", RESET).subject == "Reset your Acme password"
 
@@ -292,6 +299,14 @@ STARTUP_FAULTS: dict[str, tuple[dict[str, dict[str, str]], str]] = {
     "unknown_filter": (
         hello(subject_txt="Hi", body_txt="{{ x|nosuch }}"),
         "hello/body.txt line 1",
+    ),
+    "unknown_filter_in_a_branch": (
+        hello(subject_txt="Hi", body_txt="{% if x %}\n{{ x|nosuch }}{% endif %}"),
+        "hello/body.txt line 2: no filter named 'nosuch'",
+    ),
+    "unknown_test": (
+        hello(subject_txt="{% if x is nosuch %}Hi{% endif %}", body_txt="x"),
+        "hello/subject.txt line 1: no test named 'nosuch'",
     ),
     "missing_subject": (hello(body_txt="x"), "hello/subject.txt is missing"),
     "no_body": (hello(subject_txt="Hi"), "neither body.txt nor body.html"),
