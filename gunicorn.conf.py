@@ -17,16 +17,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from mailservice.api.schemas import check_header_value
 from mailservice.config import load_settings
 from mailservice.errors import ConfigError
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import load_senders
+from mailservice.templating import TemplateLibrary
 
 try:
     _settings = load_settings()
     load_senders(_settings)  # fail in the master, with one line, not in every worker
     check_named_resources(_settings)  # the store URL and the log's folder, opening neither
+    # Compiled as create_app() compiles them: a template's syntax error is one line here, not
+    # a traceback per worker. (mail_server itself is imported only by the workers.)
+    TemplateLibrary.load(_settings.templates_dir, check_header_value, _settings.max_request_bytes)
 except ConfigError as _exc:
     print(f"mail_server: configuration error: {_exc}", file=sys.stderr)
     sys.exit(2)

@@ -27,7 +27,9 @@ from mailservice.api.legacy_routes import legacy_blueprint
 from mailservice.api.problems import register_error_handlers
 from mailservice.api.rate_limit import init_rate_limit
 from mailservice.api.request_path import EXTENSION, Service, credential_digest
+from mailservice.api.schemas import check_header_value
 from mailservice.api.sms_gateways import gateway_table
+from mailservice.api.template_routes import template_blueprint
 from mailservice.api.tokens import TokenIssuer
 from mailservice.api.v1_routes import v1_blueprint
 from mailservice.config import Settings, load_settings
@@ -44,6 +46,7 @@ from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
 from mailservice.stores import store_from_url
+from mailservice.templating import TemplateLibrary
 from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     """The Flask app with its own store, pool and log (one pool per process)."""
     settings = settings or load_settings()
     senders = senders if senders is not None else load_senders(settings)
+    templates = load_templates(settings)  # before anything is opened or started
     store = store_from_url(settings.status_store_url, settings.status_ttl)
     try:
         request_log = RequestLog(
@@ -98,7 +102,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         events.subscribe(notices.on_event)
         app.extensions[NOTICES] = notices
     app.extensions[EXTENSION] = Service(
-        settings, senders, store, pool, acceptor, request_log, tokens, leases
+        settings, senders, store, pool, acceptor, request_log, tokens, leases, templates
     )
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
@@ -108,9 +112,19 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.register_blueprint(core_blueprint(rate_limited))
     app.register_blueprint(legacy_blueprint(rate_limited))
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
+    app.register_blueprint(template_blueprint())
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app
+
+
+def load_templates(settings: Settings) -> TemplateLibrary:
+    """Every template compiled (the shipped ones and TEMPLATES_DIR's); a ConfigError naming
+    the file and line stops start-up. A template's parts together render to at most
+    MAX_REQUEST_BYTES characters, no more than a hand-written request could hold."""
+    return TemplateLibrary.load(
+        settings.templates_dir, check_header_value, settings.max_request_bytes
+    )
 
 
 # -- running it ------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
 from mailservice.senders import Sender, SenderDirectory, key_digest
 from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusStore
+from mailservice.templating import RenderError, TemplateLibrary
 
 EXTENSION = "mail_service"
 
@@ -57,6 +58,7 @@ class Service:
     request_log: RequestLog
     tokens: TokenIssuer
     leases: LeaseKeeper
+    templates: TemplateLibrary
 
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
@@ -139,7 +141,8 @@ def _count(value: Any) -> int:
 
 
 def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
-    """The validated request; 400 for bad fields, 403 for a foreign From address."""
+    """The validated request, a template rendered (`render_template`); 400 for bad fields or
+    a template that cannot be rendered, 403 for a foreign From address."""
     limit = service().settings.max_recipients
     total = sum(_count(body.get(name)) for name in ("recipient", "to", "cc", "bcc"))
     if total > limit:
@@ -156,9 +159,31 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
     except ValidationError as exc:
         raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
     check_total(send.attachments, settings.max_attachment_bytes)
+    if send.template is not None:
+        send = render_template(send)
     if send.from_ is not None and send.from_.lower() != sender.email.lower():
         raise ApiError(403, "`from` must be the address of the key's own sender.")
     return send
+
+
+def render_template(send: SendRequest) -> SendRequest:
+    """The request as if written by hand: `template` and `variables` replaced by the subject,
+    text and html the template renders, so that delivery never hears of templates; 400
+    naming `template`, `variables` or `variables.<name>` when it cannot be rendered."""
+    try:
+        rendered = service().templates.render(send.template or "", send.variables or {})
+    except RenderError as exc:
+        raise ApiError(400, exc.detail, [FieldError(exc.field, exc.message)]) from exc
+    # Not validated again: the library checked the parts as SendRequest checks hand-written ones.
+    return send.model_copy(
+        update={
+            "template": None,
+            "variables": None,
+            "subject": rendered.subject,
+            "text": rendered.text,
+            "html": rendered.html,
+        }
+    )
 
 
 def credential_digest(credential: str) -> bytes:
@@ -200,6 +225,8 @@ def message_spec(send: SendRequest) -> MessageSpec:
     400 for inline attachments in a message without an HTML body (checked on the spec, which
     holds the HTML however the request gave it).
     """
+    if send.subject is None:  # a template's request that render_template() has not rendered
+        raise ValueError("message_spec() takes a request with its template rendered")
     spec = MessageSpec(
         recipient=tuple(send.recipient),
         subject=send.subject,

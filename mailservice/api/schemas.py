@@ -33,10 +33,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from mailservice.addresses import validate_address
 from mailservice.api.attachment_fields import Attachments
 from mailservice.errors import ApiError, FieldError
+from mailservice.template_files import check_template_name
+from mailservice.templating import check_variables
 
 MAX_DEPTH = 32
 # The validation context's switch (`SendRequest.model_validate(body, context=...)`) that accepts
@@ -217,7 +220,12 @@ class SendRequest(BaseModel):
     )
     cc: list[Address] = Field(default_factory=list)
     bcc: list[Address] = Field(default_factory=list)
-    subject: Annotated[HeaderText, Field(min_length=1, max_length=998)]
+    # Before subject, which may be left out only for a template (validated in this order).
+    template: Annotated[StrictStr, AfterValidator(check_template_name)] | None = None
+    variables: Annotated[dict[StrictStr, Any], AfterValidator(check_variables)] | None = None
+    subject: Annotated[HeaderText, Field(min_length=1, max_length=998)] | None = Field(
+        default=None, validate_default=True
+    )
     body: Text | None = None
     is_html: StrictBool = False
     text: Text | None = None
@@ -238,6 +246,32 @@ class SendRequest(BaseModel):
     def _recipient_list(cls, value: list[str]) -> list[str]:
         if not value:
             raise ValueError("needs at least one address")
+        return value
+
+    # A template gives the subject and the content; these validators run on a field only when
+    # it is given (subject also when it is not) and see `template` when it was valid.
+    @field_validator("variables", mode="after")
+    @classmethod
+    def _variables_need_template(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and info.data.get("template") is None:
+            raise ValueError("go with template")
+        return value
+
+    @field_validator("subject", mode="after")
+    @classmethod
+    def _subject_or_template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        with_template = info.data.get("template") is not None
+        if value is None and not with_template:
+            raise PydanticCustomError("missing", "Field required (or give a template)")
+        if value is not None and with_template:
+            raise ValueError("is the template's: give either template or subject")
+        return value
+
+    @field_validator("body", "is_html", "text", "html", mode="after")
+    @classmethod
+    def _content_or_template(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.data.get("template") is not None:
+            raise ValueError(f"is the template's: give either template or {info.field_name}")
         return value
 
     @field_validator("headers", mode="after")
@@ -261,6 +295,8 @@ class SendRequest(BaseModel):
 
     @model_validator(mode="after")
     def _content(self) -> SendRequest:
+        if self.template is not None:  # checked field by field above
+            return self
         if self.body is None and self.text is None and self.html is None:
             raise ValueError("give the content as body, or as text and/or html")
         if self.body is not None and (self.text is not None or self.html is not None):
