@@ -264,10 +264,12 @@ class TemplateLibrary:
     def _where(self, exc: BaseException) -> str:
         """`<name>/<file> line N` of the innermost template line in the traceback."""
         where = "while rendering"
-        for frame in traceback.extract_tb(exc.__traceback__):
-            label = self._labels.get(frame.filename)
+        # Jinja rewrites the traceback so that template frames carry the file and its line;
+        # walk_tb reads no source lines (extract_tb would open every file).
+        for frame, lineno in traceback.walk_tb(exc.__traceback__):
+            label = self._labels.get(frame.f_code.co_filename)
             if label is not None:
-                where = f"{label} line {frame.lineno}"
+                where = f"{label} line {lineno}"
         return where
 
 
