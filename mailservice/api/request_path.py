@@ -23,6 +23,7 @@ from mailservice.api.attachment_fields import (
     spec_attachments,
 )
 from mailservice.api.auth_guard import check_client, count_failure
+from mailservice.api.client_fields import request_extras
 from mailservice.api.http_input import (
     bearer_credential,
     idempotency,
@@ -33,7 +34,7 @@ from mailservice.api.http_input import (
 from mailservice.api.schemas import SPECIAL_USE_RECIPIENTS, SendRequest, validation_errors
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings
-from mailservice.delivery.accepting import Acceptor, RequestExtras
+from mailservice.delivery.accepting import Acceptor
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
@@ -205,14 +206,15 @@ def accept(
     """Record the request (the 202 promise), once per Idempotency-Key; its request_id.
 
     A repeated Idempotency-Key with the same body gets the first request's id and sends
-    nothing; with another body it is a 409.
+    nothing; with another body it is a 409. `metadata` is the route's own (the /api/v1
+    routes' user_id), merged with the client's (`client_fields.request_extras`).
     """
     spec = message_spec(send)  # its 400s come before the Idempotency-Key's (API.md section 3)
+    extras = request_extras(send.tags, send.metadata, metadata or {})
     value = idempotency_key()
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
-    extras = RequestExtras(metadata=dict(metadata or {}))
     result = service().acceptor.accept(spec, sender, claim, extras)
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")

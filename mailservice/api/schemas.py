@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from mailservice.addresses import validate_address
 from mailservice.api.attachment_fields import Attachments
+from mailservice.api.client_fields import Metadata, Tags
 from mailservice.errors import ApiError, FieldError
 from mailservice.template_files import check_template_name
 from mailservice.templating import check_variables
@@ -239,6 +240,8 @@ class SendRequest(BaseModel):
     # false: an HTML-only message gets no text/plain alternative rendered from its HTML.
     text_alternative: StrictBool = True
     attachments: Attachments = Field(default_factory=list)
+    tags: Tags = Field(default_factory=list)  # the client's own: kept with the status only
+    metadata: Metadata = Field(default_factory=dict)  # the same (client_fields)
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
 
     @field_validator("recipient", mode="after")
