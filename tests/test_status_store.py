@@ -302,3 +302,139 @@ def test_memory_store_max_must_be_a_positive_number() -> None:
         store_from_url("memory://?max=lots", ttl=60)
     with pytest.raises(ConfigError, match="max"):
         store_from_url("memory://?max=0", ttl=60)
+
+
+# -- create_many: a batch in one round trip ----------------------------------------------------
+
+
+def batch_records(count: int, owner: str = "p1") -> list[StatusRecord]:
+    return [new_record(f"88888888-8888-4888-8888-{i:012d}", owner) for i in range(count)]
+
+
+def test_create_many_records_every_item_with_its_payload(store: StatusStore) -> None:
+    records = [
+        replace(record, metadata={"n": str(i)}, tags=(f"t{i}",))
+        for i, record in enumerate(batch_records(3))
+    ]
+    assert store.create_many([(r, f'{{"n": {i}}}') for i, r in enumerate(records)]) is None
+    for i, record in enumerate(records):
+        assert store.get(record.request_id) == record
+        assert store.payload(record.request_id) == f'{{"n": {i}}}'
+    final = replace(records[1], status=EmailStatus.SENT, pending=())
+    assert store.save(final) is True, "a batch's record is saved like any other"
+    assert store.get(final.request_id) == final and store.payload(final.request_id) is None
+
+
+def test_create_many_records_are_unfinished_work_a_durable_store_hands_over(
+    durable_pair,
+) -> None:
+    first, second = durable_pair
+    records = batch_records(3, owner="dead-process")
+    first.create_many([(record, "{}") for record in records])
+    assert sorted(second.orphans(10)) == sorted(r.request_id for r in records)
+    assert second.claim(records[0].request_id, "heir") is not None
+
+
+def test_create_many_under_a_used_idempotency_key_creates_nothing(store: StatusStore) -> None:
+    first, second = batch_records(4)[:2], batch_records(4)[2:]
+    claim = IdempotencyClaim.of_batch(
+        "scope-b", "fp-1", [first[0].request_id, None, first[1].request_id]
+    )
+    assert store.create_many([(r, "{}") for r in first], claim) is None
+    again = IdempotencyClaim.of_batch("scope-b", "fp-2", [r.request_id for r in second])
+    earlier = store.create_many([(r, "{}") for r in second], again)
+    assert earlier == claim
+    assert earlier.places == (first[0].request_id, None, first[1].request_id)
+    assert all(store.get(r.request_id) is None for r in second), "nothing of the repeat"
+    single = new_record("88888888-8888-4888-8888-999999999999")
+    assert store.create(single, "{}", IdempotencyClaim("scope-b", "fp-3", "x")) == claim
+
+
+def test_a_batch_and_a_single_request_share_idempotency_keys(store: StatusStore) -> None:
+    single = new_record()
+    claim = IdempotencyClaim("scope-s", "fp-single", single.request_id)
+    assert store.create(single, "{}", claim) is None
+    batch = batch_records(2)
+    assert (
+        store.create_many(
+            [(r, "{}") for r in batch],
+            IdempotencyClaim.of_batch("scope-s", "fp-batch", [r.request_id for r in batch]),
+        )
+        == claim
+    )
+    assert claim.places == (single.request_id,)
+
+
+def test_two_racing_batches_with_one_idempotency_key_create_one_batch(store: StatusStore) -> None:
+    batches = [batch_records(40)[:20], batch_records(40)[20:]]
+    results: list[IdempotencyClaim | None] = [None, None]
+    start = threading.Barrier(2)
+
+    def create(n: int) -> None:
+        claim = IdempotencyClaim.of_batch("race", f"fp-{n}", [r.request_id for r in batches[n]])
+        start.wait()
+        results[n] = store.create_many([(r, "{}") for r in batches[n]], claim)
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winner = 0 if results[0] is None else 1
+    loser = 1 - winner
+    assert results[winner] is None and results[loser] is not None
+    assert results[loser].fingerprint == f"fp-{winner}"
+    assert all(store.get(r.request_id) is not None for r in batches[winner])
+    assert all(store.get(r.request_id) is None for r in batches[loser]), "all or nothing"
+
+
+def test_create_many_of_100_is_one_sqlite_transaction(tmp_path) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=60)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    claim = IdempotencyClaim.of_batch("s", "f", [r.request_id for r in batch_records(100)])
+    store.create_many([(r, "{}") for r in batch_records(100)], claim)
+    store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    assert [s for s in statements if s.split()[0] in ("BEGIN", "COMMIT", "ROLLBACK")] == [
+        "BEGIN IMMEDIATE",
+        "COMMIT",
+    ]
+    assert sum(s.startswith("INSERT INTO requests") for s in statements) == 100
+    assert all(store.get(r.request_id) is not None for r in batch_records(100))
+    store.close()
+
+
+@pytest.mark.redis
+def test_create_many_of_100_is_one_redis_round_trip(redis_server, monkeypatch) -> None:
+    """Round trips counted at the client, as every command or pipeline sent is one; and on
+    the server, one script call did every write."""
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=60)
+    store.create_many([(new_record(), "{}")])  # loads the script (NOSCRIPT the first time)
+    sent: list[bytes] = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(connection, command, check_health: bool = True) -> None:
+        sent.append(command)
+        real_send(connection, command, check_health)
+
+    server = redis.Redis.from_url(redis_server.url)
+    before = server.info("commandstats")
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+    records = batch_records(100)
+    claim = IdempotencyClaim.of_batch("s", "f", [r.request_id for r in records])
+    assert store.create_many([(r, "{}") for r in records], claim) is None
+    monkeypatch.undo()
+    after = server.info("commandstats")
+    assert len(sent) == 1, "one round trip"
+
+    def calls(name: str) -> int:
+        return after.get(f"cmdstat_{name}", {}).get("calls", 0) - before.get(
+            f"cmdstat_{name}", {}
+        ).get("calls", 0)
+
+    assert calls("evalsha") == 1 and calls("hset") == 100 and calls("sadd") == 1
+    assert all(store.get(r.request_id) is not None for r in records)
+    server.close()
+    store.close()

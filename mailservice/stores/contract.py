@@ -1,7 +1,8 @@
 """The store contract: a request's record, its statuses, and the interface every backend implements.
 
 A record is created when a request is accepted (with the message `payload`, the stored message
-spec, kept until the request is final) and saved again at every state change. Once final the
+spec, kept until the request is final; a batch's records all in one step, `create_many`) and
+saved again at every state change. Once final the
 payload is dropped and the status is kept for `ttl` seconds. The store knows nothing of SMTP or
 HTTP. `tests/test_status_store.py` is the contract's test suite, run on every backend.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -86,11 +88,30 @@ class StatusRecord:
 @dataclass(frozen=True, slots=True)
 class IdempotencyClaim:
     """An Idempotency-Key in use: `scope` names the API key and Idempotency-Key (digested),
-    `fingerprint` the request it was first used for, `request_id` what that request got."""
+    `fingerprint` the request it was first used for, `request_id` what that request got.
+
+    A batch's claim (`of_batch`) covers the whole batch: its `request_id` holds one place per
+    message of the batch, in order, joined by commas: the id the message got, or nothing for
+    a message that was refused (no UUID holds a comma). What a repeat answers is rebuilt from
+    these places; the refused messages' problems are worked out again from the body, which
+    the fingerprint says is the same. Stored like any claim, it needs no column of its own.
+    """
 
     scope: str
     fingerprint: str
     request_id: str
+
+    @classmethod
+    def of_batch(
+        cls, scope: str, fingerprint: str, places: Sequence[str | None]
+    ) -> IdempotencyClaim:
+        """The claim of a batch whose messages got `places` (an id, or None when refused)."""
+        return cls(scope, fingerprint, ",".join(place or "" for place in places))
+
+    @property
+    def places(self) -> tuple[str | None, ...]:
+        """A batch's places, as given to `of_batch`."""
+        return tuple(place or None for place in self.request_id.split(","))
 
 
 IDEMPOTENCY_TTL = 24 * 3600
@@ -142,6 +163,17 @@ class StatusStore(ABC):
         """Record a newly accepted request with its message, in one step with its
         Idempotency-Key if any. Returns the earlier claim, creating nothing, when that key
         was already used; StoreError if the store can't be written."""
+
+    @abstractmethod
+    def create_many(
+        self,
+        items: Sequence[tuple[StatusRecord, str]],
+        idempotency: IdempotencyClaim | None = None,
+    ) -> IdempotencyClaim | None:
+        """`create()` for a batch: every (record, payload) of `items` and the Idempotency-Key,
+        all or none, in one round trip to the store (one lock, one transaction, one script).
+        Returns the earlier claim, creating nothing, when that key was already used;
+        StoreError (nothing created) if the store can't be written."""
 
     @abstractmethod
     def save(self, record: StatusRecord) -> bool:

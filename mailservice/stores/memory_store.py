@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mailservice.stores.contract import IDEMPOTENCY_TTL, IdempotencyClaim, StatusRecord, StatusStore
 
@@ -50,6 +50,13 @@ class MemoryStatusStore(StatusStore):
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
     ) -> IdempotencyClaim | None:
+        return self.create_many([(record, payload)], idempotency)
+
+    def create_many(
+        self,
+        items: Sequence[tuple[StatusRecord, str]],
+        idempotency: IdempotencyClaim | None = None,
+    ) -> IdempotencyClaim | None:
         with self._lock:
             now = self._clock()
             self._purge(now)
@@ -59,8 +66,9 @@ class MemoryStatusStore(StatusStore):
                     return earlier
                 self._claims[idempotency.scope] = idempotency
                 self._claim_expiry.append((now + IDEMPOTENCY_TTL, idempotency.scope))
-            self._records[record.request_id] = record
-            self._payloads[record.request_id] = payload
+            for record, payload in items:
+                self._records[record.request_id] = record
+                self._payloads[record.request_id] = payload
             return None
 
     def save(self, record: StatusRecord) -> bool:

@@ -4,7 +4,8 @@ Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its p
 `mail:unfinished` (a set of unfinished ids), `mail:owner:<owner>` (a process's lease, expiring
 unless renewed) and `mail:idem:<scope>` (Idempotency-Keys, 24 h). Each write is one round trip:
 a short Lua script that checks and writes atomically (the owner check of `save`, the
-set-if-absent of an Idempotency-Key with the create). Reads fetch only the status fields.
+set-if-absent of an Idempotency-Key with the create, and every record of a batch in one
+script). Reads fetch only the status fields.
 Socket time-outs are short and retries few, so an outage is a quick
 StoreError (the API's 503), logged once when it starts and once when it ends.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
@@ -37,16 +38,25 @@ OWNER_PREFIX = "mail:owner:"
 IDEMPOTENCY_PREFIX = "mail:idem:"
 UNFINISHED = "mail:unfinished"
 
-# KEYS: record, unfinished set, [idempotency key]. ARGV: request_id, claim JSON, claim TTL,
-# then field/value pairs. Returns the earlier claim's JSON, or nil once created.
-CREATE = """
-if KEYS[3] then
-  local earlier = redis.call('GET', KEYS[3])
+# KEYS: unfinished set, the records in order, [idempotency key]. ARGV: record count, claim
+# JSON ('' for none), claim TTL, items per record (its id, then its field/value pairs), then
+# the records' items. Returns the earlier claim's JSON, or nil once every record is created:
+# a batch is one script, so one round trip, and all or nothing with its Idempotency-Key.
+CREATE_MANY = """
+local count, width = tonumber(ARGV[1]), tonumber(ARGV[4])
+if ARGV[2] ~= '' then
+  local key = KEYS[count + 2]
+  local earlier = redis.call('GET', key)
   if earlier then return earlier end
-  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[3])
+  redis.call('SET', key, ARGV[2], 'EX', ARGV[3])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-redis.call('SADD', KEYS[2], ARGV[1])
+local ids = {}
+for i = 1, count do
+  local at = 5 + (i - 1) * width
+  ids[i] = ARGV[at]
+  redis.call('HSET', KEYS[i + 1], unpack(ARGV, at + 1, at + width - 1))
+end
+if count > 0 then redis.call('SADD', KEYS[1], unpack(ids)) end
 return false
 """
 
@@ -102,7 +112,7 @@ class RedisStatusStore(StatusStore):
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         super().__init__(ttl)
         self.client = client
-        self._create = client.register_script(CREATE)
+        self._create_many = client.register_script(CREATE_MANY)
         self._save = client.register_script(SAVE)
         self._orphans = client.register_script(ORPHANS)
         self._claim = client.register_script(CLAIM)
@@ -133,16 +143,31 @@ class RedisStatusStore(StatusStore):
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
     ) -> IdempotencyClaim | None:
-        keys = [KEY_PREFIX + record.request_id, UNFINISHED]
+        return self.create_many([(record, payload)], idempotency)
+
+    def create_many(
+        self,
+        items: Sequence[tuple[StatusRecord, str]],
+        idempotency: IdempotencyClaim | None = None,
+    ) -> IdempotencyClaim | None:
+        keys = [UNFINISHED, *(KEY_PREFIX + record.request_id for record, _ in items)]
         claim_json = ""
         if idempotency is not None:
             keys.append(IDEMPOTENCY_PREFIX + idempotency.scope)
             claim_json = _claim_json(idempotency)
-        fields = {**record_to_fields(record), "payload": payload}
-        args = [record.request_id, claim_json, IDEMPOTENCY_TTL]
-        args += [item for pair in fields.items() for item in pair]
+        args: list[str | int] = [
+            len(items),
+            claim_json,
+            IDEMPOTENCY_TTL,
+            2 * len(RECORD_FIELDS) + 3,
+        ]
+        for record, payload in items:
+            args.append(record.request_id)
+            for name, value in record_to_fields(record).items():
+                args += [name, value]
+            args += ["payload", payload]
         with self._guard():
-            earlier = self._create(keys=keys, args=args)
+            earlier = self._create_many(keys=keys, args=args)
         if earlier is None or idempotency is None:
             return None
         fingerprint, request_id = json.loads(earlier)

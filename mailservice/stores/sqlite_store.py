@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,8 +88,18 @@ class SqliteStatusStore(StatusStore):
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
     ) -> IdempotencyClaim | None:
+        return self.create_many([(record, payload)], idempotency)
+
+    def create_many(
+        self,
+        items: Sequence[tuple[StatusRecord, str]],
+        idempotency: IdempotencyClaim | None = None,
+    ) -> IdempotencyClaim | None:
         now = self._clock()
-        fields = record_to_fields(record)
+        rows = [
+            (record.request_id, *record_to_fields(record).values(), payload)
+            for record, payload in items
+        ]
         with self._transaction(immediate=True) as db:
             if idempotency is not None:
                 row = db.execute(
@@ -108,10 +118,10 @@ class SqliteStatusStore(StatusStore):
                         now + IDEMPOTENCY_TTL,
                     ),
                 )
-            db.execute(
+            db.executemany(
                 f"INSERT INTO requests (request_id, {COLUMNS}, payload) "
                 f"VALUES (?, {', '.join('?' * len(RECORD_FIELDS))}, ?)",
-                (record.request_id, *fields.values(), payload),
+                rows,
             )
         return None
 
