@@ -22,6 +22,7 @@ from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from mailservice.api.auth_guard import init_auth_guard
+from mailservice.api.batch_routes import batch_blueprint
 from mailservice.api.core_routes import core_blueprint
 from mailservice.api.legacy_routes import legacy_blueprint
 from mailservice.api.problems import register_error_handlers
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     rate_limited = init_rate_limit(app, settings, credential_digest)
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     app.register_blueprint(core_blueprint(rate_limited))
+    app.register_blueprint(batch_blueprint(rate_limited))  # POST /send-email/batch
     app.register_blueprint(legacy_blueprint(rate_limited))
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     app.register_blueprint(template_blueprint())

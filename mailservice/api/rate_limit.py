@@ -4,7 +4,8 @@ Requests are counted per API key (by a digest, so no key is stored in the limite
 or per client address when they present none. The storage is `RATE_LIMIT_STORAGE_URL`; when a
 Redis storage is unreachable each process falls back to counting in memory rather than failing
 or letting everything through. Every answer of a limited route carries the X-RateLimit-*
-headers; a 429 adds Retry-After.
+headers; a 429 adds Retry-After. Every send route shares one budget per key (`SendLimit`); a
+batch is charged once per message through flask-limiter's `cost` (`SendLimit.per_message`).
 """
 
 from __future__ import annotations
@@ -39,9 +40,31 @@ def rate_limit_key(budget_of: BudgetOf = key_digest) -> str:
     return f"addr:{request.remote_addr or 'unknown'}"
 
 
-def init_rate_limit(
-    app: Flask, settings: Settings, budget_of: BudgetOf = key_digest
-) -> Callable[[Callable], Callable]:
+class SendLimit:
+    """The decorator that puts a route under RATE_LIMIT, one budget per key shared by every
+    send route (scope `send`); `per_message(cost)` charges that same budget `cost()` for each
+    request (a batch: one per message). A request that would pass the limit is refused whole
+    (429) and, as with a single request (fixed window), its cost still counts."""
+
+    def __init__(self, limiter: Limiter, limit: str) -> None:
+        self._limiter = limiter
+        self._limit = limit
+        self._shared = limiter.shared_limit(limit, scope="send") if limit else None
+
+    def __call__(self, view: Callable) -> Callable:
+        return self._shared(view) if self._shared is not None else view
+
+    def per_message(self, cost: Callable[[], int]) -> Callable[[Callable], Callable]:
+        """The same budget, charged `cost()` per request; `cost` runs before the view, so it
+        reads the body as the limiter's key does (`json_body`, parsed once)."""
+        if not self._limit:
+            return lambda view: view
+        # Another shared limit of the same scope and limit string: flask-limiter keys its
+        # counter by both, so the two decorators count into one budget.
+        return self._limiter.shared_limit(self._limit, scope="send", cost=cost)
+
+
+def init_rate_limit(app: Flask, settings: Settings, budget_of: BudgetOf = key_digest) -> SendLimit:
     """Attach a Limiter to the app; the decorator that puts a route under RATE_LIMIT."""
     storage = settings.rate_limit_storage_url
     limiter = Limiter(
@@ -55,6 +78,4 @@ def init_rate_limit(
         key_prefix="mail",
         enabled=bool(settings.rate_limit),
     )
-    if not settings.rate_limit:
-        return lambda view: view
-    return limiter.shared_limit(settings.rate_limit, scope="send")
+    return SendLimit(limiter, settings.rate_limit)

@@ -34,7 +34,7 @@ from mailservice.api.http_input import (
 from mailservice.api.schemas import SPECIAL_USE_RECIPIENTS, SendRequest, validation_errors
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings
-from mailservice.delivery.accepting import Acceptor
+from mailservice.delivery.accepting import Acceptor, RequestExtras
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
@@ -81,6 +81,18 @@ def problem(
     **headers: str,
 ) -> Response:
     """An application/problem+json answer; `members` are extension members (e.g. request_id)."""
+    response = jsonify(problem_body(status, detail, errors) | (members or {}))
+    response.status_code = status
+    response.mimetype = "application/problem+json"
+    for name, value in headers.items():
+        response.headers[name.replace("_", "-")] = value
+    return response
+
+
+def problem_body(
+    status: int, detail: str, errors: list[FieldError] | None = None
+) -> dict[str, Any]:
+    """The members of a problem (RFC 9457, API.md section 6); `errors` only on a 400."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -89,13 +101,7 @@ def problem(
     }
     if status == 400:
         body["errors"] = [{"field": e.field, "message": e.message} for e in errors or []]
-    body.update(members or {})
-    response = jsonify(body)
-    response.status_code = status
-    response.mimetype = "application/problem+json"
-    for name, value in headers.items():
-        response.headers[name.replace("_", "-")] = value
-    return response
+    return body
 
 
 # -- the request path ------------------------------------------------------------------------
@@ -209,8 +215,7 @@ def accept(
     nothing; with another body it is a 409. `metadata` is the route's own (the /api/v1
     routes' user_id), merged with the client's (`client_fields.request_extras`).
     """
-    spec = message_spec(send)  # its 400s come before the Idempotency-Key's (API.md section 3)
-    extras = request_extras(send.tags, send.metadata, metadata or {})
+    spec, extras = prepared(send, metadata)
     value = idempotency_key()
     claim = None
     if value is not None:
@@ -219,6 +224,15 @@ def accept(
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id
+
+
+def prepared(
+    send: SendRequest, metadata: dict[str, str] | None = None
+) -> tuple[MessageSpec, RequestExtras]:
+    """What the Acceptor takes for a validated request, its MessageSpec and the client's
+    extras; ApiError 400 where they cannot be made. Every route and every message of a batch
+    goes through here after `validate_send`."""
+    return message_spec(send), request_extras(send.tags, send.metadata, metadata or {})
 
 
 def message_spec(send: SendRequest) -> MessageSpec:

@@ -5,17 +5,20 @@ the dispatcher.
 with its `MessageSpec` (and its Idempotency-Key, in the same atomic step) before anything else
 happens; only then is `Accepted` announced and the request handed to the dispatcher. If the
 store cannot record it, nothing is sent and the caller gets the StoreError (a 503).
+`Acceptor.accept_many()` does the same for a batch, with one store call for all of it
+(`StatusStore.create_many`): all of it is recorded, or none.
 """
 
 from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
+from mailservice.errors import Unavailable
 from mailservice.events.bus import Accepted, EventBus
 from mailservice.senders import Sender
 from mailservice.stores.contract import (
@@ -71,14 +74,57 @@ class Acceptor:
         earlier claim is returned instead of a record. `extras` are the client's own, kept
         with the status.
         """
-        extras = extras or RequestExtras()
-        payload = spec.to_json()
+        record, payload = self._queued(spec, sender, extras or RequestExtras())
         self.dispatcher.check_room(sys.getsizeof(payload))
-        request_id = str(uuid.uuid4())
+        claim = IdempotencyClaim(*idempotency, record.request_id) if idempotency else None
+        earlier = self.store.create(record, payload, claim)
+        if earlier is not None:
+            return earlier
+        self._dispatch(record, payload, sender)
+        return record
+
+    def accept_many(
+        self,
+        messages: Sequence[tuple[MessageSpec, RequestExtras] | None],
+        sender: Sender,
+        idempotency: tuple[str, str] | None = None,
+    ) -> list[StatusRecord | None] | IdempotencyClaim:
+        """`accept()` for a batch: room for all of it, one store call for all of it, then each
+        is announced and dispatched in order; the records, place by place.
+
+        A `None` place is a message the caller refused: nothing is recorded for it, and the
+        Idempotency-Key's claim keeps it as an empty place (`IdempotencyClaim.of_batch`), so
+        that a repeat can tell which message got which id. With `idempotency` already used,
+        nothing is created and the earlier claim is returned.
+        """
+        places = [
+            None if message is None else self._queued(message[0], sender, message[1])
+            for message in messages
+        ]
+        items = [place for place in places if place is not None]
+        self.dispatcher.check_room(sum(sys.getsizeof(payload) for _, payload in items))
+        room = self.dispatcher.room()
+        if room < len(items):
+            raise Unavailable(f"a batch of {len(items)} requests, room for {room} (QUEUE_MAX)")
+        claim = None
+        if idempotency:
+            ids = [None if place is None else place[0].request_id for place in places]
+            claim = IdempotencyClaim.of_batch(*idempotency, ids)
+        earlier = self.store.create_many(items, claim)
+        if earlier is not None:
+            return earlier
+        for record, payload in items:
+            self._dispatch(record, payload, sender)
+        return [None if place is None else place[0] for place in places]
+
+    def _queued(
+        self, spec: MessageSpec, sender: Sender, extras: RequestExtras
+    ) -> tuple[StatusRecord, str]:
+        """A new request's record, `queued` under a fresh id, and its stored spec."""
         now = utcnow()
         recipients = tuple(spec.recipients)
         record = StatusRecord(
-            request_id=request_id,
+            request_id=str(uuid.uuid4()),
             status=EmailStatus.QUEUED,
             sender=sender.email,
             recipients=recipients,
@@ -93,10 +139,9 @@ class Acceptor:
                 WebhookState.PENDING if extras.callback_url or self.deployment_webhook else None
             ),
         )
-        claim = IdempotencyClaim(*idempotency, request_id) if idempotency else None
-        earlier = self.store.create(record, payload, claim)
-        if earlier is not None:
-            return earlier
+        return record, spec.to_json()
+
+    def _dispatch(self, record: StatusRecord, payload: str, sender: Sender) -> None:
+        """The request is recorded: announce it, then hand it to the dispatcher."""
         self.events.emit(Accepted(record))
         self.dispatcher.submit(record, payload, sender)
-        return record
