@@ -25,6 +25,7 @@ COLUMNS = (
     ("p99 ms", "p99_ms"),
     ("delivered/s", "delivered_per_s"),
     ("/ceiling", "vs_ceiling"),
+    ("/plain", "vs_plain"),
     ("delivered", "delivered_of"),
     ("SMTP sessions", "smtp_sessions"),
     ("peak RSS MB", "peak_rss_mb"),
@@ -47,6 +48,7 @@ class RowResult:
     p99_ms: float | None = None
     delivered_per_s: float | None = None
     vs_ceiling: float | None = None
+    vs_plain: float | None = None  # delivered/s against gunicorn-memory of the same run
     smtp_sessions: int | None = None
     peak_rss_mb: float | None = None
     cpu_us_per_msg: float | None = None

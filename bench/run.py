@@ -18,7 +18,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,21 @@ from typing import Any
 from bench import stress_rows
 from bench.ceiling import run_ceiling
 from bench.load import LoadResult, lua_script, run_python, run_wrk
+from bench.measure import per_message, per_second, wait_for_sink
 from bench.report import Row, RowResult, format_table, write_results
 from bench.services import cpu_seconds, memory_kb, start_settled
 from bench.sink import SinkProcess, SinkStats
-from bench.workload import API_KEY, SEND_PATH, body_bytes, write_senders_file
+from bench.workload import API_KEY, WORKLOADS, write_senders_file
 from mailservice.testing.ports import free_port
 from mailservice.testing.redis_server import RedisServer, find_redis_binary
 from mailservice.testing.service_process import ROOT, ServiceProcess
 
 THROUGHPUT_ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-redis")
-ROWS = (*THROUGHPUT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
+# gunicorn-memory with other content (bench/workload.py); /plain compares each with
+# gunicorn-memory of the same run. A batch row's --messages are sent 100 to a request.
+CONTENT_ROWS = ("gunicorn-memory-templated", "gunicorn-memory-attachment", "gunicorn-memory-batch")
+PLAIN_ROW = "gunicorn-memory"
+ROWS = (*THROUGHPUT_ROWS, *CONTENT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
 # slow-clients-gthread (stock gthread, the worker class before http_worker.py) is for a
 # comparison on request: its normal calls time out, which takes the whole --slow-seconds.
 DEFAULT_ROWS = tuple(name for name in ROWS if name != "slow-clients-gthread")
@@ -77,33 +81,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def wait_for_sink(sink: SinkProcess, expected: int, timeout: float, stall: float) -> SinkStats:
-    """The sink's counts once it has `expected` messages, at the deadline, or after a stall."""
-    deadline = time.monotonic() + timeout
-    last_count, last_change = -1, time.monotonic()
-    while True:
-        stats = sink.stats()
-        now = time.monotonic()
-        if stats.messages >= expected:
-            return stats
-        if stats.messages != last_count:
-            last_count, last_change = stats.messages, now
-        if now > deadline or now - last_change > stall:
-            return stats
-        time.sleep(0.05)
-
-
-def per_second(count: int, start: float | None, end: float | None) -> float | None:
-    if not count or start is None or end is None or end <= start:
-        return None
-    return count / (end - start)
-
-
-def per_message(seconds: float, messages: int) -> float | None:
-    """CPU microseconds per message."""
-    return seconds * 1e6 / messages if messages else None
-
-
 def ceiling_row(args: argparse.Namespace, sink: SinkProcess) -> RowResult:
     sink.reset()
     sink_cpu = cpu_seconds(sink.pids())
@@ -126,6 +103,15 @@ def ceiling_row(args: argparse.Namespace, sink: SinkProcess) -> RowResult:
     return row
 
 
+def row_vs_plain(row: Row, rows: list[Row]) -> None:
+    """A content row's delivered/s against gunicorn-memory's of the same run, if it ran."""
+    plain = next((r for r in rows if r.name == PLAIN_ROW), None)
+    if row.name not in CONTENT_ROWS or not isinstance(row, RowResult):
+        return
+    if isinstance(plain, RowResult) and row.delivered_per_s and plain.delivered_per_s:
+        row.vs_plain = row.delivered_per_s / plain.delivered_per_s
+
+
 class Bench:
     """One run: the sink, Redis when a row needs it, the rows in order."""
 
@@ -135,27 +121,36 @@ class Bench:
         self.sink = SinkProcess(free_port())
         self.redis: RedisServer | None = None
         self.senders_file = workdir / "data.csv"
-        self.script = workdir / "send.lua"
         self.wrk = shutil.which("wrk") if args.generator != "python" else None
         if args.generator == "wrk" and self.wrk is None:
             raise SystemExit("bench: --generator wrk, but wrk is missing (apt-get install wrk)")
 
-    def fire(self, service: ServiceProcess) -> LoadResult:
-        args = self.args
+    def fire(self, service: ServiceProcess, workload: str) -> LoadResult:
+        """One burst of the workload: --messages messages, so fewer requests for a batch."""
+        args, load = self.args, WORKLOADS[workload]
+        requests = max(1, args.messages // load.messages_per_request)
+        concurrency = min(args.concurrency, requests)
         if self.wrk is not None:
-            url = service.base + SEND_PATH
+            threads = args.wrk_threads if concurrency % args.wrk_threads == 0 else 1
+            script = self.workdir / f"send-{workload}.lua"
+            if not script.exists():
+                script.write_text(
+                    lua_script(load.body_bytes(), API_KEY, load.path), encoding="utf-8"
+                )
             return run_wrk(
-                self.wrk, url, self.script, args.messages, args.concurrency,
-                args.wrk_threads, args.max_seconds,
+                self.wrk, service.base + load.path, script, requests, concurrency,
+                threads, args.max_seconds,
             )  # fmt: skip
         return run_python(
-            "127.0.0.1", service.port, SEND_PATH, body_bytes(), API_KEY,
-            args.messages, args.concurrency, args.max_seconds,
+            "127.0.0.1", service.port, load.path, load.body_bytes(), API_KEY,
+            requests, concurrency, args.max_seconds,
         )  # fmt: skip
 
     def service_row(self, name: str) -> RowResult:
         args = self.args
-        kind, store = name.split("-")
+        kind, store, *rest = name.split("-")
+        workload = rest[0] if rest else "plain"
+        per_request = WORKLOADS[workload].messages_per_request
         row = RowResult(name, args.messages, accepted=0)
         if store == "redis":
             if self.redis is None:
@@ -186,8 +181,9 @@ class Bench:
             redis_pids = self.redis.pids() if store == "redis" and self.redis else []
             redis_cpu_before = cpu_seconds(redis_pids)
             sink_cpu_before = cpu_seconds(self.sink.pids())
-            load = self.fire(service)
-            stats = wait_for_sink(self.sink, load.accepted, args.wait, args.stall)
+            load = self.fire(service, workload)
+            accepted = load.accepted * per_request
+            stats = wait_for_sink(self.sink, accepted, args.wait, args.stall)
             pids = service.pids()
             cpu = cpu_seconds(pids) - cpu_before
             redis_cpu = cpu_seconds(redis_pids) - redis_cpu_before
@@ -199,17 +195,17 @@ class Bench:
             rss_after_each = [rss_after / 1024]
             for _ in range(args.bursts - 1):
                 self.sink.reset()
-                more = self.fire(service)
-                wait_for_sink(self.sink, more.accepted, args.wait, args.stall)
+                more = self.fire(service, workload)
+                wait_for_sink(self.sink, more.accepted * per_request, args.wait, args.stall)
                 rss_after_each.append(memory_kb(service.pids(), "VmRSS") / 1024)
         except RuntimeError as exc:
             row.notes.append(f"failed: {exc}")
             return row
         finally:
             exit_code = service.stop()
-        self._fill(row, load, stats)
+        self._fill(row, load, stats, per_request)
         row.peak_rss_mb = peak_kb / 1024
-        row.cpu_us_per_msg = per_message(cpu, load.accepted)
+        row.cpu_us_per_msg = per_message(cpu, accepted)
         if sorted(pids) != sorted(pids_before):
             row.notes.append("the set of service processes changed during the run (a restart?)")
         if exit_code:
@@ -220,7 +216,7 @@ class Bench:
             rss_before_mb=rss_before / 1024,
             rss_after_mb=rss_after / 1024,
             rss_after_each_burst_mb=rss_after_each,
-            redis_cpu_us_per_msg=per_message(redis_cpu, load.accepted) if redis_pids else None,
+            redis_cpu_us_per_msg=per_message(redis_cpu, accepted) if redis_pids else None,
             sink_cpu_us_per_msg=per_message(sink_cpu, stats.messages),
         )
         if len(rss_after_each) > 1:
@@ -229,9 +225,10 @@ class Bench:
         return row
 
     @staticmethod
-    def _fill(row: RowResult, load: LoadResult, stats: SinkStats) -> None:
-        row.accepted = load.accepted
-        row.accepted_per_s = load.accepted_per_s
+    def _fill(row: RowResult, load: LoadResult, stats: SinkStats, per_request: int) -> None:
+        """The row's figures; `accepted` counts messages (a batch's 202 accepts 100)."""
+        row.accepted = load.accepted * per_request
+        row.accepted_per_s = load.accepted_per_s and load.accepted_per_s * per_request
         row.p50_ms, row.p99_ms = load.p50_ms, load.p99_ms
         row.delivered = stats.messages
         row.delivered_per_s = per_second(stats.messages, load.first_202, stats.last_message)
@@ -266,7 +263,6 @@ class Bench:
     def run(self) -> tuple[list[Row], str]:
         self.sink.start()
         write_senders_file(self.senders_file, self.sink.port)
-        self.script.write_text(lua_script(body_bytes(), API_KEY, SEND_PATH), encoding="utf-8")
         redis_binary = find_redis_binary()
         if any(name.endswith("-redis") for name in self.args.rows) and redis_binary:
             self.redis = RedisServer(self.workdir, binary=redis_binary).start()
@@ -278,6 +274,7 @@ class Bench:
             row = self.row(name)
             if isinstance(row, RowResult) and row.delivered_per_s and ceiling.delivered_per_s:
                 row.vs_ceiling = row.delivered_per_s / ceiling.delivered_per_s
+            row_vs_plain(row, rows)
             generator = row.details.get("generator", generator)
             rows.append(row)
         return rows, generator

@@ -1,14 +1,21 @@
-"""What every row sends: one API key, one sender pointing at the sink, one fixed request body."""
+"""What the rows send: one API key, one sender pointing at the sink, and per workload one fixed
+request body: a plain message, a templated one, one with a 100 KB attachment, a batch of 100."""
 
 from __future__ import annotations
 
+import base64
 import json
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 API_KEY = "bench-key-0123456789abcdef"
 SENDER_EMAIL = "bench@example.com"
 RECIPIENT = "customer@example.org"
 SEND_PATH = "/send-email"
+BATCH_PATH = "/send-email/batch"
+BATCH_SIZE = 100
+ATTACHMENT_BYTES = 100 * 1024
 
 # A typical transactional message: a short subject and about 700 characters of plain text.
 SEND_BODY: dict[str, object] = {
@@ -27,9 +34,54 @@ SEND_BODY: dict[str, object] = {
 }
 
 
+# The shipped verify-email template, with the variables it uses.
+TEMPLATED_BODY: dict[str, object] = {
+    "recipient": RECIPIENT,
+    "template": "verify-email",
+    "variables": {
+        "app_name": "Example Shop",
+        "name": "Ada",
+        "link": "https://shop.example.com/verify?token=8f14e45fceea167a5a36dedd4bea2543",
+        "code": "482913",
+    },
+}
+
+# The plain message with an invoice of 100 KB (incompressible bytes, as a PDF is).
+ATTACHMENT_BODY: dict[str, object] = {
+    **SEND_BODY,
+    "attachments": [
+        {
+            "filename": "invoice-48213.pdf",
+            "content_type": "application/pdf",
+            "content": base64.b64encode(random.Random(48213).randbytes(ATTACHMENT_BYTES)).decode(),
+        }
+    ],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What one throughput row posts: a path, one fixed body, and the messages it holds."""
+
+    path: str
+    body: dict[str, object]
+    messages_per_request: int = 1
+
+    def body_bytes(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+
+WORKLOADS = {
+    "plain": Workload(SEND_PATH, SEND_BODY),
+    "templated": Workload(SEND_PATH, TEMPLATED_BODY),
+    "attachment": Workload(SEND_PATH, ATTACHMENT_BODY),
+    "batch": Workload(BATCH_PATH, {"messages": [SEND_BODY] * BATCH_SIZE}, BATCH_SIZE),
+}
+
+
 def body_bytes() -> bytes:
-    """The JSON body every load generator posts."""
-    return json.dumps(SEND_BODY, separators=(",", ":")).encode()
+    """The JSON body of the plain rows."""
+    return WORKLOADS["plain"].body_bytes()
 
 
 def write_senders_file(path: Path, smtp_port: int) -> Path:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import smtplib
 
+import pytest
+
 from bench.load import lua_script, percentile
 from bench.report import RowResult, format_markdown, format_table
 from bench.sink import SinkProcess
-from bench.workload import API_KEY, SEND_PATH, body_bytes
+from bench.workload import API_KEY, SEND_PATH, WORKLOADS, body_bytes
 from mailservice.testing.ports import free_port
+from tests.conftest import API_KEY as TEST_KEY
 
 # What a run's summary is headed with; the same fake run for every report test.
 FAKE_META = {
@@ -73,3 +76,18 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([], 50) is None
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_every_bench_workload_is_accepted_whole_by_the_service(client, smtp_server, name) -> None:
+    """A bench row whose body the service refused would measure 4xx answers, not sending."""
+    workload = WORKLOADS[name]
+    answer = client.post(
+        workload.path,
+        data=workload.body_bytes(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TEST_KEY}"},
+    )
+    assert answer.status_code == 202, answer.get_json()
+    accepted = answer.get_json().get("messages", [answer.get_json()])
+    assert len(accepted) == workload.messages_per_request
+    assert all(item.get("request_id") for item in accepted)
