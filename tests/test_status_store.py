@@ -438,3 +438,137 @@ def test_create_many_of_100_is_one_redis_round_trip(redis_server, monkeypatch) -
     assert all(store.get(r.request_id) is not None for r in records)
     server.close()
     store.close()
+
+
+# -- pending webhooks (API.md section 4: delivered after a restart or by another process) -----
+
+
+def final_with_webhook(
+    request_id: str = "88888888-8888-4888-8888-000000000001",
+    owner: str = "dead",
+    webhook: WebhookState | None = WebhookState.PENDING,
+) -> tuple[StatusRecord, StatusRecord]:
+    """A record as accepted (webhook pending) and as finished, webhook still `webhook`."""
+    record = replace(
+        new_record(request_id, owner=owner),
+        callback_url="https://hooks.example.com/mail",
+        webhook=WebhookState.PENDING,
+    )
+    return record, replace(record, status=EmailStatus.SENT, attempts=1, pending=(), webhook=webhook)
+
+
+def test_memory_store_has_no_webhook_orphans(store: StatusStore) -> None:
+    record, final = final_with_webhook()
+    store.create(record, "{}")
+    store.save(final)
+    if store.durable:
+        assert store.webhook_orphans(10, "p2") == [final.request_id]
+    else:  # nothing outlives the process: no other process could take it
+        assert store.webhook_orphans(10, "p2") == []
+        assert store.claim_webhook(final.request_id, "p2") is None
+
+
+def test_pending_webhook_of_a_dead_owner_is_claimed_once(durable_pair) -> None:
+    first, second = durable_pair
+    record, final = final_with_webhook()
+    first.create(record, "{}")
+    assert second.webhook_orphans(10, "p2") == [], "an unfinished request is not a webhook orphan"
+    assert second.claim_webhook(record.request_id, "p2") is None
+    first.save(final)
+    assert second.webhook_orphans(10, "p2") == [final.request_id]
+    second.heartbeat("p2", 30)
+    claimed = second.claim_webhook(final.request_id, "p2")
+    assert claimed == replace(final, owner="p2")
+    assert first.webhook_orphans(10, "p3") == [], "p2's live lease covers it now"
+    assert first.claim_webhook(final.request_id, "p3") is None
+    assert first.save(replace(final, webhook=WebhookState.DELIVERED)) is False, "taken over"
+    assert second.save(replace(claimed, webhook=WebhookState.DELIVERED)) is True
+    got = first.get(final.request_id)
+    assert got is not None and got.webhook is WebhookState.DELIVERED
+    second.heartbeat("p2", 0)
+    assert first.webhook_orphans(10, "p3") == [], "a delivered webhook is no orphan"
+    assert first.claim_webhook(final.request_id, "p3") is None
+
+
+def test_a_live_lease_keeps_a_pending_webhook_but_its_owner_finds_it(durable_pair) -> None:
+    first, second = durable_pair
+    first.heartbeat("p1", 30)
+    record, final = final_with_webhook(owner="p1")
+    first.create(record, "{}")
+    first.save(final)
+    assert second.webhook_orphans(10, "p2") == []
+    assert second.claim_webhook(final.request_id, "p2") is None
+    # Its owner finds it too: what it held no longer in memory (a full queue) is taken up.
+    assert first.webhook_orphans(10, "p1") == [final.request_id]
+    assert first.claim_webhook(final.request_id, "p1") == final
+    first.heartbeat("p1", 0)  # given up at shutdown
+    assert second.webhook_orphans(10, "p2") == [final.request_id]
+
+
+def test_only_final_pending_webhooks_are_orphans(durable_pair) -> None:
+    first, second = durable_pair
+    ids = [f"99999999-9999-4999-8999-{i:012d}" for i in range(4)]
+    for request_id, webhook in zip(
+        ids, [None, WebhookState.DELIVERED, WebhookState.FAILED, WebhookState.PENDING], strict=True
+    ):
+        record, final = final_with_webhook(request_id, webhook=webhook)
+        first.create(replace(record, webhook=None) if webhook is None else record, "{}")
+        first.save(final)
+    assert second.webhook_orphans(10, "p2") == [ids[3]]
+    assert second.webhook_orphans(0, "p2") == []
+    for request_id in ids[:3]:
+        assert second.claim_webhook(request_id, "p2") is None
+
+
+def test_only_one_of_two_webhook_claimants_wins(durable_pair) -> None:
+    first, second = durable_pair
+    ids = [f"aaaaaaaa-aaaa-4aaa-8aaa-{i:012d}" for i in range(40)]
+    for request_id in ids:
+        record, final = final_with_webhook(request_id)
+        first.create(record, "{}")
+        first.save(final)
+    first.heartbeat("a", 30)
+    second.heartbeat("b", 30)
+    wins: dict[str, list[str]] = {"a": [], "b": []}
+
+    def claim_all(store: StatusStore, owner: str) -> None:
+        for request_id in ids:
+            if store.claim_webhook(request_id, owner) is not None:
+                wins[owner].append(request_id)
+
+    threads = [
+        threading.Thread(target=claim_all, args=(first, "a")),
+        threading.Thread(target=claim_all, args=(second, "b")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins["a"] + wins["b"]) == sorted(ids)
+    assert not set(wins["a"]) & set(wins["b"])
+
+
+def test_sqlite_expired_pending_webhook_is_no_orphan(tmp_path) -> None:
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    clock = FakeClock()
+    store = SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+    record, final = final_with_webhook()
+    store.create(record, "{}")
+    store.save(final)
+    assert store.webhook_orphans(10, "p2") == [final.request_id]
+    clock.now += 61
+    assert store.webhook_orphans(10, "p2") == []
+    assert store.claim_webhook(final.request_id, "p2") is None
+    store.close()
+
+
+def test_sqlite_finds_pending_webhooks_through_their_index(tmp_path) -> None:
+    from mailservice.stores.sqlite_store import WEBHOOK_ORPHANS, SqliteStatusStore
+
+    store = SqliteStatusStore(str(tmp_path / "s.db"), ttl=60)
+    plan = store._db.execute(
+        f"EXPLAIN QUERY PLAN {WEBHOOK_ORPHANS}", {"now": 0, "owner": "a", "limit": 10}
+    ).fetchall()
+    store.close()
+    assert "USING INDEX requests_webhook_pending" in str(plan), plan

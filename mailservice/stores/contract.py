@@ -148,7 +148,9 @@ class StatusStore(ABC):
     store also keeps leases: each record names its `owner`, each owner renews its lease with
     `heartbeat()`, and unfinished records whose owner's lease ran out can be `claim()`ed by
     another process. `save()` writes only while the record's owner still holds it, so two
-    processes never both send one request.
+    processes never both send one request. A final record whose webhook is still `pending` is
+    found by `webhook_orphans()` and taken over by `claim_webhook()` in the same way, so that a
+    webhook outlives the process that owed it.
     """
 
     durable = False
@@ -204,6 +206,18 @@ class StatusStore(ABC):
     def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
         """Take over an orphaned request: its record (now owned by `owner`) and payload, or
         None if it is finished or someone else holds it."""
+        return None
+
+    def webhook_orphans(self, limit: int, owner: str) -> list[str]:
+        """Final requests whose webhook is still `pending` and whose owner's lease ran out, or
+        whose owner is `owner` (what that process no longer holds in memory); at most `limit`,
+        none where nothing outlives a process."""
+        return []
+
+    def claim_webhook(self, request_id: str, owner: str) -> StatusRecord | None:
+        """Take over a final request's pending webhook: its record, now owned by `owner`, or
+        None if its webhook is no longer pending, it is not final, or a live process holds it.
+        Atomic: of two claimants, one gets it."""
         return None
 
     def purge_expired(self) -> None:  # noqa: B027

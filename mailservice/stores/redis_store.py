@@ -1,7 +1,8 @@
 """The Redis status store: one hash per request, shared by every process of a deployment.
 
 Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its payload),
-`mail:unfinished` (a set of unfinished ids), `mail:owner:<owner>` (a process's lease, expiring
+`mail:unfinished` (a set of unfinished ids), `mail:webhooks` (a set of final ids whose webhook
+is still pending, kept by the save script), `mail:owner:<owner>` (a process's lease, expiring
 unless renewed) and `mail:idem:<scope>` (Idempotency-Keys, 24 h). Each write is one round trip:
 a short Lua script that checks and writes atomically (the owner check of `save`, the
 set-if-absent of an Idempotency-Key with the create, and every record of a batch in one
@@ -29,6 +30,7 @@ from mailservice.stores.contract import (
     OutageLog,
     StatusRecord,
     StatusStore,
+    WebhookState,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ KEY_PREFIX = "mail:req:"
 OWNER_PREFIX = "mail:owner:"
 IDEMPOTENCY_PREFIX = "mail:idem:"
 UNFINISHED = "mail:unfinished"
+WEBHOOKS = "mail:webhooks"
 
 # KEYS: unfinished set, the records in order, [idempotency key]. ARGV: record count, claim
 # JSON ('' for none), claim TTL, items per record (its id, then its field/value pairs), then
@@ -60,14 +63,21 @@ if count > 0 then redis.call('SADD', KEYS[1], unpack(ids)) end
 return false
 """
 
-# KEYS: record, unfinished set. ARGV: owner, final (0/1), ttl, request_id, field/value pairs.
+# KEYS: record, unfinished set, webhooks set. ARGV: owner, final (0/1), ttl, request_id,
+# webhook pending (0/1), field/value pairs. A final record with its webhook pending joins the
+# webhooks set; one whose webhook ended leaves it.
 SAVE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 if ARGV[2] == '1' then
   redis.call('HDEL', KEYS[1], 'payload')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('SREM', KEYS[2], ARGV[4])
+  if ARGV[5] == '1' then
+    redis.call('SADD', KEYS[3], ARGV[4])
+  else
+    redis.call('SREM', KEYS[3], ARGV[4])
+  end
 end
 return 1
 """
@@ -100,6 +110,37 @@ return 1
 """
 
 
+# KEYS: webhooks set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX, owner, the pending state. Ids of
+# final records whose webhook is pending and whose owner holds no lease or is `owner`; ids whose
+# record expired or whose webhook ended leave the set.
+WEBHOOK_ORPHANS = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local found = redis.call('HMGET', ARGV[2] .. id, 'owner', 'webhook')
+  local owner, webhook = found[1], found[2]
+  if not owner or webhook ~= ARGV[5] then
+    redis.call('SREM', KEYS[1], id)
+  elseif owner == ARGV[4] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+    out[#out + 1] = id
+    if #out >= tonumber(ARGV[1]) then break end
+  end
+end
+return out
+"""
+
+# KEYS: record. ARGV: new owner, OWNER_PREFIX, the pending state, then RECORD_FIELDS. The
+# record's fields once taken over (final, webhook pending, owner without a lease or the new
+# owner itself), else nil: one round trip.
+CLAIM_WEBHOOK = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner or redis.call('HGET', KEYS[1], 'webhook') ~= ARGV[3] then return false end
+if redis.call('HEXISTS', KEYS[1], 'payload') == 1 then return false end
+if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
+"""
+
+
 def _claim_json(claim: IdempotencyClaim) -> str:
     return json.dumps([claim.fingerprint, claim.request_id])
 
@@ -116,6 +157,8 @@ class RedisStatusStore(StatusStore):
         self._save = client.register_script(SAVE)
         self._orphans = client.register_script(ORPHANS)
         self._claim = client.register_script(CLAIM)
+        self._webhook_orphans = client.register_script(WEBHOOK_ORPHANS)
+        self._claim_webhook = client.register_script(CLAIM_WEBHOOK)
         self._outage = OutageLog(logger)
 
     @classmethod
@@ -175,10 +218,13 @@ class RedisStatusStore(StatusStore):
 
     def save(self, record: StatusRecord) -> bool:
         fields = record_to_fields(record)
-        args = [record.owner, "1" if record.status.final else "0", self.ttl, record.request_id]
+        pending = "1" if record.webhook is WebhookState.PENDING else "0"
+        final = "1" if record.status.final else "0"
+        args = [record.owner, final, self.ttl, record.request_id, pending]
         args += [item for pair in fields.items() for item in pair]
+        keys = [KEY_PREFIX + record.request_id, UNFINISHED, WEBHOOKS]
         with self._guard():
-            return bool(self._save(keys=[KEY_PREFIX + record.request_id, UNFINISHED], args=args))
+            return bool(self._save(keys=keys, args=args))
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._guard():
@@ -212,6 +258,19 @@ class RedisStatusStore(StatusStore):
         if record is None or values[-1] is None:
             return None
         return record, values[-1]
+
+    def webhook_orphans(self, limit: int, owner: str) -> list[str]:
+        if limit <= 0:
+            return []
+        args = [limit, KEY_PREFIX, OWNER_PREFIX, owner, str(WebhookState.PENDING)]
+        with self._guard():
+            return list(self._webhook_orphans(keys=[WEBHOOKS], args=args))
+
+    def claim_webhook(self, request_id: str, owner: str) -> StatusRecord | None:
+        args = [owner, OWNER_PREFIX, str(WebhookState.PENDING), *RECORD_FIELDS]
+        with self._guard():
+            values = self._claim_webhook(keys=[KEY_PREFIX + request_id], args=args)
+        return None if values is None else record_from_fields(request_id, values)
 
     def ping(self) -> None:
         with self._guard():

@@ -4,8 +4,10 @@ Standard library sqlite3 in WAL mode with `synchronous=NORMAL`: a committed requ
 crash or `kill -9` of the process (not a power cut in the last moments before a checkpoint).
 Several processes on the machine may share the file: leases live in the `owners` table, and
 every check-and-write (owner check, take-over, Idempotency-Key) is one SQL statement or one
-`BEGIN IMMEDIATE` transaction. Expired statuses are deleted by `purge_expired()`. The file's
-schema version and its migrations live in `sqlite_schema.py`.
+`BEGIN IMMEDIATE` transaction; a final request's pending webhook is found through the partial
+index `requests_webhook_pending` and taken over like an unfinished request. Expired statuses
+are deleted by `purge_expired()`. The file's schema version and its migrations live in
+`sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mailservice.stores.contract import (
     OutageLog,
     StatusRecord,
     StatusStore,
+    WebhookState,
 )
 from mailservice.stores.sqlite_schema import open_database
 
@@ -34,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ", ".join(RECORD_FIELDS)
 LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
+# Final (only a final save sets `expires_at`), unexpired, webhook pending, owner dead or the
+# asker. INDEXED BY: the planner, knowing no row counts, chose requests_expiry, which would scan
+# every status of STATUS_TTL; the partial index holds only the pending webhooks.
+WEBHOOK_ORPHANS = (
+    "SELECT request_id FROM requests INDEXED BY requests_webhook_pending"
+    f" WHERE webhook = '{WebhookState.PENDING}' AND expires_at > :now"
+    f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS})) ORDER BY updated_at LIMIT :limit"
+)
 BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
 
@@ -196,6 +207,30 @@ class SqliteStatusStore(StatusStore):
             ).fetchone()
         record = record_from_fields(request_id, row[:-1])
         return None if record is None else (record, row[-1])
+
+    def webhook_orphans(self, limit: int, owner: str) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._transaction() as db:
+            rows = db.execute(
+                WEBHOOK_ORPHANS, {"now": self._clock(), "owner": owner, "limit": limit}
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def claim_webhook(self, request_id: str, owner: str) -> StatusRecord | None:
+        with self._transaction(immediate=True) as db:
+            cursor = db.execute(
+                "UPDATE requests SET owner = :owner WHERE request_id = :id"
+                f" AND webhook = '{WebhookState.PENDING}' AND expires_at > :now"
+                f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS}))",
+                {"owner": owner, "id": request_id, "now": self._clock()},
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+        return record_from_fields(request_id, row)
 
     def purge_expired(self) -> None:
         now = self._clock()
