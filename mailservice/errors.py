@@ -11,6 +11,9 @@
     │   │   └── PossiblyDelivered    no reply to the final "." of DATA: the server may have
     │   │                            the message; retried with the same Message-ID
     │   └── PermanentDelivery    5xx, refused login, bad TLS: failed at once
+    ├── WebhookError         one webhook try failed: non-2xx, time-out, refused connection,
+    │                        TLS, or a host that does not resolve or resolves to an address
+    │                        not allowed; retried on the webhook's own schedule
     └── ApiError             an HTTP problem answer (RFC 9457), raised by the request path
 
 Messages never carry a key or password.
@@ -60,6 +63,14 @@ class PossiblyDelivered(TransientDelivery):
 
 class PermanentDelivery(DeliveryError):
     """Not worth retrying: a 5xx reply, a refused login, a failed certificate check."""
+
+
+class WebhookError(ServiceError):
+    """One webhook try failed; `reason` says how (never the URL's path, query or the secret)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
