@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -39,10 +40,12 @@ from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.failure_notices import FailureNotifier
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.smtp_client import SmtpClient
-from mailservice.demo import demo_senders, start_catcher
+from mailservice.demo import demo_senders, demo_webhook_secret, start_catcher
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
 from mailservice.events.request_log import RequestLog
+from mailservice.events.webhook_client import WebhookClient
+from mailservice.events.webhooks import WebhookNotifier
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
@@ -92,18 +95,30 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         or server_threads(settings.workers, len(senders.servers())),
         server_pause=settings.smtp_server_pause,
     )
-    leases = LeaseKeeper(store, pool, senders, settings.lease_seconds)
+    webhooks = WebhookNotifier(
+        store,
+        WebhookClient(
+            settings.webhook_secret, settings.webhook_timeout, settings.webhook_allow_private
+        ),
+        pool.owner,
+        deployment_url=settings.webhook_url,
+        backoff=settings.webhook_backoff,
+    )
+    events.subscribe(webhooks.on_event, flush=webhooks.flush)  # queues; its threads deliver
+    leases = LeaseKeeper(
+        store, pool, senders, settings.lease_seconds, recoveries=(webhooks.recover,)
+    )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
-    acceptor = Acceptor(store, pool, events)
+    acceptor = Acceptor(store, pool, events, deployment_webhook=bool(settings.webhook_url))
     if settings.admin_email:  # after the request log: a failure's line comes before its notice's
         notices = FailureNotifier(settings.admin_email, senders, acceptor)
         events.subscribe(notices.on_event)
         app.extensions[NOTICES] = notices
     app.extensions[EXTENSION] = Service(
-        settings, senders, store, pool, acceptor, request_log, tokens, leases, templates
+        settings, senders, store, pool, acceptor, request_log, tokens, leases, templates, webhooks
     )
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
@@ -192,10 +207,14 @@ def main(argv: list[str] | None = None) -> int:
                     "set SMTP_PORT to a free port"
                 ) from exc
             key, senders = demo_senders(smtp_host, smtp_port)
+            made_secret = "" if settings.webhook_secret else demo_webhook_secret()
+            if made_secret:  # so that a request's callback_url works in the demo
+                settings = replace(settings, webhook_secret=made_secret)
             app = create_app(settings, senders)
+            secret_line = f"  Demo webhook secret: {made_secret}\n" if made_secret else ""
             print(
                 f"\n  Demo mode: mail goes to the catcher on {smtp_host}:{smtp_port} and lands "
-                f"in ./outbox/\n  Demo API key: {key}\n\n"
+                f"in ./outbox/\n  Demo API key: {key}\n{secret_line}\n"
                 f"  curl -s -X POST http://{settings.host}:{settings.port}/send-email \\\n"
                 f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
                 '    -d \'{"recipient": "you@example.com", "subject": "Hello", '

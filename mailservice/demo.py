@@ -1,7 +1,8 @@
 """Demo mode: an embedded aiosmtpd catcher that keeps every message in `outbox/` as `.eml`.
 
 Used by `python mail_server.py --demo` (and `make run`) so that a newcomer can send mail with
-no SMTP account: the service sends to the catcher over plain SMTP on 127.0.0.1:8025.
+no SMTP account: the service sends to the catcher over plain SMTP on 127.0.0.1:8025. Webhooks
+may reach this machine (WEBHOOK_ALLOW_PRIVATE), and without a WEBHOOK_SECRET one is made up.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def start_catcher(host: str, port: int, outbox: Path) -> Controller:
             f"(set SMTP_HOST/SMTP_PORT): {exc.strerror or exc}"
         ) from exc
     return controller
+
+
+def demo_webhook_secret() -> str:
+    """A fresh WEBHOOK_SECRET for a demo run that set none, so that `callback_url` works; the
+    banner prints it for the receiver to check signatures with."""
+    return "demo-webhook-" + secrets.token_urlsafe(24)
 
 
 def demo_senders(host: str, port: int) -> tuple[str, SenderDirectory]:

@@ -164,3 +164,29 @@ def test_demo_with_smtp_port_in_use_exits_with_one_line(tmp_path: Path):
     assert len(lines) == 1, result.stderr
     assert "SMTP_PORT" in lines[0]
     assert str(smtp_port) in lines[0]
+
+
+def test_demo_makes_up_a_webhook_secret_and_callbacks_reach_this_machine(demo: DemoProcess):
+    from mailservice.testing.webhook_receiver import WebhookReceiver
+
+    key = demo.banner_key()
+    match = re.search(r"Demo webhook secret: (\S+)", demo.stdout.read_text(encoding="utf-8"))
+    assert match, "the banner prints the secret it made up"
+    receiver = WebhookReceiver(match[1]).start()
+    try:
+        wait_for(lambda: listening(demo), timeout=15)
+        status, _, body = demo.request(
+            "POST",
+            "/send-email",
+            {"recipient": "you@example.com", "subject": "Hi", "body": "x",
+             "callback_url": receiver.url()},
+            key=key,
+        )  # fmt: skip
+        assert status == 202, body
+        wait_for(lambda: receiver.hits, timeout=15)
+        assert receiver.hits[0].signed, "signed with the secret the banner shows"
+        assert receiver.hits[0].json["request_id"] == body["request_id"]
+    finally:
+        receiver.stop()
+    demo.proc.send_signal(signal.SIGTERM)
+    assert demo.proc.wait(timeout=15) == 0

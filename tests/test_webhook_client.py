@@ -241,3 +241,25 @@ def test_https_verifies_the_urls_host_while_connecting_to_its_address(
             other.url(host="localhost", scheme="https"), BODY
         )
     assert other.hits == []
+
+
+def readme_receiver() -> Callable[..., bool]:
+    """The `verified()` of the README's webhooks section, run as a reader would copy it."""
+    text = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Webhooks") :]
+    start = section.index("```python\n") + len("```python\n")
+    namespace: dict[str, Any] = {}
+    exec(section[start : section.index("```", start)], namespace)  # noqa: S102 - our own README
+    return namespace["verified"]
+
+
+def test_the_readme_receiver_accepts_a_real_try_and_refuses_a_forgery(receiver) -> None:
+    verified = readme_receiver()
+    server = receiver()
+    client().post(server.url(), BODY)
+    hit = server.hits[0]
+    assert verified(SECRET, hit.headers, hit.body)
+    assert not verified(SECRET, hit.headers, hit.body + b" "), "another body"
+    assert not verified("another secret", hit.headers, hit.body)
+    stale = {**hit.headers, "X-Mail-Timestamp": str(int(hit.headers["X-Mail-Timestamp"]) - 301)}
+    assert not verified(SECRET, stale, hit.body), "a replay of a try 5 minutes old"

@@ -8,7 +8,7 @@ contract's order: key (401) -> fields (400/403) -> recorded (202, or 503).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
@@ -23,6 +23,7 @@ from mailservice.api.attachment_fields import (
     spec_attachments,
 )
 from mailservice.api.auth_guard import check_client, count_failure
+from mailservice.api.callback_url import check_callback_target
 from mailservice.api.client_fields import request_extras
 from mailservice.api.http_input import (
     bearer_credential,
@@ -40,6 +41,7 @@ from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
+from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import Sender, SenderDirectory, key_digest
 from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusStore
 from mailservice.templating import RenderError, TemplateLibrary
@@ -60,10 +62,12 @@ class Service:
     tokens: TokenIssuer
     leases: LeaseKeeper
     templates: TemplateLibrary
+    webhooks: WebhookNotifier
 
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
         left = self.pool.drain(drain_seconds)
+        self.webhooks.close()  # before the lease goes: what it leaves is for the next process
         self.leases.stop()
         self.request_log.close()
         return left
@@ -170,6 +174,7 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
         send = render_template(send)
     if send.from_ is not None and send.from_.lower() != sender.email.lower():
         raise ApiError(403, "`from` must be the address of the key's own sender.")
+    check_callback_target(send.callback_url, service().settings)
     return send
 
 
@@ -232,7 +237,8 @@ def prepared(
     """What the Acceptor takes for a validated request, its MessageSpec and the client's
     extras; ApiError 400 where they cannot be made. Every route and every message of a batch
     goes through here after `validate_send`."""
-    return message_spec(send), request_extras(send.tags, send.metadata, metadata or {})
+    extras = request_extras(send.tags, send.metadata, metadata or {})
+    return message_spec(send), replace(extras, callback_url=send.callback_url)
 
 
 def message_spec(send: SendRequest) -> MessageSpec:

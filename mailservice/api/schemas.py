@@ -37,6 +37,7 @@ from pydantic_core import PydanticCustomError
 
 from mailservice.addresses import validate_address
 from mailservice.api.attachment_fields import Attachments
+from mailservice.api.callback_url import CallbackUrl
 from mailservice.api.client_fields import Metadata, Tags
 from mailservice.errors import ApiError, FieldError
 from mailservice.template_files import check_template_name
@@ -242,6 +243,7 @@ class SendRequest(BaseModel):
     attachments: Attachments = Field(default_factory=list)
     tags: Tags = Field(default_factory=list)  # the client's own: kept with the status only
     metadata: Metadata = Field(default_factory=dict)  # the same (client_fields)
+    callback_url: CallbackUrl | None = None  # its target is checked with the settings (400)
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
 
     @field_validator("recipient", mode="after")

@@ -3,7 +3,10 @@
 A `LeaseKeeper` thread renews this process's lease on its requests in the store every third of
 `lease_seconds`, and every half lease (and once at start) asks the store for unfinished
 requests whose owner's lease ran out, claims them one by one (atomically: two processes never
-both get one) and hands them to the pool. It does nothing with a store that is not durable.
+both get one) and hands them to the pool. Each round, after the requests, it runs the other
+recoveries it was given (the webhook notifier's, which takes up pending webhooks the same way),
+so that they too run only while this process's lease is renewed. It does nothing with a store
+that is not durable.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.errors import StoreError
@@ -31,11 +35,13 @@ class LeaseKeeper:
         pool: Dispatcher,
         senders: SenderDirectory,
         lease_seconds: float = 30.0,
+        recoveries: Sequence[Callable[[], int]] = (),
     ) -> None:
         self.store = store
         self.pool = pool
         self.senders = senders
         self.lease_seconds = lease_seconds
+        self.recoveries = tuple(recoveries)  # each takes up what stopped processes left of its own
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -55,6 +61,8 @@ class LeaseKeeper:
                 self.store.heartbeat(self.pool.owner, self.lease_seconds)
                 if now >= next_recovery:
                     self.recover()
+                    for recover in self.recoveries:
+                        recover()
                     next_recovery = now + self.lease_seconds / 2
                 if now >= next_purge:
                     self.store.purge_expired()

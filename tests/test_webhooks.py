@@ -1,0 +1,414 @@
+"""Webhooks end to end (API.md section 4): real SMTP servers, real local HTTP receivers that
+check the signature, the status's webhook state, the address rules at send time, retries, and
+delivery by another process after a restart."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from mail_server import EXTENSION
+from mailservice.errors import StoreError
+from mailservice.events.webhook_client import WebhookClient
+from mailservice.events.webhooks import WebhookNotifier, webhook_body
+from mailservice.stores.contract import EmailStatus, StatusRecord, WebhookState, utcnow
+from mailservice.stores.memory_store import MemoryStatusStore
+from mailservice.testing.ports import free_port
+from mailservice.testing.service_process import ServiceProcess
+from mailservice.testing.smtp_servers import SilentServer, SmtpServer
+from mailservice.testing.webhook_receiver import WebhookReceiver
+from tests.conftest import API_KEY, send, wait_final, wait_for
+from tests.test_durability import service_env
+from tests.test_jwt_auth import sign
+
+SECRET = "whk-test-secret-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Quick tries for tests: WEBHOOK_TIMEOUT and WEBHOOK_BACKOFF of API.md section 1.
+FAST = {
+    "webhook_secret": SECRET,
+    "webhook_allow_private": True,
+    "webhook_timeout": 0.5,
+    "webhook_backoff": 0.02,
+}
+
+
+def fast(**changes: Any) -> dict[str, Any]:
+    """FAST with some settings changed."""
+    return {**FAST, **changes}
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., WebhookReceiver]]:
+    started: list[WebhookReceiver] = []
+
+    def start(**options: Any) -> WebhookReceiver:
+        server = WebhookReceiver(SECRET, **options).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer().start()
+    yield server
+    server.stop()
+
+
+def message(callback_url: str | None = None, **fields: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"recipient": "user@example.com", "subject": "Hi", "body": "Hello"}
+    if callback_url is not None:
+        body["callback_url"] = callback_url
+    return {**body, **fields}
+
+
+def webhook_state(client: Any, request_id: str) -> str | None:
+    return client.get(f"/email-status/{request_id}").get_json()["webhook"]
+
+
+def wait_webhook(client: Any, request_id: str, state: str, timeout: float = 10.0) -> None:
+    wait_for(lambda: webhook_state(client, request_id) == state, timeout)
+
+
+def test_callback_gets_the_signed_final_status_after_500s_then_200(
+    make_app, smtp_server, receiver
+) -> None:
+    gate = threading.Event()
+    hooks = receiver(answers=[500, 500, 500], gate=gate)
+    client = make_app(smtp_server.port, **fast(webhook_timeout=10.0)).test_client()
+    answer = send(client, message(hooks.url("/hooks/mail?token=abc")))
+    assert answer.status_code == 202
+    request_id = answer.get_json()["request_id"]
+    wait_for(lambda: hooks.arrived >= 1)  # the first try is held open by the receiver
+    status = client.get(f"/email-status/{request_id}").get_json()
+    assert status["status"] == "sent" and status["webhook"] == "pending"
+    gate.set()
+    wait_webhook(client, request_id, "delivered")
+    assert [hit.status for hit in hooks.hits] == [500, 500, 500, 200], "4 tries, each counted"
+    assert all(hit.signed for hit in hooks.hits), "signature and timestamp check out"
+    assert len({hit.body for hit in hooks.hits}) == 1, "the same bytes on every try"
+    assert {hit.path for hit in hooks.hits} == {"/hooks/mail?token=abc"}
+    body = hooks.hits[-1].json
+    assert body["event"] == "email.sent"
+    assert body["request_id"] == request_id and body["status"] == "sent"
+    assert body["recipients"] == ["user@example.com"]
+    assert body["tags"] == [] and body["metadata"] == {}
+    assert "callback_url" not in body and "Hello" not in hooks.hits[-1].body.decode()
+    assert len(smtp_server.received) == 1
+
+
+def test_webhook_url_and_the_callback_each_get_their_own_tries(
+    make_app, smtp_server, receiver
+) -> None:
+    deployment, own = receiver(answers=[503, 503]), receiver()
+    client = make_app(smtp_server.port, **fast(webhook_url=deployment.url("/all"))).test_client()
+    with_callback = send(client, message(own.url())).get_json()["request_id"]
+    without = send(client, message()).get_json()["request_id"]
+    wait_webhook(client, with_callback, "delivered")
+    wait_webhook(client, without, "delivered")
+    assert [hit.json["request_id"] for hit in own.hits] == [with_callback]
+    answered = {(hit.json["request_id"], hit.status) for hit in deployment.hits}
+    assert {(with_callback, 200), (without, 200)} <= answered
+    assert len(deployment.hits) == 4, "two 503s, then one 200 each"
+
+
+def test_failed_request_sends_email_failed_with_its_metadata(
+    make_app, smtp_server, receiver
+) -> None:
+    hooks = receiver()
+    smtp_server.handler.script("RCPT", "550 5.1.1 no such user")
+    client = make_app(smtp_server.port, **fast(webhook_url=hooks.url())).test_client()
+    token = sign({"test": "data"}, API_KEY)
+    answer = client.post(
+        "/api/v1/mail/send-email/",
+        json={"email_to": "gone@example.com", "subject": "Hi", "message": "<p>x</p>", "user_id": 7},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert answer.status_code == 201
+    request_id = answer.get_json()["request_id"]
+    wait_webhook(client, request_id, "delivered")
+    body = hooks.hits[0].json
+    assert body["event"] == "email.failed" and body["status"] == "failed"
+    assert body["metadata"] == {"user_id": "7"}
+    assert body["error"].startswith("every recipient was refused: ")
+
+
+def test_a_receiver_that_never_answers_is_retried_until_failed(
+    make_app, smtp_server, silent, caplog
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mailservice.events.webhooks")
+    client = make_app(smtp_server.port, **fast(webhook_timeout=0.2)).test_client()
+    request_id = send(client, message(f"http://127.0.0.1:{silent.port}/hook")).get_json()[
+        "request_id"
+    ]
+    wait_webhook(client, request_id, "failed")
+    assert silent.connections == 6, "6 tries, each timed out on a connection of its own"
+    lines = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
+    assert sum("no answer within 0.2 s" in line for line in lines) == 6, "logged once per try"
+    assert any("failed for good after 6 tries" in line for line in lines)
+    assert SECRET not in caplog.text and "/hook" not in caplog.text, "no secret, no path"
+
+
+def test_a_refused_connection_is_retried_until_failed(make_app, smtp_server, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="mailservice.events.webhooks")
+    client = make_app(smtp_server.port, **FAST).test_client()
+    request_id = send(client, message(f"http://127.0.0.1:{free_port()}/")).get_json()["request_id"]
+    wait_webhook(client, request_id, "failed")
+    refused = [r for r in caplog.records if "Connection refused" in r.getMessage()]
+    assert len(refused) == 6
+
+
+def test_sending_threads_never_wait_for_a_webhook(make_app, smtp_server, silent) -> None:
+    # Tries that hang for 30 s on every one of the webhook threads; two sending threads.
+    client = make_app(smtp_server.port, **fast(webhook_timeout=30.0, workers=2)).test_client()
+    url = f"http://127.0.0.1:{silent.port}/"
+    ids = [send(client, message(url)).get_json()["request_id"] for _ in range(8)]
+    for request_id in ids:
+        assert wait_final(client, request_id, timeout=10)["status"] == "sent"
+    wait_for(lambda: silent.connections >= 4)
+    assert len(smtp_server.received) == 8
+    assert {webhook_state(client, request_id) for request_id in ids} == {"pending"}
+
+
+def test_no_webhook_target_means_webhook_null(client, smtp_server) -> None:
+    request_id = send(client).get_json()["request_id"]
+    assert wait_final(client, request_id)["webhook"] is None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1:9/hook", "127.0.0.1 is a loopback address"),
+        ("http://[::1]/hook", "::1 is a loopback address"),
+        ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("https://localhost:8443/hook", "localhost resolves to 127.0.0.1, a loopback address"),
+        ("http://[::ffff:127.0.0.1]/", "::ffff:127.0.0.1 is a loopback address"),
+        ("http://2130706433/", "2130706433 resolves to 127.0.0.1, a loopback address"),
+        ("http://0.0.0.0/", "0.0.0.0 is an unspecified address"),
+    ],
+)
+def test_a_private_callback_url_is_refused_at_send_time(
+    make_app, smtp_server, url: str, reason: str
+) -> None:
+    client = make_app(smtp_server.port, webhook_secret=SECRET).test_client()
+    answer = send(client, message(url))
+    assert answer.status_code == 400
+    assert answer.mimetype == "application/problem+json"
+    (error,) = answer.get_json()["errors"]
+    assert error["field"] == "callback_url"
+    assert reason in error["message"]
+    allowed = make_app(smtp_server.port, webhook_secret=SECRET, webhook_allow_private=True)
+    assert send(allowed.test_client(), message(url)).status_code == 202
+    wait_for(lambda: len(smtp_server.received) == 1)  # only the allowed one was sent
+
+
+def test_callback_url_without_a_webhook_secret_is_400(client, smtp_server) -> None:
+    answer = send(client, message("https://hooks.example.com/mail"))
+    assert answer.status_code == 400
+    (error,) = answer.get_json()["errors"]
+    assert error == {
+        "field": "callback_url",
+        "message": "webhooks are not configured (WEBHOOK_SECRET is not set)",
+    }
+    assert len(smtp_server.received) == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message_part"),
+    [
+        ("ftp://hooks.example.com/", "http:// or https://"),
+        ("javascript:alert(1)", "http:// or https://"),
+        ("https:///path-only", "must name a host"),
+        ("https://user:pw@hooks.example.com/", "user:password@"),
+        ("https://hooks.example.com:99999/", "invalid port"),
+        ("https://höoks.example.com/", "ASCII"),
+        ("https://hooks.example.com/a b", "ASCII without spaces"),
+        ("https://hooks.example.com/" + "a" * 2030, "at most 2048 characters"),
+        ("http://nonexistent.invalid/hook", "does not resolve"),
+        (42, "string"),
+    ],
+)
+def test_a_malformed_callback_url_is_400_naming_it(
+    make_app, smtp_server, value: Any, message_part: str
+) -> None:
+    client = make_app(smtp_server.port, webhook_secret=SECRET).test_client()
+    answer = send(client, message(value))
+    assert answer.status_code == 400
+    (error,) = answer.get_json()["errors"]
+    assert error["field"] == "callback_url" and message_part in error["message"]
+    assert len(smtp_server.received) == 0
+
+
+def test_a_store_that_refuses_the_outcome_is_tried_again(receiver) -> None:
+    class RefusingStore(MemoryStatusStore):
+        refusals = 2
+
+        def save(self, record: StatusRecord) -> bool:
+            if record.webhook is WebhookState.DELIVERED and self.refusals:
+                self.refusals -= 1
+                raise StoreError("disk full")
+            return super().save(record)
+
+    hooks, store = receiver(), RefusingStore(ttl=60)
+    record = final_record(hooks.url())
+    store.create(record, "{}")
+    store.save(record)
+    notifier = WebhookNotifier(store, WebhookClient(SECRET, 2.0, True), "p1", save_first=0.01)
+    try:
+        notifier.enqueue(record)
+        wait_for(lambda: store.get(record.request_id).webhook is WebhookState.DELIVERED)
+        assert store.refusals == 0 and len(hooks.hits) == 1, "delivered once, saved the third time"
+        assert notifier.held() == 0
+    finally:
+        notifier.close()
+
+
+def final_record(callback_url: str, request_id: str = "cccccccc-cccc-4ccc-8ccc-000000000001"):
+    now = utcnow()
+    return StatusRecord(
+        request_id=request_id,
+        status=EmailStatus.SENT,
+        sender="sender@example.com",
+        recipients=("a@example.com",),
+        pending=(),
+        created_at=now,
+        updated_at=now,
+        attempts=1,
+        owner="p1",
+        metadata={"order": "42"},
+        tags=("invoice",),
+        callback_url=callback_url,
+        webhook=WebhookState.PENDING,
+    )
+
+
+def test_the_body_is_the_status_with_its_event_tags_and_metadata() -> None:
+    record = final_record("https://hooks.example.com/")
+    sent = webhook_body(record)
+    assert sent.startswith(b'{"event":"email.sent","request_id":"cccccccc-')
+    failed = webhook_body(replace(record, status=EmailStatus.FAILED, error="550 no"))
+    assert failed.startswith(b'{"event":"email.failed"')
+    assert b'"tags":["invoice"]' in sent and b'"metadata":{"order":"42"}' in sent
+    assert b"hooks.example.com" not in sent, "the callback URL is internal"
+
+
+def test_memory_store_shutdown_logs_the_webhooks_given_up(
+    make_app, smtp_server, receiver, caplog
+) -> None:
+    hooks = receiver(answers=[500])
+    app = make_app(smtp_server.port, **fast(webhook_backoff=600.0))
+    client = app.test_client()
+    request_id = send(client, message(hooks.url())).get_json()["request_id"]
+    wait_for(lambda: len(hooks.hits) == 1)  # the first try failed; the next is 10 min away
+    caplog.set_level(logging.INFO, logger="mailservice.events.webhooks")
+    app.extensions[EXTENSION].shutdown(0)
+    assert "1 webhook(s) given up at shutdown" in caplog.text
+    assert f"webhook given up at shutdown request_id={request_id}" in caplog.text
+
+
+def pending_then_stopped(make_app: Callable[..., Flask], smtp_port: int, url: str, hook: str):
+    """An app on `url` that sent a request whose webhook is still pending, then stopped (its
+    lease given up); the request's id."""
+    first = make_app(smtp_port, status_store_url=url, **fast(webhook_backoff=600.0))
+    client = first.test_client()
+    request_id = send(client, message(hook)).get_json()["request_id"]
+    wait_final(client, request_id)
+    assert webhook_state(client, request_id) == "pending"
+    first.extensions[EXTENSION].shutdown(0)
+    return request_id
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_another_process_delivers_a_pending_webhook_once(
+    make_app, smtp_server, receiver, tmp_path: Path, request, backend: str
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'status.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("redis_server").url
+    )
+    hooks = receiver(answers=[500])
+    request_id = pending_then_stopped(make_app, smtp_server.port, url, hooks.url())
+    assert len(hooks.hits) == 1
+    second = make_app(smtp_server.port, status_store_url=url, **FAST).test_client()
+    wait_webhook(second, request_id, "delivered")
+    assert [hit.status for hit in hooks.hits] == [500, 200]
+    assert hooks.hits[1].json["request_id"] == request_id
+    assert len(smtp_server.received) == 1, "the mail itself was sent once"
+
+
+def test_after_kill_9_a_new_process_delivers_the_pending_webhook(tmp_path: Path, receiver) -> None:
+    smtp = SmtpServer().start()
+    hooks = receiver(answers=[500])
+    env = service_env(
+        tmp_path,
+        smtp.port,
+        f"sqlite:///{tmp_path / 'status.db'}",
+        WEBHOOK_SECRET=SECRET,
+        WEBHOOK_ALLOW_PRIVATE="1",
+        WEBHOOK_BACKOFF="600",
+        WEBHOOK_TIMEOUT="2",
+    )
+    first = ServiceProcess(tmp_path, env).start()
+    second = None
+    try:
+        status, _, body = first.request("POST", "/send-email", message(hooks.url()), AUTH)
+        assert status == 202
+        request_id = body["request_id"]
+        wait_for(lambda: len(hooks.hits) == 1)
+        first.stop(signal.SIGKILL)
+        second = ServiceProcess(tmp_path, env).start()
+
+        def delivered() -> bool:
+            state = second.request("GET", f"/email-status/{request_id}")[2]
+            return state["status"] == "sent" and state["webhook"] == "delivered"
+
+        wait_for(delivered, timeout=30)
+        assert [hit.status for hit in hooks.hits] == [500, 200]
+        assert len(smtp.received) == 1
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            assert second.stop() == 0
+        smtp.stop()
+
+
+def test_a_full_queue_leaves_a_webhook_pending_for_a_later_round(tmp_path: Path, receiver) -> None:
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    gate = threading.Event()
+    hooks = receiver(gate=gate)
+    store = SqliteStatusStore(str(tmp_path / "status.db"), ttl=600)
+    store.heartbeat("p1", 30)
+    records = [final_record(hooks.url(), f"dddddddd-dddd-4ddd-8ddd-00000000000{i}") for i in (1, 2)]
+    for record in records:
+        store.create(record, "{}")
+        store.save(record)
+    notifier = WebhookNotifier(store, WebhookClient(SECRET, 10.0, True), "p1", max_pending=1)
+    try:
+        assert notifier.enqueue(records[0]) is True
+        assert notifier.enqueue(records[1]) is False, "the queue holds one"
+        assert notifier.recover() == 0, "no room while the first is held"
+        gate.set()
+        wait_for(lambda: store.get(records[0].request_id).webhook is WebhookState.DELIVERED)
+        wait_for(lambda: notifier.held() == 0)
+        assert notifier.recover() == 1, "this process's own, left in the store, taken up"
+        wait_for(lambda: store.get(records[1].request_id).webhook is WebhookState.DELIVERED)
+        assert sorted(hit.json["request_id"] for hit in hooks.hits) == [
+            r.request_id for r in records
+        ]
+    finally:
+        notifier.close()
+        store.close()
