@@ -412,3 +412,21 @@ def test_a_full_queue_leaves_a_webhook_pending_for_a_later_round(tmp_path: Path,
     finally:
         notifier.close()
         store.close()
+
+
+def test_a_bug_in_a_try_fails_that_target_instead_of_holding_the_request(caplog) -> None:
+    class BrokenClient(WebhookClient):
+        def post(self, url: str, body: bytes) -> int:
+            raise RuntimeError("a bug")
+
+    store = MemoryStatusStore(ttl=60)
+    record = final_record("https://hooks.example.com/")
+    store.create(record, "{}")
+    notifier = WebhookNotifier(store, BrokenClient(SECRET, 1.0), "p1")
+    try:
+        notifier.enqueue(record)
+        wait_for(lambda: notifier.held() == 0)
+        assert store.get(record.request_id).webhook is WebhookState.FAILED
+        assert f"webhook delivery failed request_id={record.request_id}" in caplog.text
+    finally:
+        notifier.close()

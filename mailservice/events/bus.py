@@ -3,9 +3,9 @@
 An event is emitted only after the process that owns the request has saved the record it
 describes: `Accepted` once the store has created it (the 202 promise), `Finished` once the
 store has taken its final status under this process's ownership. A process that lost the
-request to another emits nothing; the new owner will. Subscribers (the request log first;
-metrics, webhooks and notices later) are called in order on the emitting thread and must be
-quick; one that raises is logged and the others still run.
+request to another emits nothing; the new owner will. Subscribers (the request log first,
+then the webhooks; metrics and notices later) are called in order on the emitting thread and
+must be quick; one that raises is logged and the others still run.
 """
 
 from __future__ import annotations

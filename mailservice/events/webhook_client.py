@@ -198,6 +198,8 @@ class WebhookClient:
                 continue
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise WebhookError(_describe(exc, self.timeout)) from exc
+            except (UnicodeError, ValueError) as exc:  # a WEBHOOK_URL http.client cannot write
+                raise WebhookError(f"the URL cannot be sent: {exc}") from exc
             return _answer(response, self.timeout)
         raise WebhookError(reason)
 

@@ -61,6 +61,7 @@ class _Target:
     name: str  # how logs name it: callback_url or WEBHOOK_URL
     url: str
     tries: int = 0
+    done: bool = False  # delivered, or its tries ran out
 
 
 @dataclass(slots=True, eq=False)
@@ -205,8 +206,18 @@ class WebhookNotifier:
                 logger.exception(
                     "webhook delivery failed request_id=%s", delivery.record.request_id
                 )
+                self._after_bug(delivery, target)
             finally:
                 self._due.done()
+
+    def _after_bug(self, delivery: _Delivery, target: _Target | None) -> None:
+        """A try that raised counts as a target's last, so that the request is not held for
+        ever; a save that raised lets the request go (its status still says pending)."""
+        if target is not None and not target.done:
+            self._target_done(delivery, target, ok=False)
+            return
+        with self._lock:
+            self._held.pop(delivery.record.request_id, None)
 
     def _try(self, delivery: _Delivery, target: _Target) -> None:
         target.tries += 1
@@ -227,12 +238,13 @@ class WebhookNotifier:
                 "webhook to %s %s failed for good after %d tries request_id=%s: %s",
                 target.name, shown, target.tries, request_id, exc.reason,
             )  # fmt: skip
-            self._target_done(delivery, ok=False)
+            self._target_done(delivery, target, ok=False)
             return
-        self._target_done(delivery, ok=True)
+        self._target_done(delivery, target, ok=True)
 
-    def _target_done(self, delivery: _Delivery, ok: bool) -> None:
+    def _target_done(self, delivery: _Delivery, target: _Target, ok: bool) -> None:
         with self._lock:
+            target.done = True
             delivery.open -= 1
             delivery.failed |= not ok
             last = delivery.open == 0
