@@ -430,3 +430,46 @@ def test_a_bug_in_a_try_fails_that_target_instead_of_holding_the_request(caplog)
         assert f"webhook delivery failed request_id={record.request_id}" in caplog.text
     finally:
         notifier.close()
+
+
+def test_each_message_of_a_batch_gets_its_own_callback(make_app, smtp_server, receiver) -> None:
+    hooks = receiver()
+    client = make_app(smtp_server.port, **FAST).test_client()
+    answer = client.post(
+        "/send-email/batch",
+        json={
+            "messages": [
+                message(hooks.url("/a"), tags=["first"]),
+                message(),
+                message(hooks.url("/b"), metadata={"n": "3"}),
+            ]
+        },
+        headers=AUTH,
+    )
+    assert answer.status_code == 202
+    first, plain, third = (item["request_id"] for item in answer.get_json()["messages"])
+    wait_webhook(client, first, "delivered")
+    wait_webhook(client, third, "delivered")
+    assert webhook_state(client, plain) is None, "no target, no webhook"
+    by_path = {hit.path: hit.json for hit in hooks.hits}
+    assert set(by_path) == {"/a", "/b"} and all(hit.signed for hit in hooks.hits)
+    assert (by_path["/a"]["request_id"], by_path["/a"]["tags"]) == (first, ["first"])
+    assert (by_path["/b"]["request_id"], by_path["/b"]["metadata"]) == (third, {"n": "3"})
+
+
+def test_a_batch_message_with_a_private_callback_is_refused_alone(
+    make_app, smtp_server, receiver
+) -> None:
+    hooks = receiver()
+    client = make_app(smtp_server.port, **fast(webhook_allow_private=False)).test_client()
+    answer = client.post(
+        "/send-email/batch",
+        json={"messages": [message(), message(hooks.url("/private"))]},
+        headers=AUTH,
+    )
+    assert answer.status_code == 207
+    accepted, refused = answer.get_json()["messages"]
+    assert accepted["status"] == "queued"
+    assert refused["status"] == 400 and refused["errors"][0]["field"] == "callback_url"
+    wait_final(client, accepted["request_id"])
+    assert len(smtp_server.received) == 1 and not hooks.hits
