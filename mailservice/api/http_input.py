@@ -14,7 +14,7 @@ from typing import Any
 from flask import g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from mailservice.api.schemas import parse_json_object
+from mailservice.api.strict_json import parse_json_object
 from mailservice.errors import ApiError
 
 URL_KEY_PARAMETERS = ("key", "api_key", "apikey", "token", "access_token")

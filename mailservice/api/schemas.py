@@ -1,7 +1,6 @@
-"""Request bodies: strict JSON parsing and the pydantic models of API.md section 3.
+"""The pydantic models of request bodies (API.md section 3), once `strict_json` has parsed them.
 
-`parse_json_object()` accepts exactly one JSON object in UTF-8 and nothing looser (no duplicate
-keys, NaN, lone surrogates or nesting past 32 levels). `SendRequest` validates the fields; every
+`SendRequest` validates the fields; every
 header value is checked for control and format characters, line separators and encoded words,
 a display name also for address syntax, and the content for NUL; offending input is rejected,
 never cleaned. Recipients on special-use domains are refused unless the validation context
@@ -12,7 +11,6 @@ errors for the problem answer.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
 from collections.abc import Callable
@@ -39,11 +37,10 @@ from mailservice.addresses import validate_address
 from mailservice.api.attachment_fields import Attachments
 from mailservice.api.callback_url import CallbackUrl
 from mailservice.api.client_fields import Metadata, Tags
-from mailservice.errors import ApiError, FieldError
+from mailservice.errors import FieldError
 from mailservice.template_files import check_template_name
 from mailservice.templating import check_variables
 
-MAX_DEPTH = 32
 # The validation context's switch (`SendRequest.model_validate(body, context=...)`) that accepts
 # recipients on special-use domains: ALLOW_SPECIAL_USE_RECIPIENTS.
 SPECIAL_USE_RECIPIENTS = "allow_special_use_recipients"
@@ -65,64 +62,6 @@ ALLOWED_HEADERS = {
     "in-reply-to": "In-Reply-To",
     "references": "References",
 }
-
-
-class _Duplicate(ValueError):
-    pass
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _Duplicate(f"duplicate key {key[:64]!r}")
-        result[key] = value
-    return result
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _check_tree(root: Any) -> None:
-    """Walk the parsed value without recursion: depth limit and lone surrogates."""
-    stack: list[tuple[Any, int]] = [(root, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            value.encode("utf-8")  # UnicodeEncodeError on a lone surrogate
-        elif isinstance(value, dict | list):
-            if depth > MAX_DEPTH:
-                raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for key, item in items:
-                if isinstance(key, str):
-                    key.encode("utf-8")
-                stack.append((item, depth + 1))
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Parse a request body that must be one JSON object in UTF-8; ApiError 400 otherwise."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "The body is not valid UTF-8.") from exc
-    try:
-        value = json.loads(
-            text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant
-        )
-        _check_tree(value)
-    except _Duplicate as exc:
-        raise ApiError(400, f"The JSON body has a {exc}.") from exc
-    except RecursionError as exc:
-        raise ApiError(400, f"The JSON body is nested deeper than {MAX_DEPTH} levels.") from exc
-    except UnicodeEncodeError as exc:
-        raise ApiError(400, "The JSON body holds a lone surrogate (\\ud800-\\udfff).") from exc
-    except ValueError as exc:
-        raise ApiError(400, f"The body is not valid JSON: {str(exc)[:200]}") from exc
-    if not isinstance(value, dict):
-        raise ApiError(400, f"The JSON body must be an object, not {type(value).__name__}.")
-    return value
 
 
 def check_header_value(value: str) -> str:
