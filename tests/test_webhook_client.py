@@ -263,3 +263,20 @@ def test_the_readme_receiver_accepts_a_real_try_and_refuses_a_forgery(receiver) 
     assert not verified("another secret", hit.headers, hit.body)
     stale = {**hit.headers, "X-Mail-Timestamp": str(int(hit.headers["X-Mail-Timestamp"]) - 301)}
     assert not verified(SECRET, stale, hit.body), "a replay of a try 5 minutes old"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"X-Mail-Timestamp": "\u00b2\u00b3"},  # digits to str.isdigit(), not to int()
+        {"X-Mail-Signature": "v1=\u00e9" + "0" * 63},  # latin-1, as a WSGI header arrives
+        {"X-Mail-Timestamp": ""},
+        {"X-Mail-Signature": ""},
+    ],
+)
+def test_the_readme_receiver_refuses_forged_headers_without_raising(receiver, forged) -> None:
+    verified = readme_receiver()
+    server = receiver()
+    client().post(server.url(), BODY)
+    hit = server.hits[0]
+    assert verified(SECRET, {**hit.headers, **forged}, hit.body) is False
