@@ -1,7 +1,7 @@
 """The ceiling: plain smtplib sending the bench's messages, no HTTP and no store.
 
 `python -m bench.ceiling --port N --messages M --workers W` builds every message with the
-service's own code path (`message.build_message(...).as_bytes()`, as `WorkerPool` does for each
+service's own code path (`wire_bytes(message.build_message(...))`, as `WorkerPool` does for each
 request) inside W threads, each sending over one reused smtplib connection to the sink, and
 prints one JSON line: when the first send started (time.time()), the messages sent, and the
 process's CPU seconds and peak RSS. `run_ceiling()` runs it as a child process so that its CPU
@@ -33,7 +33,7 @@ def send_all(port: int, messages: int, workers: int) -> dict[str, Any]:
     from bench.workload import SEND_BODY, SENDER_EMAIL
     from mailservice.api.request_path import message_spec
     from mailservice.api.schemas import SendRequest
-    from mailservice.delivery.message import build_message
+    from mailservice.delivery.message import build_message, wire_bytes
     from mailservice.senders import Sender
     from mailservice.stores.contract import utcnow
 
@@ -52,7 +52,7 @@ def send_all(port: int, messages: int, workers: int) -> dict[str, Any]:
         try:
             while next(tickets) < messages:
                 msg = build_message(request, sender, str(uuid.uuid4()), utcnow())
-                data = msg.as_bytes()
+                data = wire_bytes(msg)
                 options = ["SMTPUTF8", "BODY=8BITMIME"] if msg.policy.utf8 else []
                 conn.sendmail(sender.email, recipients, data, options)
                 sent[index] += 1

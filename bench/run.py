@@ -170,6 +170,7 @@ class Bench:
             "WORKERS": str(args.workers),
             "GUNICORN_WORKERS": str(args.gunicorn_workers),
             "DRAIN_SECONDS": "5",
+            **dict(WORKLOADS[workload].env),
         }
         self.sink.reset()
         service = ServiceProcess(rowdir, env, kind=kind)

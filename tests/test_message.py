@@ -15,7 +15,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from mailservice.delivery.message import CachedHeaderRegistry, build_message
+from mailservice.delivery.message import CachedHeaderRegistry, build_message, wire_bytes
 from mailservice.delivery.message_spec import Attachment, MessageSpec
 from mailservice.senders import Sender
 
@@ -484,3 +484,28 @@ def test_an_empty_file_is_attached_as_an_empty_part():
         build(attachments=(dataclasses.replace(INVOICE, content=b""),))
     ).iter_attachments()
     assert got.get_content() == b"" and got.get_filename() == "invoice.pdf"
+
+
+WIRE_CASES = [
+    {"body": "Hello\nsecond line\n"},
+    {"body": "<p>Héllo wörld</p>" * 40, "is_html": True},
+    {"text": "ünïcode " * 200, "html": "<p>a</p>\r\n<p>b</p>"},
+    {"body": "x" * 2000 + "\r\ny\rz\n"},
+    {"body": "a\r\r\nb\n\rc\n\n\r\r"},
+    {
+        "html": '<img src="cid:logo"><p>Invoice</p>',
+        "attachments": (
+            Attachment("Rechnung März.pdf", "application/pdf", bytes(range(256)) * 400),
+            Attachment("logo.png", "image/png", b"\x89PNG" * 100, "logo"),
+        ),
+    },
+]
+
+
+@pytest.mark.parametrize("fields", WIRE_CASES)
+@pytest.mark.parametrize("recipient", ["user@example.com", "jöe@example.com"])
+def test_wire_bytes_are_exactly_what_as_bytes_gives(fields, recipient):
+    msg = build_message(
+        MessageSpec(recipient=(recipient,), subject="Wire", **fields), SENDER, REQUEST_ID, DATE
+    )
+    assert wire_bytes(msg) == msg.as_bytes()

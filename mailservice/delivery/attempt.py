@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mailservice.delivery.message import build_message
+from mailservice.delivery.message import build_message, wire_bytes
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
 from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
 from mailservice.delivery.transitions import (
@@ -129,7 +129,7 @@ class DeliveryAttempt:
                 SmtpTarget.for_sender(sender),
                 sender.email,
                 list(record.pending),
-                msg.as_bytes(),
+                wire_bytes(msg),
                 bool(msg.policy.utf8),  # UTF-8 headers need SMTPUTF8 on the wire
             )
         except PermanentDelivery as exc:

@@ -6,7 +6,8 @@ address needs SMTPUTF8. The extra headers (List-Unsubscribe, References, X-...) 
 whitespace only (`WhitespaceFoldedHeader`): the policy would fold a long token such as a URL
 into RFC 2047 encoded words, which no longer read as a URL. An HTML-only request gets a
 text/plain alternative rendered from its HTML, unless it asks for none (`text_alternative`).
-Attachments and inline parts are added by `delivery/attachments.py`.
+Attachments and inline parts are added by `delivery/attachments.py`. `wire_bytes()` is the
+message as sent, `as_bytes()` made faster.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import re
 import sys
 from datetime import datetime
 from email import policy as email_policy
+from email.generator import BytesGenerator
 from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
+from io import BytesIO
 from typing import Any
 
 from inscriptis import get_text
@@ -175,3 +178,26 @@ def text_of_html(html: str) -> str:
     """The plain-text rendering of an HTML body (inscriptis: layout kept, links as
     `[text](url)`), for the text/plain alternative of an HTML-only message."""
     return get_text(html, ParserConfig(display_links=True))
+
+
+class WireGenerator(BytesGenerator):
+    """The standard BytesGenerator, but a text's line ends are converted in one pass.
+
+    `Generator._write_lines` splits a body on its line ends and writes each line and each
+    line end on its own: for a 100 KB attachment (1,800 base64 lines) that loop was most of
+    the cost of `as_bytes()`. Replacing every line end at once writes the same bytes:
+    splitting on NLCRE (`\r\n`, else `\r`, else `\n`) and joining with the line end is what
+    the three replacements do in that order, and the stock method also leaves a text's last
+    line without one. `str.replace` is used rather than `NLCRE.sub`, which was 6 times slower.
+    """
+
+    def _write_lines(self, lines: str) -> None:
+        if lines:
+            self.write(lines.replace("\r\n", "\n").replace("\r", "\n").replace("\n", self._NL))
+
+
+def wire_bytes(msg: EmailMessage) -> bytes:
+    """`msg.as_bytes()`, the same bytes, made by the WireGenerator."""
+    out = BytesIO()
+    WireGenerator(out, mangle_from_=False, policy=msg.policy).flatten(msg, unixfrom=False)
+    return out.getvalue()
