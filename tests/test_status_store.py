@@ -12,6 +12,7 @@ import pytest
 from mailservice.errors import ConfigError
 from mailservice.stores import store_from_url
 from mailservice.stores.contract import (
+    IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
     StatusRecord,
@@ -20,7 +21,7 @@ from mailservice.stores.contract import (
     utcnow,
 )
 from mailservice.stores.memory_store import MemoryStatusStore
-from tests.conftest import STATUS_KEYS
+from tests.conftest import STATUS_KEYS, wait_for
 
 
 class FakeClock:
@@ -203,6 +204,88 @@ def test_idempotency_claim_is_set_once(store: StatusStore) -> None:
     assert store.get(second.request_id) is None, "a repeated key creates nothing"
     third = new_record("44444444-4444-4444-8444-000000000003")
     assert store.create(third, "{}", IdempotencyClaim("scope-2", "f", third.request_id)) is None
+
+
+def test_idempotency_claim_reads_a_claim_and_sets_none(store: StatusStore) -> None:
+    assert store.idempotency_claim("scope-r") is None
+    record = new_record("44444444-4444-4444-8444-000000000004")
+    claim = IdempotencyClaim("scope-r", "fp-r", record.request_id)
+    assert store.create(record, "{}", claim) is None, "the look-up claimed nothing"
+    assert store.idempotency_claim("scope-r") == claim
+    batch = batch_records(2)
+    places = IdempotencyClaim.of_batch("scope-rb", "fp-rb", [batch[0].request_id, None])
+    store.create_many([(batch[0], "{}")], places)
+    assert store.idempotency_claim("scope-rb") == places
+    assert store.idempotency_claim("scope-other") is None
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_idempotency_claim_reads_none_once_the_claim_expired(kind: str, tmp_path) -> None:
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    clock = FakeClock()
+    store: StatusStore = (
+        MemoryStatusStore(ttl=60, clock=clock)
+        if kind == "memory"
+        else SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+    )
+    record = new_record()
+    claim = IdempotencyClaim("scope-x", "fp", record.request_id)
+    store.create(record, "{}", claim)
+    clock.now += IDEMPOTENCY_TTL - 1
+    assert store.idempotency_claim("scope-x") == claim
+    clock.now += 2
+    assert store.idempotency_claim("scope-x") is None
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_idempotency_claim_expires_with_its_key(redis_server) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=60)
+    record = new_record()
+    store.create(record, "{}", IdempotencyClaim("scope-x", "fp", record.request_id))
+    client = redis.Redis.from_url(redis_server.url)
+    assert 0 < client.ttl("mail:idem:scope-x") <= IDEMPOTENCY_TTL
+    client.pexpire("mail:idem:scope-x", 50)
+    wait_for(lambda: store.idempotency_claim("scope-x") is None, timeout=5)
+    client.close()
+    store.close()
+
+
+def test_sqlite_idempotency_claim_is_one_statement_without_a_write_lock(tmp_path) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=60)
+    record = new_record()
+    store.create(record, "{}", IdempotencyClaim("scope-1", "fp", record.request_id))
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)  # type: ignore[attr-defined]
+    assert store.idempotency_claim("scope-1") is not None
+    store._db.set_trace_callback(None)  # type: ignore[attr-defined]
+    assert len(statements) == 1 and statements[0].startswith("SELECT"), statements
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_idempotency_claim_is_one_round_trip(redis_server, monkeypatch) -> None:
+    import redis
+
+    store = store_from_url(redis_server.url, ttl=60)
+    record = new_record()
+    store.create(record, "{}", IdempotencyClaim("scope-1", "fp", record.request_id))
+    sent: list[bytes] = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(connection, command, check_health: bool = True) -> None:
+        sent.append(command)
+        real_send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+    claim = store.idempotency_claim("scope-1")
+    monkeypatch.undo()
+    assert claim == IdempotencyClaim("scope-1", "fp", record.request_id)
+    assert len(sent) == 1, "one round trip"
+    store.close()
 
 
 def test_durable_stores_say_so(store: StatusStore) -> None:

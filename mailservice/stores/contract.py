@@ -178,6 +178,12 @@ class StatusStore(ABC):
         StoreError (nothing created) if the store can't be written."""
 
     @abstractmethod
+    def idempotency_claim(self, scope: str) -> IdempotencyClaim | None:
+        """The unexpired claim of an Idempotency-Key's `scope`, or None; reads only, in one
+        round trip. For a repeat that is answered without `create()` (its body would no
+        longer be accepted), to tell whether it is a repeat at all."""
+
+    @abstractmethod
     def save(self, record: StatusRecord) -> bool:
         """Write a changed record if `record.owner` still owns it (False, writing nothing,
         if another process took it over). A final record drops its payload and expires

@@ -71,6 +71,11 @@ class MemoryStatusStore(StatusStore):
                 self._payloads[record.request_id] = payload
             return None
 
+    def idempotency_claim(self, scope: str) -> IdempotencyClaim | None:
+        with self._lock:
+            self._purge(self._clock())
+            return self._claims.get(scope)
+
     def save(self, record: StatusRecord) -> bool:
         with self._lock:
             now = self._clock()

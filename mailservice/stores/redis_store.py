@@ -145,6 +145,11 @@ def _claim_json(claim: IdempotencyClaim) -> str:
     return json.dumps([claim.fingerprint, claim.request_id])
 
 
+def _claim_of(scope: str, text: str | None) -> IdempotencyClaim | None:
+    """The claim stored as `_claim_json` under `scope`'s key (Redis expires the key itself)."""
+    return None if text is None else IdempotencyClaim(scope, *json.loads(text))
+
+
 class RedisStatusStore(StatusStore):
     """Status records in Redis hashes; the durable choice for several processes or hosts."""
 
@@ -211,10 +216,11 @@ class RedisStatusStore(StatusStore):
             args += ["payload", payload]
         with self._guard():
             earlier = self._create_many(keys=keys, args=args)
-        if earlier is None or idempotency is None:
-            return None
-        fingerprint, request_id = json.loads(earlier)
-        return IdempotencyClaim(idempotency.scope, fingerprint, request_id)
+        return None if idempotency is None else _claim_of(idempotency.scope, earlier)
+
+    def idempotency_claim(self, scope: str) -> IdempotencyClaim | None:
+        with self._guard():
+            return _claim_of(scope, self.client.get(IDEMPOTENCY_PREFIX + scope))
 
     def save(self, record: StatusRecord) -> bool:
         fields = record_to_fields(record)

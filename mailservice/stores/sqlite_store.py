@@ -45,6 +45,7 @@ WEBHOOK_ORPHANS = (
     f" WHERE webhook = '{WebhookState.PENDING}' AND expires_at > :now"
     f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS})) ORDER BY updated_at LIMIT :limit"
 )
+CLAIM_OF = "SELECT fingerprint, request_id FROM idempotency WHERE scope = ? AND expires_at > ?"
 BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
 
@@ -113,11 +114,7 @@ class SqliteStatusStore(StatusStore):
         ]
         with self._transaction(immediate=True) as db:
             if idempotency is not None:
-                row = db.execute(
-                    "SELECT fingerprint, request_id FROM idempotency"
-                    " WHERE scope = ? AND expires_at > ?",
-                    (idempotency.scope, now),
-                ).fetchone()
+                row = db.execute(CLAIM_OF, (idempotency.scope, now)).fetchone()
                 if row is not None:
                     return IdempotencyClaim(idempotency.scope, row[0], row[1])
                 db.execute(
@@ -135,6 +132,11 @@ class SqliteStatusStore(StatusStore):
                 rows,
             )
         return None
+
+    def idempotency_claim(self, scope: str) -> IdempotencyClaim | None:
+        with self._transaction() as db:
+            row = db.execute(CLAIM_OF, (scope, self._clock())).fetchone()
+        return None if row is None else IdempotencyClaim(scope, row[0], row[1])
 
     def save(self, record: StatusRecord) -> bool:
         fields = record_to_fields(record)
