@@ -273,6 +273,31 @@ def test_a_repeat_after_the_settings_changed_keeps_the_first_batchs_ids_and_send
     assert subjects(smtp_server) == ["batch 1"]
 
 
+def test_a_repeat_of_which_no_message_passes_now_gets_the_first_answer(
+    make_app, smtp_server, tmp_path
+):
+    """The first process accepted one message; on the second (stricter settings, one store)
+    none would pass: the repeat is still the first answer, not a 400 saying nothing was
+    accepted while it is being sent."""
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    lenient = make_app(smtp_server.port, status_store_url=url).test_client()
+    strict = make_app(smtp_server.port, status_store_url=url, max_recipients=1).test_client()
+    batch = [message(0, cc=["cc@example.com"]), message(1, recipient="bad")]
+    headers = {"Idempotency-Key": "batch-none-now"}
+    first = post_batch(lenient, batch, headers)
+    assert first.status_code == 207
+    kept = first.get_json()["messages"][0]["request_id"]
+    assert post_batch(strict, batch).status_code == 400, "this process refuses every message"
+    again = post_batch(strict, batch, headers)
+    assert again.status_code == 207 and again.mimetype == "application/json"
+    assert again.get_json() == first.get_json(), "the same id, the same problem"
+    other = post_batch(strict, [*batch, message(2, recipient="bad")], headers)
+    assert other.status_code == 400, "another body under the key: its fields answer first"
+    assert wait_final(strict, kept)["status"] == "sent"
+    assert subjects(smtp_server) == ["batch 0"]
+    assert smtp_server.handler.transactions == 1
+
+
 def test_an_all_bad_batch_records_no_idempotency_key(client, smtp_server):
     headers = {"Idempotency-Key": "batch-3"}
     assert post_batch(client, [message(0, recipient="bad")], headers).status_code == 400

@@ -179,6 +179,33 @@ def test_idempotency_key_returns_the_first_answer_and_sends_once(
     assert bad.status_code == 400
 
 
+def test_a_repeat_that_would_be_refused_now_gets_the_first_answer(make_app, smtp_server, tmp_path):
+    """Two processes on one store: the first renders a template the second lacks. A repeat
+    on the second is told apart by its key and body before its fields are checked, and gets
+    the first 202; it sends nothing."""
+    folder = tmp_path / "templates" / "welcome"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Welcome {{ name }}\n", encoding="utf-8")
+    (folder / "body.txt").write_text("Hello {{ name }}\n", encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    first_app = make_app(smtp_server.port, status_store_url=url, templates_dir=str(folder.parent))
+    first_client = first_app.test_client()
+    other_client = make_app(smtp_server.port, status_store_url=url).test_client()
+    body = {"recipient": "ada@example.com", "template": "welcome", "variables": {"name": "Ada"}}
+    headers = {"Idempotency-Key": "welcome-ada"}
+    first = send(first_client, body, headers=headers)
+    assert first.status_code == 202
+    refused = send(other_client, body)
+    assert refused.status_code == 400 and refused.get_json()["errors"][0]["field"] == "template"
+    again = send(other_client, body, headers=headers)
+    assert again.status_code == 202 and again.get_json() == first.get_json()
+    assert again.headers["Location"] == first.headers["Location"]
+    changed = send(other_client, {**body, "variables": {"name": "Bob"}}, headers=headers)
+    assert changed.status_code == 400, "another body under the key: its fields answer first"
+    assert wait_final(first_client, first.get_json()["request_id"])["status"] == "sent"
+    assert [r.message["Subject"] for r in smtp_server.received] == ["Welcome Ada"]
+
+
 def test_idempotency_key_is_shared_across_processes(tmp_path, smtp_server, redis_server):
     env = service_env(tmp_path, smtp_server.port, redis_server.url)
     first = ServiceProcess(tmp_path, env).start()

@@ -344,6 +344,26 @@ def test_idempotency_key_on_a_waiting_route_answers_the_same_outcome_once(client
     assert other.status_code == 409
 
 
+def test_a_waiting_routes_repeat_that_would_be_refused_now_answers_the_outcome(
+    make_app, smtp_server, tmp_path
+):
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    first_app = make_app(smtp_server.port, status_store_url=url, allow_special_use_recipients=True)
+    strict = make_app(smtp_server.port, status_store_url=url).test_client()
+    body = {**SEED_000_EXAMPLE, "recipient": "ada@example.test"}
+    headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "reset-100"}
+    first = first_app.test_client().post("/mail", json=body, headers=headers)
+    assert first.status_code == 200
+    assert (
+        strict.post("/mail", json=body, headers={**headers, "Idempotency-Key": "new"}).status_code
+        == 400
+    )
+    again = strict.post("/mail", json=body, headers=headers)
+    assert again.status_code == 200 and again.get_data() == b"message Sent"
+    assert again.headers["X-Request-Id"] == first.headers["X-Request-Id"]
+    assert len(smtp_server.received) == 1
+
+
 def test_idempotency_key_on_the_email_to_shape_replays_the_202(client, smtp_server):
     headers = {"Authorization": f"Bearer {API_KEY}", "Idempotency-Key": "welcome-5"}
     body = {"email_to": "user@example.com", "subject": "Hi", "message": {"text": "t"}}

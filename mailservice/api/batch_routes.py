@@ -9,7 +9,8 @@ is refused for the same reasons. The accepted ones are recorded together, in one
 trip (`Acceptor.accept_many`). The batch counts against the key's RATE_LIMIT once per message.
 An Idempotency-Key covers the whole batch: the claim keeps each message's id in its place
 (`IdempotencyClaim.of_batch`), and a repeat rebuilds the first answer from it, working the
-refused messages' problems out again from the body, which the fingerprint says is the same.
+refused messages' problems out again from the body, which the fingerprint says is the same;
+also a repeat of which no message passes today, found by a read-only look-up (`repeat_of`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mailservice.api.request_path import (
     prepared,
     problem,
     problem_body,
+    repeat_of,
     service,
     validate_send,
 )
@@ -156,6 +158,12 @@ def accept_batch() -> Response:
     sender = authenticate(body)
     checked = [check_message(message, sender) for message in batch_messages(body)]
     if all(isinstance(outcome, Refused) for outcome in checked):
+        # Nothing to create, so the store is not asked to: unless this repeats a batch that
+        # was accepted under its Idempotency-Key (the settings changed since), which gets the
+        # first answer again.
+        earlier = repeat_of(body)
+        if earlier is not None:
+            return answer(repeated(earlier, checked))
         return answer([outcome.body() for outcome in checked if isinstance(outcome, Refused)])
     value = idempotency_key()
     claim = None

@@ -40,8 +40,7 @@ def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
         sender = authenticate(body)
         if is_email_to_shape(body):  # the FastAPI and Celery services' body (API.md section 7)
             return send_email_to(body, sender)
-        send = validate_send(body, sender)
-        return accepted_answer(accept(body, send, sender))
+        return accepted_answer(accept(body, lambda: validate_send(body, sender), sender))
 
     @core.get("/email-status/<request_id>")
     def email_status(request_id: str) -> Response:

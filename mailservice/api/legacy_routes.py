@@ -122,7 +122,7 @@ def is_email_to_shape(body: dict[str, Any]) -> bool:
 def send_email_to(body: dict[str, Any], sender: Sender) -> Response:
     """The FastAPI and Celery services' body: 202 as in API.md section 3, plus
     `"result": "<request_id>"`."""
-    request_id = accept(body, EMAIL_TO.validate(body, sender), sender)
+    request_id = accept(body, lambda: EMAIL_TO.validate(body, sender), sender)
     return accepted_answer(request_id, result=request_id)
 
 
@@ -138,9 +138,9 @@ def send_and_wait(
     """Accept the request and wait for its outcome; a 504 answer when it isn't known in time."""
     body = json_body()
     sender = authenticate(body)
-    send = validate(body, sender)
     svc = service()
-    request_id = accept(body, send, sender, metadata_of(body) if metadata_of else None)
+    metadata = metadata_of(body) if metadata_of else None
+    request_id = accept(body, lambda: validate(body, sender), sender, metadata)
     final = svc.pool.wait(request_id, svc.settings.smtp_timeout + svc.settings.wait_margin)
     if final is None:
         return problem(

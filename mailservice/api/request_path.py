@@ -8,6 +8,7 @@ contract's order: key (401) -> fields (400/403) -> recorded (202, or 503).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
@@ -210,17 +211,25 @@ def credential_digest(credential: str) -> bytes:
 
 def accept(
     body: dict[str, Any],
-    send: SendRequest,
+    validate: Callable[[], SendRequest],
     sender: Sender,
     metadata: dict[str, str] | None = None,
 ) -> str:
-    """Record the request (the 202 promise), once per Idempotency-Key; its request_id.
+    """Validate the request (`validate`: the route's `validate_send`) and record it (the 202
+    promise), once per Idempotency-Key; its request_id.
 
     A repeated Idempotency-Key with the same body gets the first request's id and sends
-    nothing; with another body it is a 409. `metadata` is the route's own (the /api/v1
-    routes' user_id), merged with the client's (`client_fields.request_extras`).
+    nothing, also when the body would no longer pass (a template removed, the settings changed
+    since: `repeat_of`); with another body it is a 409. `metadata` is the route's own (the
+    /api/v1 routes' user_id), merged with the client's (`client_fields.request_extras`).
     """
-    spec, extras = prepared(send, metadata)
+    try:
+        spec, extras = prepared(validate(), metadata)
+    except ApiError:
+        earlier = repeat_of(body)
+        if earlier is None:
+            raise
+        return earlier.request_id
     value = idempotency_key()
     claim = None
     if value is not None:
@@ -229,6 +238,21 @@ def accept(
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id
+
+
+def repeat_of(body: dict[str, Any]) -> IdempotencyClaim | None:
+    """The claim of this request's Idempotency-Key when the key was first used for this very
+    route and body, read without claiming anything; None otherwise. For a repeat that would
+    be refused today, which is answered as the first request was all the same."""
+    try:
+        value = idempotency_key()
+    except ApiError:  # a malformed key was never used: the request's own problem answers
+        return None
+    if value is None:
+        return None
+    scope, fingerprint = idempotency(body, credential_digest(presented_key(body) or ""), value)
+    claim = service().store.idempotency_claim(scope)  # StoreError: 503, as it cannot tell
+    return claim if claim is not None and claim.fingerprint == fingerprint else None
 
 
 def prepared(

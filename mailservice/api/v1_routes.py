@@ -132,7 +132,9 @@ def v1_blueprint(
     def send_email() -> Response:
         body = json_body()
         sender = authenticate(body)
-        request_id = accept(body, _validate_mail(body, sender), sender, user_id_metadata(body))
+        request_id = accept(
+            body, lambda: _validate_mail(body, sender), sender, user_id_metadata(body)
+        )
         return _created(request_id, f"{request_id}, Task passed to Celery")
 
     @v1.post("/mail/send-async/")
