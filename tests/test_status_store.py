@@ -380,6 +380,53 @@ def test_memory_store_keeps_at_most_max_finished_statuses() -> None:
     assert store.get("77777777-7777-4777-8777-999999999999") is not None
 
 
+def saved_final_then_webhook_delivered(store: StatusStore, request_id: str) -> None:
+    """As a request with a webhook is saved: final, then final again with its webhook's outcome."""
+    record = replace(new_record(request_id), webhook=WebhookState.PENDING)
+    store.create(record, "{}")
+    final = replace(record, status=EmailStatus.SENT, pending=())
+    store.save(final)
+    store.save(replace(final, webhook=WebhookState.DELIVERED))
+
+
+def test_memory_store_keeps_max_statuses_when_webhook_outcomes_are_saved_too() -> None:
+    store = store_from_url("memory://?max=3", ttl=3600)
+    ids = [f"77777777-7777-4777-8777-{i:012d}" for i in range(6)]
+    for request_id in ids:
+        saved_final_then_webhook_delivered(store, request_id)
+    assert [store.get(i) is not None for i in ids] == [False, False, False, True, True, True]
+    assert store.get(ids[-1]).webhook is WebhookState.DELIVERED  # type: ignore[union-attr]
+
+
+def test_memory_store_counts_a_status_saved_again_as_its_newest() -> None:
+    store = store_from_url("memory://?max=3", ttl=3600)
+    a, b, c, d = (new_record(f"77777777-7777-4777-8777-{i:012d}") for i in range(4))
+    for record in (a, b, c):
+        store.create(record, "{}")
+        store.save(replace(record, status=EmailStatus.SENT, pending=()))
+    store.save(replace(a, status=EmailStatus.SENT, pending=(), webhook=WebhookState.FAILED))
+    store.create(d, "{}")
+    store.save(replace(d, status=EmailStatus.SENT, pending=()))
+    kept = [store.get(r.request_id) is not None for r in (a, b, c, d)]
+    assert kept == [True, False, True, True], "the oldest save goes first, one status only"
+
+
+def test_memory_store_expires_a_status_saved_again_once_ttl_after_its_last_save() -> None:
+    clock = FakeClock()
+    store = MemoryStatusStore(ttl=60, clock=clock)
+    request_id = "33333333-3333-4333-8333-000000000003"
+    record = replace(new_record(request_id), webhook=WebhookState.PENDING)
+    store.create(record, "{}")
+    final = replace(record, status=EmailStatus.SENT, pending=())
+    store.save(final)
+    clock.now += 10
+    store.save(replace(final, webhook=WebhookState.DELIVERED))
+    clock.now += 55  # 65 s after the first final save: its entry may not take the status
+    assert store.get(request_id) is not None
+    clock.now += 6
+    assert store.get(request_id) is None, "expired ttl after the last save"
+
+
 def test_memory_store_max_must_be_a_positive_number() -> None:
     with pytest.raises(ConfigError, match="max"):
         store_from_url("memory://?max=lots", ttl=60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from mailservice.stores.contract import IDEMPOTENCY_TTL, IdempotencyClaim, StatusRecord, StatusStore
@@ -32,13 +32,19 @@ class MemoryStatusStore(StatusStore):
         self._lock = threading.Lock()
         self._records: dict[str, StatusRecord] = {}
         self._payloads: dict[str, str] = {}
-        self._expiry: deque[tuple[float, str]] = deque()
+        # Final request id -> when its status expires, oldest first: one entry per status,
+        # moved to the end when a final record is saved again (its webhook's outcome), so
+        # that `max_finished` counts statuses and a status expires `ttl` after its last save,
+        # as on the durable stores.
+        self._expiry: OrderedDict[str, float] = OrderedDict()
         self._claims: dict[str, IdempotencyClaim] = {}
         self._claim_expiry: deque[tuple[float, str]] = deque()
 
     def _purge(self, now: float) -> None:
-        while self._expiry and (self._expiry[0][0] <= now or len(self._expiry) > self.max_finished):
-            _, request_id = self._expiry.popleft()
+        while self._expiry and (
+            next(iter(self._expiry.values())) <= now or len(self._expiry) > self.max_finished
+        ):
+            request_id, _ = self._expiry.popitem(last=False)
             record = self._records.get(request_id)
             if record is not None and record.status.final:
                 del self._records[request_id]
@@ -83,7 +89,8 @@ class MemoryStatusStore(StatusStore):
             self._records[record.request_id] = record
             if record.status.final:
                 self._payloads.pop(record.request_id, None)
-                self._expiry.append((now + self.ttl, record.request_id))
+                self._expiry[record.request_id] = now + self.ttl
+                self._expiry.move_to_end(record.request_id)
             return True
 
     def get(self, request_id: str) -> StatusRecord | None:
