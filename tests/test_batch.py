@@ -209,6 +209,29 @@ def test_the_limit_is_shared_with_the_single_routes(make_app, smtp_server):
     assert send(client).status_code == 429
 
 
+def test_a_batch_longer_than_a_per_second_limit_is_429_in_every_window(make_app, smtp_server):
+    """API.md section 3, Batches, step 2: with `10/second;...`, 11 messages never fit a window;
+    a refused batch counts only in the window that refused it (the per-second one)."""
+    client = make_app(smtp_server.port, rate_limit="10/second;25/minute").test_client()
+    eleven = [message(n) for n in range(100, 111)]
+    windows: set[str] = set()
+
+    def refused_in_three_windows() -> bool:
+        over = post_batch(client, eleven)
+        assert over.status_code == 429 and over.headers["X-RateLimit-Limit"] == "10"
+        assert int(over.headers["Retry-After"]) <= 1, "the second's reset, which never helps"
+        windows.add(over.headers["X-RateLimit-Reset"])
+        return len(windows) >= 3
+
+    wait_for(refused_in_three_windows)
+    ten = [message(n) for n in range(10)]
+    # 33 refused messages would be past 25 a minute: they were not counted there.
+    accepted = wait_for(lambda: (answer := post_batch(client, ten)).status_code == 202 and answer)
+    for item in accepted.get_json()["messages"]:
+        wait_final(client, item["request_id"])
+    assert subjects(smtp_server) == sorted(f"batch {n}" for n in range(10)), "none of the 11"
+
+
 # -- Idempotency-Key -------------------------------------------------------------------------
 
 
