@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from mailservice.events.webhook_client import (
 from mailservice.testing.ports import free_port
 from mailservice.testing.smtp_servers import SilentServer
 from mailservice.testing.webhook_receiver import WebhookReceiver, verify
+from tests.conftest import wait_for
 
 SECRET = "whk-test-secret-0123456789"
 BODY = b'{"event":"email.sent","request_id":"r-1"}'
@@ -97,6 +99,39 @@ def test_a_receiver_that_never_answers_times_out() -> None:
         silent.stop()
 
 
+def outcome_of(attempt: Callable[[], object], within: float = 5.0) -> str:
+    """The reason `attempt` (a try) failed with, waiting for it at most `within` seconds."""
+    outcome: list[str] = []
+
+    def run() -> None:
+        try:
+            attempt()
+            outcome.append("delivered")
+        except WebhookError as exc:
+            outcome.append(exc.reason)
+
+    threading.Thread(target=run, daemon=True).start()
+    return wait_for(lambda: outcome, timeout=within)[0]
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_timeout(receiver) -> None:
+    # One byte every 0.2 s: no read ever waits 0.5 s, yet the answer would take hours.
+    server = receiver(drip=0.2)
+    reason = outcome_of(lambda: client(timeout=0.5).post(server.url(), BODY))
+    assert reason == "no answer within 0.5 s"
+    assert len(server.hits) == 1
+    wait_for(lambda: server.dripping == 0)  # the connection was shut, not kept for the next try
+
+
+def test_a_receiver_that_drips_over_tls_is_cut_off_too(receiver, tls_files) -> None:
+    cert, key = tls_files
+    server = receiver(tls=(cert, key), drip=0.2)
+    url = server.url(host="localhost", scheme="https")
+    reason = outcome_of(lambda: client(timeout=0.5, ca_file=str(cert)).post(url, BODY))
+    assert reason == "no answer within 0.5 s"
+    wait_for(lambda: server.dripping == 0)
+
+
 def test_a_refused_connection_fails_the_try() -> None:
     with pytest.raises(WebhookError, match=r"cannot connect to 127\.0\.0\.1: Connection refused"):
         client().post(f"http://127.0.0.1:{free_port()}/", BODY)
@@ -152,11 +187,14 @@ def test_every_resolved_address_is_checked() -> None:
 
 class StubResolver:
     """getaddrinfo that answers for names under `.example` from a script (this machine has no
-    DNS server to point at) and asks the real one for everything else; records the names."""
+    DNS server to point at) and asks the real one for everything else; records the names.
+    Names under `.slow.example` get no answer until `release` is set (a name server that
+    never answers), which the test's end does."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, answers: list[list[str]]) -> None:
         self.answers = answers
         self.asked: list[str] = []
+        self.release = threading.Event()
         self._real = socket.getaddrinfo
         monkeypatch.setattr(socket, "getaddrinfo", self)
 
@@ -164,11 +202,33 @@ class StubResolver:
         self.asked.append(str(host))
         if not str(host).endswith(".example"):
             return self._real(host, port, *args, **kwargs)
+        if str(host).endswith(".slow.example"):
+            self.release.wait(60)
         addresses = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         return [
             (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
             for a in addresses
         ]
+
+
+@pytest.fixture
+def stub_resolver(monkeypatch) -> Iterator[Callable[[list[list[str]]], StubResolver]]:
+    made: list[StubResolver] = []
+
+    def make(answers: list[list[str]]) -> StubResolver:
+        made.append(StubResolver(monkeypatch, answers))
+        return made[-1]
+
+    yield make
+    for resolver in made:
+        resolver.release.set()  # lookups still held end now
+
+
+def test_a_name_server_that_never_answers_fails_the_try_at_the_timeout(stub_resolver) -> None:
+    resolver = stub_resolver([["127.0.0.1"]])
+    reason = outcome_of(lambda: client(timeout=0.3).post("http://hooks.slow.example/", BODY))
+    assert reason == "resolving hooks.slow.example took longer than 0.3 s"
+    assert resolver.asked == ["hooks.slow.example"]
 
 
 def test_the_address_checked_is_the_one_connected_to(receiver, monkeypatch) -> None:

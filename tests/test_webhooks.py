@@ -160,6 +160,18 @@ def test_a_receiver_that_never_answers_is_retried_until_failed(
     assert SECRET not in caplog.text and "/hook" not in caplog.text, "no secret, no path"
 
 
+def test_a_receiver_that_drips_its_answer_holds_each_try_for_webhook_timeout_at_most(
+    make_app, smtp_server, receiver
+) -> None:
+    # A byte every 0.2 s: no read times out, and one answer would last for hours.
+    hooks = receiver(drip=0.2)
+    client = make_app(smtp_server.port, **fast(webhook_timeout=0.5)).test_client()
+    request_id = send(client, message(hooks.url())).get_json()["request_id"]
+    wait_webhook(client, request_id, "failed", timeout=20)
+    assert len(hooks.hits) == 6, "6 tries, each cut off at its time-out"
+    wait_for(lambda: hooks.dripping == 0)
+
+
 def test_a_refused_connection_is_retried_until_failed(make_app, smtp_server, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="mailservice.events.webhooks")
     client = make_app(smtp_server.port, **FAST).test_client()

@@ -23,7 +23,8 @@ from pydantic import AfterValidator, StrictStr
 
 from mailservice.config import Settings
 from mailservice.errors import ApiError, FieldError, WebhookError
-from mailservice.events.webhook_client import DEFAULT_PORTS, addresses, refuse_private
+from mailservice.events.name_lookup import addresses
+from mailservice.events.webhook_client import DEFAULT_PORTS, refuse_private
 
 MAX_LENGTH = 2048
 FIELD = "callback_url"

@@ -12,10 +12,13 @@ cannot reach an address the check refused. `allow_private` (WEBHOOK_ALLOW_PRIVAT
 refusal, not the resolution.
 
 A try is one POST: redirects are not followed (a 3xx is a failure), urllib3 retries nothing
-(the notifier keeps its own schedule), and `timeout` seconds bound it, name resolution and
-connection included; the addresses of a host are tried in order while time is left, when one
-cannot be connected to. Anything but a 2xx answer raises WebhookError. Connections are kept
-per checked address, at most `pool_size` each, for the next try to the same receiver.
+(the notifier keeps its own schedule), and `timeout` seconds bound the whole try: the name
+lookup waits at most that long (`NameLookup`, getaddrinfo on threads of its own), and a
+`Watchdog` shuts the connection down at the try's deadline, however slowly the receiver answers
+(`webhook_deadline`). The addresses of a host are tried in order while time is left, when one
+cannot be connected to. At most MAX_ANSWER bytes of an answer's body are read. Anything but a
+2xx answer raises WebhookError. Connections are kept per checked address, at most `pool_size`
+each, for the next try to the same receiver.
 
 Signature (API.md section 4): `X-Mail-Timestamp: <unix seconds>` and
 `X-Mail-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<raw body>">` under WEBHOOK_SECRET, made
@@ -43,9 +46,16 @@ from urllib3.exceptions import (
 )
 
 from mailservice.errors import WebhookError
+from mailservice.events.name_lookup import NameLookup
+from mailservice.events.webhook_deadline import (
+    Watchdog,
+    WatchedHTTPConnectionPool,
+    WatchedHTTPSConnectionPool,
+    watching,
+)
 
 USER_AGENT = "mail-service/0.1.0 webhooks (urllib3)"
-MAX_ANSWER = 64 * 1024  # bytes of a receiver's answer read; past that the connection is dropped
+MAX_ANSWER = 4096  # bytes of an answer's body read (a receiver says little); past that, dropped
 POOLS_MAX = 32  # receivers (by checked address) whose connections are kept
 DEFAULT_PORTS = {"http": 80, "https": 443}
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -92,13 +102,6 @@ def not_allowed(ip: IPAddress) -> str | None:
     return next((reason for failed, reason in checks if failed), None)
 
 
-def addresses(host: str, port: int) -> list[str]:
-    """The addresses `host` resolves to, in the resolver's order, each once; socket.gaierror
-    when it does not resolve."""
-    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in found))
-
-
 def refuse_private(host: str, found: list[str]) -> None:
     """WebhookError naming the first of `found` that is not a public address."""
     for address in found:
@@ -120,6 +123,7 @@ class WebhookClient:
     """Makes signed tries; `secret` is WEBHOOK_SECRET (never shown), `timeout` one try's bound.
 
     `ca_file` adds certificate authorities to the system's (tests; a receiver with a private CA).
+    `lookup` resolves names within the time left (one per process, shared with the API's check).
     """
 
     def __init__(
@@ -130,6 +134,7 @@ class WebhookClient:
         *,
         ca_file: str | None = None,
         pool_size: int = 4,
+        lookup: NameLookup | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret = secret
@@ -137,6 +142,7 @@ class WebhookClient:
         self.allow_private = allow_private
         self.ca_file = ca_file
         self.pool_size = pool_size
+        self.lookup = lookup if lookup is not None else NameLookup()
         self._clock = clock
         self._pools: OrderedDict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = (
             OrderedDict()
@@ -158,7 +164,9 @@ class WebhookClient:
         host, scheme = parts.hostname or "", parts.scheme.lower()
         port = parts.port or DEFAULT_PORTS[scheme]
         try:
-            found = addresses(host, port)
+            found = self.lookup.addresses(host, port, self.timeout)
+        except TimeoutError as exc:  # a slow name server fails this try; the next asks again
+            raise WebhookError(str(exc)) from exc
         except (socket.gaierror, UnicodeError) as exc:
             raise WebhookError(f"{host} does not resolve: {exc}") from exc
         if not self.allow_private:
@@ -172,7 +180,43 @@ class WebhookClient:
             "X-Mail-Signature": signature(self._secret, timestamp, body),
         }
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        reason = f"no answer within {self.timeout:g} s"
+        watchdog = Watchdog(deadline - time.monotonic())
+        try:
+            with watching(watchdog):
+                receiver = (scheme, port, host)
+                status = self._exchange(found, receiver, target, body, headers, watchdog, deadline)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            cut_off = watchdog.finish()  # the watchdog's shutdown shows up as any socket error
+            raise WebhookError(self._late if cut_off else _describe(exc, self.timeout)) from exc
+        except (UnicodeError, ValueError) as exc:  # a WEBHOOK_URL http.client cannot write
+            raise WebhookError(f"the URL cannot be sent: {exc}") from exc
+        finally:
+            watchdog.finish()
+        if 200 <= status < 300:
+            return status
+        if 300 <= status < 400:
+            raise WebhookError(f"answered {status} (redirects are not followed)")
+        raise WebhookError(f"answered {status}")
+
+    @property
+    def _late(self) -> str:
+        return f"no answer within {self.timeout:g} s"
+
+    def _exchange(
+        self,
+        found: list[str],
+        receiver: tuple[str, int, str],
+        target: str,
+        body: bytes,
+        headers: dict[str, str],
+        watchdog: Watchdog,
+        deadline: float,
+    ) -> int:
+        """The POST to the first of `found` that can be connected to: its answer's status,
+        its body read (at most MAX_ANSWER bytes); WebhookError when none could be, or when the
+        watchdog cut the answer off."""
+        scheme, port, host = receiver
+        reason = self._late
         for address in found:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -196,11 +240,18 @@ class WebhookClient:
             except ConnectTimeoutError:
                 reason = f"connecting to {address} timed out"
                 continue
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise WebhookError(_describe(exc, self.timeout)) from exc
-            except (UnicodeError, ValueError) as exc:  # a WEBHOOK_URL http.client cannot write
-                raise WebhookError(f"the URL cannot be sent: {exc}") from exc
-            return _answer(response, self.timeout)
+            try:
+                rest = response.read(MAX_ANSWER + 1, decode_content=False)
+            except BaseException:
+                response.close()
+                raise
+            cut_off = watchdog.finish()  # before the connection goes back to the pool
+            if cut_off or len(rest) > MAX_ANSWER:
+                response.close()  # cut off, or talking on and on: its connection is not kept
+            response.release_conn()
+            if cut_off:
+                raise WebhookError(self._late)
+            return response.status
         raise WebhookError(reason)
 
     def _pool(self, scheme: str, address: str, port: int, host: str) -> urllib3.HTTPConnectionPool:
@@ -211,7 +262,7 @@ class WebhookClient:
                 self._pools.move_to_end(key)
                 return pool
             if scheme == "https":
-                pool = urllib3.HTTPSConnectionPool(
+                pool = WatchedHTTPSConnectionPool(
                     address,
                     port,
                     maxsize=self.pool_size,
@@ -222,7 +273,7 @@ class WebhookClient:
                     assert_hostname=host,
                 )
             else:
-                pool = urllib3.HTTPConnectionPool(
+                pool = WatchedHTTPConnectionPool(
                     address, port, maxsize=self.pool_size, retries=False
                 )
             self._pools[key] = pool
@@ -237,29 +288,12 @@ class WebhookClient:
             pools, self._pools = list(self._pools.values()), OrderedDict()
         for pool in pools:
             pool.close()
+        self.lookup.close()
 
 
 def _host_header(host: str, port: int, scheme: str) -> str:
     shown = f"[{host}]" if ":" in host else host
     return shown if port == DEFAULT_PORTS[scheme] else f"{shown}:{port}"
-
-
-def _answer(response: urllib3.BaseHTTPResponse, timeout: float) -> int:
-    """The status of a 2xx answer, having read (at most MAX_ANSWER bytes of) its body."""
-    try:
-        rest = response.read(MAX_ANSWER + 1, decode_content=False)
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        response.close()
-        raise WebhookError(_describe(exc, timeout)) from exc
-    if len(rest) > MAX_ANSWER:
-        response.close()  # a receiver that talks on and on: its connection is not kept
-    response.release_conn()
-    status = response.status
-    if 200 <= status < 300:
-        return status
-    if 300 <= status < 400:
-        raise WebhookError(f"answered {status} (redirects are not followed)")
-    raise WebhookError(f"answered {status}")
 
 
 def _cause(exc: BaseException) -> str:

@@ -5,7 +5,10 @@
 answered, the client's port (one per connection), and whether its signature and timestamp
 check out (`verify()`, the check a receiver makes, as the README shows it). `gate` (a
 threading.Event), when given, holds every answer until it is set, so that a test can look at
-the sender while a try is under way. `tls` (a certificate and key file) serves HTTPS.
+the sender while a try is under way. `drip` (seconds) sends every answer one byte at a time,
+that long apart, with a body long enough to last for hours: the receiver that keeps a try
+going while never letting one read time out; `dripping` counts the answers still going (one
+ends when its client goes away). `tls` (a certificate and key file) serves HTTPS.
 `SilentServer` (smtp_servers) is the receiver that never answers.
 """
 
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 TOLERANCE = 300  # seconds a timestamp may be off: older is a replay
+DRIP_BODY = 100_000  # bytes of padding before a dripped answer's JSON
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None = None) -> bool:
@@ -63,12 +67,16 @@ class WebhookReceiver:
         gate: threading.Event | None = None,
         tls: tuple[Path, Path] | None = None,
         headers: dict[str, str] | None = None,
+        drip: float | None = None,
     ) -> None:
         self.secret = secret
         self.answers: deque[int] = deque(answers or [])
         self.then = then
         self.gate = gate
         self.extra_headers = headers or {}  # sent with every answer (a redirect's Location)
+        self.drip = drip
+        self.dripping = 0
+        self._stopping = threading.Event()
         self.hits: list[Hit] = []
         self.arrived = 0  # requests read, answered or not yet
         self._lock = threading.Lock()
@@ -93,6 +101,7 @@ class WebhookReceiver:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.gate is not None:
             self.gate.set()
         self.server.shutdown()
@@ -123,6 +132,9 @@ class WebhookReceiver:
                 with receiver._lock:
                     receiver.hits.append(hit)
                 answer = b'{"ok": true}' if status < 300 else b'{"error": "scripted"}'
+                if receiver.drip is not None:
+                    self._drip(status, b" " * DRIP_BODY + answer)
+                    return
                 self.send_response(status)
                 for name, value in receiver.extra_headers.items():
                     self.send_header(name, value)
@@ -130,6 +142,25 @@ class WebhookReceiver:
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
+
+            def _drip(self, status: int, answer: bytes) -> None:
+                head = (
+                    f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(answer)}\r\n\r\n"
+                ).encode()
+                with receiver._lock:
+                    receiver.dripping += 1
+                try:
+                    for byte in head + answer:
+                        if receiver._stopping.wait(receiver.drip):
+                            break
+                        self.wfile.write(bytes((byte,)))
+                except OSError:  # the client went away (as it should, at its time-out)
+                    pass
+                finally:
+                    self.close_connection = True
+                    with receiver._lock:
+                        receiver.dripping -= 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the test's output stays the test's
