@@ -28,6 +28,7 @@ from mailservice.testing.webhook_receiver import WebhookReceiver
 from tests.conftest import API_KEY, send, wait_final, wait_for
 from tests.test_durability import service_env
 from tests.test_jwt_auth import sign
+from tests.test_webhook_client import StubResolver
 
 SECRET = "whk-test-secret-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -57,6 +58,27 @@ def receiver() -> Iterator[Callable[..., WebhookReceiver]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def stub_resolver(monkeypatch) -> Iterator[Callable[[list[list[str]]], StubResolver]]:
+    """Scripted DNS for names under `.example` (see StubResolver); held lookups end after."""
+    made: list[StubResolver] = []
+
+    def make(answers: list[list[str]]) -> StubResolver:
+        made.append(StubResolver(monkeypatch, answers))
+        return made[-1]
+
+    yield make
+    for resolver in made:
+        resolver.release.set()
+
+
+def answer_within(call: Callable[[], Any], within: float = 10.0) -> Any:
+    """What `call` (a request to the app) answers, waiting for it at most `within` seconds."""
+    answers: list[Any] = []
+    threading.Thread(target=lambda: answers.append(call()), daemon=True).start()
+    return wait_for(lambda: answers, timeout=within)[0]
 
 
 @pytest.fixture
@@ -224,6 +246,38 @@ def test_a_private_callback_url_is_refused_at_send_time(
     allowed = make_app(smtp_server.port, webhook_secret=SECRET, webhook_allow_private=True)
     assert send(allowed.test_client(), message(url)).status_code == 202
     wait_for(lambda: len(smtp_server.received) == 1)  # only the allowed one was sent
+
+
+def test_send_time_lookups_share_one_webhook_timeout_per_request(
+    make_app, smtp_server, stub_resolver
+) -> None:
+    # 20 hosts whose name server never answers: the first lookup gets the request's
+    # WEBHOOK_TIMEOUT (0.5 s), the others no time at all, and every message is accepted (each
+    # try checks its host). 0.5 s per lookup would be 10 s; the old code waited for ever.
+    resolver = stub_resolver([["93.184.216.34"]])
+    client = make_app(smtp_server.port, **fast(webhook_allow_private=False)).test_client()
+    batch = {"messages": [message(f"http://h{i}.slow.example/hook") for i in range(20)]}
+    answer = answer_within(
+        lambda: client.post("/send-email/batch", json=batch, headers=AUTH), within=5.0
+    )
+    assert answer.status_code == 202
+    assert {item["status"] for item in answer.get_json()["messages"]} == {"queued"}
+    assert resolver.asked[0] == "h0.slow.example"
+
+
+def test_a_batch_looks_each_callback_host_up_once(make_app, smtp_server, stub_resolver) -> None:
+    resolver = stub_resolver([["10.0.0.7"]])
+    client = make_app(smtp_server.port, **fast(webhook_allow_private=False)).test_client()
+    batch = {"messages": [message("http://hooks.example/hook") for _ in range(5)]}
+    answer = client.post("/send-email/batch", json=batch, headers=AUTH)
+    assert answer.status_code == 400, "each refused: hooks.example resolves to 10.0.0.7"
+    errors = answer.get_json()["errors"]
+    assert [error["field"] for error in errors] == [f"messages.{i}.callback_url" for i in range(5)]
+    assert all("10.0.0.7, a private address" in error["message"] for error in errors)
+    assert resolver.asked.count("hooks.example") == 1, "one lookup for the five"
+    assert client.post("/send-email/batch", json=batch, headers=AUTH).status_code == 400
+    assert resolver.asked.count("hooks.example") == 2, "the next request looks it up afresh"
+    assert len(smtp_server.received) == 0
 
 
 def test_callback_url_without_a_webhook_secret_is_400(client, smtp_server) -> None:

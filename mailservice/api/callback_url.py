@@ -11,19 +11,28 @@ host resolves to a loopback, private, link-local, multicast, unspecified or rese
 (every address it resolves to is checked; the rule is `webhook_client.not_allowed`). A name
 that does not exist is refused too; a resolver that fails for the moment is not (the address
 is checked again when each try connects).
+
+The lookups run on the request's thread, so they are bounded: one HTTP request (a batch of
+100 included) gets WEBHOOK_TIMEOUT seconds of lookups in all, kept on Flask's `g` with each
+distinct host's answer, so that a host is looked up once per request. A lookup that runs out
+of that time, or finds no time left, counts as a resolver that failed for the moment: the
+message is accepted, and every try checks its host again.
 """
 
 from __future__ import annotations
 
 import socket
+import time
+from dataclasses import dataclass, field
 from typing import Annotated
 from urllib.parse import urlsplit
 
+from flask import g
 from pydantic import AfterValidator, StrictStr
 
 from mailservice.config import Settings
 from mailservice.errors import ApiError, FieldError, WebhookError
-from mailservice.events.name_lookup import addresses
+from mailservice.events.name_lookup import NameLookup
 from mailservice.events.webhook_client import DEFAULT_PORTS, refuse_private
 
 MAX_LENGTH = 2048
@@ -60,22 +69,46 @@ def _refused(message: str) -> ApiError:
     return ApiError(400, "The request has invalid fields.", [FieldError(FIELD, message)])
 
 
-def check_callback_target(url: str | None, settings: Settings) -> None:
+@dataclass(slots=True)
+class _Lookups:
+    """One HTTP request's lookups: when their time is up, and each host's answer (its
+    addresses; None: not known now; a string: why the name does not resolve)."""
+
+    deadline: float
+    answers: dict[str, list[str] | str | None] = field(default_factory=dict)
+
+
+def _answer(host: str, port: int, lookup: NameLookup, budget: float) -> list[str] | str | None:
+    lookups: _Lookups = g.setdefault("callback_lookups", _Lookups(time.monotonic() + budget))
+    key = host.lower()
+    if key not in lookups.answers:
+        try:
+            found: list[str] | str | None = lookup.addresses(
+                host, port, lookups.deadline - time.monotonic()
+            )
+        except TimeoutError:  # a slow name server, or no time left: each try checks again
+            found = None
+        except (socket.gaierror, UnicodeError) as exc:
+            no_such_name = isinstance(exc, UnicodeError) or exc.errno in NO_SUCH_NAME
+            found = f"its host {host} does not resolve" if no_such_name else None
+        lookups.answers[key] = found
+    return lookups.answers[key]
+
+
+def check_callback_target(url: str | None, settings: Settings, lookup: NameLookup) -> None:
     """ApiError 400 naming `callback_url` when it may not be called (see the module's
-    docstring); nothing for no URL."""
+    docstring); nothing for no URL. `lookup` resolves its host (within the request's time)."""
     if url is None:
         return
     if not settings.webhook_secret:
         raise _refused("webhooks are not configured (WEBHOOK_SECRET is not set)")
     parts = urlsplit(url)
     host = parts.hostname or ""
-    try:
-        found = addresses(host, parts.port or DEFAULT_PORTS[parts.scheme.lower()])
-    except (socket.gaierror, UnicodeError) as exc:
-        if isinstance(exc, UnicodeError) or exc.errno in NO_SUCH_NAME:
-            raise _refused(f"its host {host} does not resolve") from exc
-        return  # the resolver failed, not the name: each try checks it again
-    if settings.webhook_allow_private:
+    port = parts.port or DEFAULT_PORTS[parts.scheme.lower()]
+    found = _answer(host, port, lookup, settings.webhook_timeout)
+    if isinstance(found, str):
+        raise _refused(found)
+    if found is None or settings.webhook_allow_private:
         return
     try:
         refuse_private(host, found)

@@ -175,7 +175,7 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
         send = render_template(send)
     if send.from_ is not None and send.from_.lower() != sender.email.lower():
         raise ApiError(403, "`from` must be the address of the key's own sender.")
-    check_callback_target(send.callback_url, service().settings)
+    check_callback_target(send.callback_url, settings, service().webhooks.client.lookup)
     return send
 
 
