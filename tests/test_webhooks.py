@@ -480,6 +480,49 @@ def test_a_full_queue_leaves_a_webhook_pending_for_a_later_round(tmp_path: Path,
         store.close()
 
 
+def test_the_delivering_process_posts_to_its_own_webhook_url(
+    tmp_path: Path, receiver, caplog
+) -> None:
+    """API.md section 4: the targets are those at delivery time. Three webhooks a stopped
+    process left pending: one accepted under a WEBHOOK_URL with a callback, one under it
+    without, one with only a callback; taken up by processes with and without WEBHOOK_URL."""
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    caplog.set_level(logging.WARNING, logger="mailservice.events.webhooks")
+    own, deployment = receiver(), receiver()
+    store = SqliteStatusStore(str(tmp_path / "status.db"), ttl=600)
+    both, only_deployment, only_callback = (
+        replace(final_record(own.url(), f"eeeeeeee-eeee-4eee-8eee-00000000000{i}"), owner="gone")
+        for i in (1, 2, 3)
+    )
+    only_deployment = replace(only_deployment, callback_url=None)
+    for record in (both, only_deployment):
+        store.create(record, "{}")
+        store.save(record)
+    without = WebhookNotifier(store, WebhookClient(SECRET, 2.0, True), "p1")
+    try:
+        assert without.recover() == 2
+        wait_for(lambda: without.held() == 0)
+    finally:
+        without.close()
+    assert store.get(both.request_id).webhook is WebhookState.DELIVERED, "to the callback"
+    assert store.get(only_deployment.request_id).webhook is None, "no target left: none owed"
+    assert f"webhook not sent request_id={only_deployment.request_id}" in caplog.text
+    assert [hit.json["request_id"] for hit in own.hits] == [both.request_id]
+    store.create(only_callback, "{}")
+    store.save(only_callback)
+    client = WebhookClient(SECRET, 2.0, True)
+    with_url = WebhookNotifier(store, client, "p2", deployment_url=deployment.url("/all"))
+    try:
+        assert with_url.recover() == 1
+        wait_for(lambda: store.get(only_callback.request_id).webhook is WebhookState.DELIVERED)
+    finally:
+        with_url.close()
+        store.close()
+    assert [hit.json["request_id"] for hit in deployment.hits] == [only_callback.request_id]
+    assert own.hits[-1].json["request_id"] == only_callback.request_id
+
+
 def test_a_bug_in_a_try_fails_that_target_instead_of_holding_the_request(caplog) -> None:
     class BrokenClient(WebhookClient):
         def post(self, url: str, body: bytes) -> int:

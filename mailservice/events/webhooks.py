@@ -2,7 +2,11 @@
 
 `WebhookNotifier` subscribes to the EventBus. On `Finished` with the record's webhook
 `pending` it only queues the delivery; its own threads (never the sending threads) make the
-tries with `WebhookClient`. Each target gets its own tries: TRIES in all, the first at once,
+tries with `WebhookClient`. The targets are those at delivery time: the record's callback_url,
+and `deployment_url`, this process's WEBHOOK_URL as it is now (a pending webhook follows a
+changed WEBHOOK_URL). A record left with no target (accepted under a WEBHOOK_URL this process
+does not have) has nothing owed: it is saved with webhook None, and the log says why. Each
+target gets its own tries: TRIES in all, the first at once,
 then after `backoff` seconds, doubling (120 s by default: 2, 4, 8, 16 and 32 minutes, about an
 hour in all). When every target answered 2xx the record is saved `delivered`, when one ran out
 of tries `failed`; `store.save()` keeps its owner check, and a save the store refuses is tried
@@ -138,12 +142,17 @@ class WebhookNotifier:
             if not full:
                 self._held[record.request_id] = delivery
                 if not sendable:  # nothing can be sent: the outcome is known now
-                    delivery.open, delivery.failed = 0, True
+                    delivery.open, delivery.failed = 0, bool(targets)
         if full:
             self._overflow(record)
             return False
         if not sendable:
-            why = "WEBHOOK_SECRET is not set" if targets else "it has no target (WEBHOOK_URL unset)"
+            why = (
+                "WEBHOOK_SECRET is not set"
+                if targets
+                else "its only target was WEBHOOK_URL, which this process does not have; its "
+                "webhook becomes null"
+            )
             logger.warning("webhook not sent request_id=%s: %s", record.request_id, why)
             self._due.put(0.0, (delivery, None))
         for target in targets if sendable else ():
@@ -252,8 +261,15 @@ class WebhookNotifier:
             self._save(delivery)
 
     def _save(self, delivery: _Delivery) -> None:
-        """Record the outcome, under the owner check; a refused save is tried again later."""
-        state = WebhookState.FAILED if delivery.failed else WebhookState.DELIVERED
+        """Record the outcome, under the owner check; a refused save is tried again later.
+        None when there was no target: no webhook was owed after all."""
+        state = (
+            WebhookState.FAILED
+            if delivery.failed
+            else WebhookState.DELIVERED
+            if delivery.targets
+            else None
+        )
         record = replace(delivery.record, webhook=state)
         try:
             saved = self.store.save(record)
