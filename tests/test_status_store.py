@@ -697,8 +697,41 @@ def test_sqlite_finds_pending_webhooks_through_their_index(tmp_path) -> None:
     from mailservice.stores.sqlite_store import WEBHOOK_ORPHANS, SqliteStatusStore
 
     store = SqliteStatusStore(str(tmp_path / "s.db"), ttl=60)
-    plan = store._db.execute(
-        f"EXPLAIN QUERY PLAN {WEBHOOK_ORPHANS}", {"now": 0, "owner": "a", "limit": 10}
-    ).fetchall()
+    params = {"now": 0, "owner": "a", "limit": 10, "after_at": "", "after_id": ""}
+    plan = store._db.execute(f"EXPLAIN QUERY PLAN {WEBHOOK_ORPHANS}", params).fetchall()
     store.close()
     assert "USING INDEX requests_webhook_pending" in str(plan), plan
+
+
+def test_webhook_orphans_go_on_where_the_last_call_stopped(durable_pair) -> None:
+    # The caller skips what it holds itself; were every call to answer the same first ones,
+    # those would hide the rest for good.
+    first, second = durable_pair
+    ids = [f"bbbbbbbb-bbbb-4bbb-8bbb-{i:012d}" for i in range(250)]
+    finals = [final_with_webhook(request_id) for request_id in ids]
+    first.create_many([(record, "{}") for record, _ in finals])
+    for _, final in finals:
+        first.save(final)
+    seen: list[str] = []
+    for _ in range(12):
+        found = second.webhook_orphans(40, "p2")
+        assert len(found) <= 40
+        seen += found
+    assert set(seen) == set(ids), f"{len(set(ids) - set(seen))} never found"
+
+
+@pytest.mark.redis
+def test_one_redis_webhook_orphans_call_looks_at_a_bounded_part_of_the_set(redis_server) -> None:
+    from mailservice.stores.redis_store import WEBHOOKS
+
+    store = store_from_url(redis_server.url, ttl=60)
+    try:
+        # Ids whose record expired: each call that looks at one removes it from the set.
+        store.client.sadd(WEBHOOKS, *(f"gone-{i}" for i in range(3000)))
+        assert store.webhook_orphans(10, "p2") == []
+        assert 0 < store.client.scard(WEBHOOKS) < 3000, "one call looked at a part, not all"
+        for _ in range(5):  # later calls go on through the rest
+            assert store.webhook_orphans(10, "p2") == []
+        assert store.client.scard(WEBHOOKS) == 0
+    finally:
+        store.close()

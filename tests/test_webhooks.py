@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -521,6 +522,78 @@ def test_the_delivering_process_posts_to_its_own_webhook_url(
         store.close()
     assert [hit.json["request_id"] for hit in deployment.hits] == [only_callback.request_id]
     assert own.hits[-1].json["request_id"] == only_callback.request_id
+
+
+def left_pending(store: Any, url: str, count: int, owner: str = "gone") -> list[StatusRecord]:
+    """`count` final records whose webhook to `url` is pending, left by a stopped `owner`."""
+    records = [
+        replace(final_record(url, f"ffffffff-ffff-4fff-8fff-{i:012d}"), owner=owner)
+        for i in range(count)
+    ]
+    store.create_many([(record, "{}") for record in records])
+    for record in records:
+        store.save(record)
+    return records
+
+
+def test_a_recovery_round_claims_at_most_100_and_the_next_goes_on(tmp_path: Path, receiver):
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    hooks = receiver()
+    store = SqliteStatusStore(str(tmp_path / "status.db"), ttl=600)
+    records = left_pending(store, hooks.url(), 130)
+    notifier = WebhookNotifier(store, WebhookClient(SECRET, 2.0, True), "p1")
+    try:
+        assert notifier.recover() == 100
+        assert notifier.recover() == 30, "the rest, not the first 100 again"
+        wait_for(lambda: notifier.held() == 0)
+        assert {hit.json["request_id"] for hit in hooks.hits} == {r.request_id for r in records}
+    finally:
+        notifier.close()
+        store.close()
+
+
+def test_lease_renewal_goes_on_while_webhook_recovery_meets_a_slow_store(
+    make_app, smtp_server, receiver, tmp_path: Path, monkeypatch
+) -> None:
+    # Each claim waits 50 ms (another process's write lock): 200 of them, in one round, were
+    # 10 s without renewing a lease of 1.5 s, after which other processes take over and send
+    # again this process's unfinished mail.
+    import sqlite3
+
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    path = tmp_path / "status.db"
+    hooks = receiver()
+    store = SqliteStatusStore(str(path), ttl=600)
+    left_pending(store, hooks.url(), 200)
+    store.close()
+    claim = SqliteStatusStore.claim_webhook
+    claims: list[str] = []
+
+    def slow_claim(self: SqliteStatusStore, request_id: str, owner: str) -> Any:
+        time.sleep(0.05)  # the wait for the lock, made up: the test is about the lease
+        claims.append(request_id)
+        return claim(self, request_id, owner)
+
+    monkeypatch.setattr(SqliteStatusStore, "claim_webhook", slow_claim)
+    app = make_app(
+        smtp_server.port, status_store_url=f"sqlite:///{path}", lease_seconds=1.5, **FAST
+    )
+    owner = app.extensions[EXTENSION].pool.owner
+    leases: set[float] = set()
+    watch = sqlite3.connect(path)
+    try:
+
+        def renewed_three_times() -> bool:
+            row = watch.execute("SELECT lease_until FROM owners WHERE owner = ?", (owner,))
+            leases.update(value for (value,) in row.fetchall())
+            return len(leases) >= 4
+
+        wait_for(renewed_three_times, timeout=5)
+        assert claims, "while webhook recovery was under way"
+    finally:
+        watch.close()
 
 
 def test_a_bug_in_a_try_fails_that_target_instead_of_holding_the_request(caplog) -> None:

@@ -20,19 +20,23 @@ target, only the timestamp and signature change. Delivery is at least once: a re
 by `request_id`.
 
 Durability: the record's webhook is already `pending` in its final save, so a durable store
-keeps what is owed. `recover()` (run by the LeaseKeeper every round, after its lease renewal)
-claims pending webhooks whose owner's lease ran out, or this process's own that it holds no
-longer (a full queue), and queues them. Memory is bounded: at most `max_pending` requests are
-held; past that a durable store keeps the webhook pending for a later round, and the memory
-store fails it (logged). `flush()` (the end of a drain) waits briefly for tries due now;
-`close()` stops the threads without waiting out retries: on a durable store what is left stays
-pending for the next process, on the memory store it is given up and counted in the log.
+keeps what is owed. `recover(deadline)` (run by the LeaseKeeper every round, after its lease
+renewal) claims pending webhooks whose owner's lease ran out, or this process's own that it
+holds no longer (a full queue), and queues them: at most RECOVER_MAX a round, and none once
+the round's deadline passed (each claim is a store round trip, on the lease's thread, which
+must not be late to renew the lease); the store's search goes on from round to round.
+Memory is bounded: at most `max_pending` requests are held; past that a durable store keeps
+the webhook pending for a later round, and the memory store fails it (logged). `flush()` (the
+end of a drain) waits briefly for tries due now; `close()` stops the threads without waiting
+out retries: on a durable store what is left stays pending for the next process, on the memory
+store it is given up and counted in the log.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +53,7 @@ logger = logging.getLogger(__name__)
 TRIES = 6  # per target: the first at once, then backoff, doubling
 THREADS = 4  # delivery threads per process; each try holds one for at most WEBHOOK_TIMEOUT
 MAX_PENDING = 10_000  # requests whose webhook this process holds in memory
+RECOVER_MAX = 100  # webhooks claimed per recovery round at most
 SAVE_TRIES, SAVE_FIRST, SAVE_MAX = 10, 1.0, 60.0  # an outcome the store refused: ~4 min in all
 FLUSH_MAX = 5.0  # seconds a drain's flush waits at most for the tries due now
 CLOSE_WAIT = 1.0  # seconds close() waits for tries under way
@@ -178,21 +183,25 @@ class WebhookNotifier:
         except StoreError as exc:
             logger.warning("webhook outcome not recorded request_id=%s: %s", record.request_id, exc)
 
-    def recover(self) -> int:
+    def recover(self, deadline: float = math.inf) -> int:
         """Claim pending webhooks that stopped processes left (and this one's own that it no
-        longer holds) while there is room, and queue them; how many were taken up."""
+        longer holds) while there is room, at most RECOVER_MAX and until `deadline` (a
+        time.monotonic() value), and queue them; how many were taken up."""
         if not self.store.durable or not self.client.configured:
             return 0
         with self._lock:
             if self._due.closed:
                 return 0
-            held, room = set(self._held), self.max_pending - len(self._held)
+            held, room = set(self._held), min(RECOVER_MAX, self.max_pending - len(self._held))
         if room <= 0:
             return 0
         taken = 0
-        # Asked for `room` more than are held: this process's own come back too, and are skipped.
-        for request_id in self.store.webhook_orphans(room + len(held), self.owner):
-            if request_id in held or taken >= room:
+        # This process's own come back too, and are skipped; the store goes on where this
+        # round stopped next time, so that they never hide the others.
+        for request_id in self.store.webhook_orphans(RECOVER_MAX, self.owner):
+            if taken >= room or time.monotonic() >= deadline:
+                break
+            if request_id in held:
                 continue
             record = self.store.claim_webhook(request_id, self.owner)
             if record is not None and self.enqueue(record):

@@ -217,7 +217,10 @@ class StatusStore(ABC):
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         """Final requests whose webhook is still `pending` and whose owner's lease ran out, or
         whose owner is `owner` (what that process no longer holds in memory); at most `limit`,
-        none where nothing outlives a process."""
+        none where nothing outlives a process. One call does a bounded amount of work, and
+        successive calls on one store object go on from where the last one stopped, starting
+        over once they reached the end: ids its caller skips (the webhooks it holds) never
+        hide the others for good."""
         return []
 
     def claim_webhook(self, request_id: str, owner: str) -> StatusRecord | None:

@@ -2,8 +2,9 @@
 
 Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its payload),
 `mail:unfinished` (a set of unfinished ids), `mail:webhooks` (a set of final ids whose webhook
-is still pending, kept by the save script), `mail:owner:<owner>` (a process's lease, expiring
-unless renewed) and `mail:idem:<scope>` (Idempotency-Keys, 24 h). Each write is one round trip:
+is still pending, kept by the save script and walked with SSCAN, a bounded part per call),
+`mail:owner:<owner>` (a process's lease, expiring unless renewed) and `mail:idem:<scope>`
+(Idempotency-Keys, 24 h). Each write is one round trip:
 a short Lua script that checks and writes atomically (the owner check of `save`, the
 set-if-absent of an Idempotency-Key with the create, and every record of a batch in one
 script). Reads fetch only the status fields.
@@ -40,6 +41,7 @@ OWNER_PREFIX = "mail:owner:"
 IDEMPOTENCY_PREFIX = "mail:idem:"
 UNFINISHED = "mail:unfinished"
 WEBHOOKS = "mail:webhooks"
+WEBHOOK_SCAN_MAX = 1000  # members of the webhooks set one webhook_orphans() call looks at
 
 # KEYS: unfinished set, the records in order, [idempotency key]. ARGV: record count, claim
 # JSON ('' for none), claim TTL, items per record (its id, then its field/value pairs), then
@@ -110,22 +112,41 @@ return 1
 """
 
 
-# KEYS: webhooks set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX, owner, the pending state. Ids of
-# final records whose webhook is pending and whose owner holds no lease or is `owner`; ids whose
-# record expired or whose webhook ended leave the set.
+# KEYS: webhooks set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX, owner, the pending state, the
+# SSCAN cursor to go on from and how many members of its reply were dealt with already, and
+# how many members to look at at most. Ids of final records whose webhook is pending and whose
+# owner holds no lease or is `owner`; ids whose record expired or whose webhook ended leave the
+# set. Returns {cursor, done, ids}: where the next call goes on ('0', 0: start over). The set can
+# be large; one call looks at no more than its share of it.
 WEBHOOK_ORPHANS = """
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local found = redis.call('HMGET', ARGV[2] .. id, 'owner', 'webhook')
-  local owner, webhook = found[1], found[2]
-  if not owner or webhook ~= ARGV[5] then
-    redis.call('SREM', KEYS[1], id)
-  elseif owner == ARGV[4] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
-    out[#out + 1] = id
-    if #out >= tonumber(ARGV[1]) then break end
+local limit, budget = tonumber(ARGV[1]), tonumber(ARGV[8])
+local cursor, skip = ARGV[6], tonumber(ARGV[7])
+local out, looked = {}, 0
+repeat
+  local reply = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', limit)
+  local members, kept = reply[2], skip
+  for i = skip + 1, #members do
+    local id = members[i]
+    looked = looked + 1
+    local found = redis.call('HMGET', ARGV[2] .. id, 'owner', 'webhook')
+    local owner, webhook = found[1], found[2]
+    if not owner or webhook ~= ARGV[5] then
+      redis.call('SREM', KEYS[1], id)
+    else
+      kept = kept + 1
+      if owner == ARGV[4] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+        out[#out + 1] = id
+      end
+    end
+    if #out >= limit or looked >= budget then
+      -- The rest of this reply comes first next time: the same cursor, past the ones kept.
+      if i < #members then return {cursor, kept, out} end
+      return {reply[1], 0, out}
+    end
   end
-end
-return out
+  cursor, skip = reply[1], 0
+until cursor == '0'
+return {'0', 0, out}
 """
 
 # KEYS: record. ARGV: new owner, OWNER_PREFIX, the pending state, then RECORD_FIELDS. The
@@ -165,6 +186,7 @@ class RedisStatusStore(StatusStore):
         self._webhook_orphans = client.register_script(WEBHOOK_ORPHANS)
         self._claim_webhook = client.register_script(CLAIM_WEBHOOK)
         self._outage = OutageLog(logger)
+        self._webhook_scan: tuple[str, int] = ("0", 0)  # where webhook_orphans() goes on
 
     @classmethod
     def from_url(cls, url: str, ttl: int, timeout: float = 1.0) -> RedisStatusStore:
@@ -268,9 +290,14 @@ class RedisStatusStore(StatusStore):
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         if limit <= 0:
             return []
-        args = [limit, KEY_PREFIX, OWNER_PREFIX, owner, str(WebhookState.PENDING)]
+        cursor, done = self._webhook_scan
+        args = [limit, KEY_PREFIX, OWNER_PREFIX, owner, str(WebhookState.PENDING), cursor, done]
         with self._guard():
-            return list(self._webhook_orphans(keys=[WEBHOOKS], args=args))
+            cursor, done, ids = self._webhook_orphans(
+                keys=[WEBHOOKS], args=[*args, max(limit, WEBHOOK_SCAN_MAX)]
+            )
+        self._webhook_scan = (str(cursor), int(done))
+        return list(ids)
 
     def claim_webhook(self, request_id: str, owner: str) -> StatusRecord | None:
         args = [owner, OWNER_PREFIX, str(WebhookState.PENDING), *RECORD_FIELDS]

@@ -5,7 +5,8 @@ crash or `kill -9` of the process (not a power cut in the last moments before a 
 Several processes on the machine may share the file: leases live in the `owners` table, and
 every check-and-write (owner check, take-over, Idempotency-Key) is one SQL statement or one
 `BEGIN IMMEDIATE` transaction; a final request's pending webhook is found through the partial
-index `requests_webhook_pending` and taken over like an unfinished request. Expired statuses
+index `requests_webhook_pending` (each call going on after the last one's last row, in
+`updated_at` order) and taken over like an unfinished request. Expired statuses
 are deleted by `purge_expired()`. The file's schema version and its migrations live in
 `sqlite_schema.py`.
 """
@@ -38,14 +39,18 @@ logger = logging.getLogger(__name__)
 COLUMNS = ", ".join(RECORD_FIELDS)
 LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
 # Final (only a final save sets `expires_at`), unexpired, webhook pending, owner dead or the
-# asker. INDEXED BY: the planner, knowing no row counts, chose requests_expiry, which would scan
-# every status of STATUS_TTL; the partial index holds only the pending webhooks.
+# asker, after the last call's last row (:after_at, :after_id). INDEXED BY: the planner, knowing
+# no row counts, chose requests_expiry, which would scan every status of STATUS_TTL; the partial
+# index holds only the pending webhooks.
 WEBHOOK_ORPHANS = (
-    "SELECT request_id FROM requests INDEXED BY requests_webhook_pending"
+    "SELECT request_id, updated_at FROM requests INDEXED BY requests_webhook_pending"
     f" WHERE webhook = '{WebhookState.PENDING}' AND expires_at > :now"
-    f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS})) ORDER BY updated_at LIMIT :limit"
+    " AND (updated_at, request_id) > (:after_at, :after_id)"
+    f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS}))"
+    " ORDER BY updated_at, request_id LIMIT :limit"
 )
 CLAIM_OF = "SELECT fingerprint, request_id FROM idempotency WHERE scope = ? AND expires_at > ?"
+SCAN_START = ("", "")  # before every row: updated_at is never empty
 BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
 
@@ -60,6 +65,7 @@ class SqliteStatusStore(StatusStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._outage = OutageLog(logger)  # a full disk, a locked or broken file
+        self._webhook_scan = SCAN_START  # where webhook_orphans() goes on
         try:
             if path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -214,9 +220,19 @@ class SqliteStatusStore(StatusStore):
         if limit <= 0:
             return []
         with self._transaction() as db:
+            after_at, after_id = self._webhook_scan
             rows = db.execute(
-                WEBHOOK_ORPHANS, {"now": self._clock(), "owner": owner, "limit": limit}
+                WEBHOOK_ORPHANS,
+                {
+                    "now": self._clock(),
+                    "owner": owner,
+                    "limit": limit,
+                    "after_at": after_at,
+                    "after_id": after_id,
+                },
             ).fetchall()
+            # Fewer than asked for: the end was reached, and the next call starts over.
+            self._webhook_scan = (rows[-1][1], rows[-1][0]) if len(rows) == limit else SCAN_START
         return [row[0] for row in rows]
 
     def claim_webhook(self, request_id: str, owner: str) -> StatusRecord | None:
