@@ -239,11 +239,13 @@ def test_the_address_checked_is_the_one_connected_to(receiver, monkeypatch) -> N
     assert server.hits[0].headers["Host"] == f"hooks.example:{server.port}"
 
 
-def test_dns_rebinding_to_a_private_address_is_refused_at_connect_time(
+def test_a_name_resolving_to_a_private_address_is_refused_before_connecting(
     receiver, monkeypatch
 ) -> None:
+    # DNS rebinding itself (public at send time, private at the try) is end to end, in
+    # test_webhooks.py: the try's own lookup is the one that counts.
     server = receiver()
-    StubResolver(monkeypatch, [["127.0.0.1"]])  # public when the request came, now this
+    StubResolver(monkeypatch, [["127.0.0.1"]])
     with pytest.raises(WebhookError, match=r"hooks\.example resolves to 127\.0\.0\.1, a loopback"):
         client(allow_private=False).post(f"http://hooks.example:{server.port}/", BODY)
     assert server.hits == []

@@ -281,6 +281,26 @@ def test_a_batch_looks_each_callback_host_up_once(make_app, smtp_server, stub_re
     assert len(smtp_server.received) == 0
 
 
+def test_dns_rebinding_after_the_send_time_check_is_refused_by_the_try(
+    make_app, smtp_server, receiver, stub_resolver, caplog
+) -> None:
+    # The name answers a public address when the request comes, a loopback one afterwards,
+    # where a receiver listens: every try resolves it again, refuses, and connects to nothing.
+    caplog.set_level(logging.WARNING, logger="mailservice.events.webhooks")
+    hooks = receiver()
+    resolver = stub_resolver([["93.184.216.34"], ["127.0.0.1"]])
+    client = make_app(smtp_server.port, **fast(webhook_allow_private=False)).test_client()
+    answer = send(client, message(f"http://rebind.example:{hooks.port}/hook"))
+    assert answer.status_code == 202, "public at send time"
+    request_id = answer.get_json()["request_id"]
+    wait_webhook(client, request_id, "failed")
+    assert hooks.hits == [] and hooks.arrived == 0, "nothing reached the loopback receiver"
+    assert resolver.asked.count("rebind.example") == 7, "the check, then each of the 6 tries"
+    refusals = [r for r in caplog.records if "resolves to 127.0.0.1, a loopback" in r.getMessage()]
+    assert len(refusals) == 6
+    assert len(smtp_server.received) == 1
+
+
 def test_callback_url_without_a_webhook_secret_is_400(client, smtp_server) -> None:
     answer = send(client, message("https://hooks.example.com/mail"))
     assert answer.status_code == 400
