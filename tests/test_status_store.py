@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from mailservice.errors import ConfigError
+from mailservice.errors import ConfigError, StoreError
 from mailservice.stores import store_from_url
 from mailservice.stores.contract import (
     IDEMPOTENCY_TTL,
@@ -735,3 +735,22 @@ def test_one_redis_webhook_orphans_call_looks_at_a_bounded_part_of_the_set(redis
         assert store.client.scard(WEBHOOKS) == 0
     finally:
         store.close()
+
+
+def test_sqlite_reads_between_refused_writes_do_not_end_the_outage(tmp_path, caplog) -> None:
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    store = SqliteStatusStore(str(tmp_path / "s.db"), ttl=60)
+    record = new_record()
+    store.create(record, "{}")
+    store._db.execute("PRAGMA query_only = 1")  # writes refused, reads go on: as on a full disk
+    for attempt in (1, 2):
+        with pytest.raises(StoreError):
+            store.save(replace(record, attempts=attempt))
+        assert store.get(record.request_id) == record, "reads still work"
+    store._db.execute("PRAGMA query_only = 0")
+    assert store.save(replace(record, attempts=3))
+    store.close()
+    logged = [r.getMessage() for r in caplog.records if r.name == "mailservice.stores.sqlite_store"]
+    assert len(logged) == 2, logged  # once when it starts, once when it ends
+    assert "unreachable" in logged[0] and "reachable again" in logged[1]

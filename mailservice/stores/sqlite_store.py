@@ -65,6 +65,7 @@ class SqliteStatusStore(StatusStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._outage = OutageLog(logger)  # a full disk, a locked or broken file
+        self._failed_writing = False  # the last failure was a write's (see _transaction)
         self._webhook_scan = SCAN_START  # where webhook_orphans() goes on
         try:
             if path != ":memory:":
@@ -82,7 +83,16 @@ class SqliteStatusStore(StatusStore):
         return cls(path, ttl)
 
     @contextmanager
-    def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    def _transaction(
+        self, immediate: bool = False, writes: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; BEGIN IMMEDIATE ... COMMIT when `immediate`.
+
+        A full disk refuses writes while reads go on: only a write that succeeds ends an
+        outage a write began (`writes`, implied by `immediate`), so that the outage is logged
+        once when it starts and once when it ends, not again at every read in between.
+        """
+        writes = writes or immediate
         with self._lock:
             try:
                 if immediate:
@@ -99,9 +109,11 @@ class SqliteStatusStore(StatusStore):
                 else:
                     yield self._db
             except sqlite3.Error as exc:
+                self._failed_writing = writes
                 self._outage.failed(exc)
                 raise StoreError(f"sqlite: {exc}") from exc
-            self._outage.succeeded()
+            if writes or not self._failed_writing:
+                self._outage.succeeded()
 
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
@@ -153,7 +165,7 @@ class SqliteStatusStore(StatusStore):
         if final:
             params.append(self._clock() + self.ttl)
         params += [record.request_id, record.owner]
-        with self._transaction() as db:
+        with self._transaction(writes=True) as db:
             cursor = db.execute(
                 f"UPDATE requests SET {assignments}{extra} WHERE request_id = ? AND owner = ?",
                 params,
@@ -181,7 +193,7 @@ class SqliteStatusStore(StatusStore):
             db.execute("SELECT 1").fetchone()
 
     def heartbeat(self, owner: str, lease_seconds: float) -> None:
-        with self._transaction() as db:
+        with self._transaction(writes=True) as db:
             db.execute(
                 "INSERT INTO owners VALUES (?, ?)"
                 " ON CONFLICT (owner) DO UPDATE SET lease_until = excluded.lease_until",
@@ -252,7 +264,7 @@ class SqliteStatusStore(StatusStore):
 
     def purge_expired(self) -> None:
         now = self._clock()
-        with self._transaction() as db:
+        with self._transaction(writes=True) as db:
             db.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
