@@ -15,7 +15,6 @@ import logging
 import signal
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -40,7 +39,7 @@ from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.failure_notices import FailureNotifier
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.smtp_client import SmtpClient
-from mailservice.demo import demo_senders, demo_webhook_secret, start_catcher
+from mailservice.demo import demo_secrets, demo_senders, start_catcher
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
 from mailservice.events.request_log import RequestLog
@@ -207,14 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                     "set SMTP_PORT to a free port"
                 ) from exc
             key, senders = demo_senders(smtp_host, smtp_port)
-            made_secret = "" if settings.webhook_secret else demo_webhook_secret()
-            if made_secret:  # so that a request's callback_url works in the demo
-                settings = replace(settings, webhook_secret=made_secret)
+            settings, made_up = demo_secrets(settings)
             app = create_app(settings, senders)
-            secret_line = f"  Demo webhook secret: {made_secret}\n" if made_secret else ""
+            secret_lines = "".join(f"  {line}\n" for line in made_up)
             print(
                 f"\n  Demo mode: mail goes to the catcher on {smtp_host}:{smtp_port} and lands "
-                f"in ./outbox/\n  Demo API key: {key}\n{secret_line}\n"
+                f"in ./outbox/\n  Demo API key: {key}\n{secret_lines}\n"
                 f"  curl -s -X POST http://{settings.host}:{settings.port}/send-email \\\n"
                 f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
                 '    -d \'{"recipient": "you@example.com", "subject": "Hello", '

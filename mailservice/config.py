@@ -74,6 +74,7 @@ class Settings:
     webhook_timeout: float = 5.0
     webhook_backoff: float = 120.0  # before the first retry; doubles: 6 tries over ~an hour
     admin_email: str = ""  # empty: no failure notices
+    admin_token: str = field(default="", repr=False)  # empty: the operator's pages are closed
     # Process layout (API.md section 1): read by gunicorn.conf.py and mailservice.runtime.
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
@@ -243,6 +244,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WEBHOOK_TIMEOUT": ("webhook_timeout", _positive(float)),
     "WEBHOOK_BACKOFF": ("webhook_backoff", _positive(float, allow_zero=True)),
     "ADMIN_EMAIL": ("admin_email", _admin_email),
+    "ADMIN_TOKEN": ("admin_token", str.strip),
     "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
     "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
     "PIN_CPUS": ("pin_cpus", _switch),

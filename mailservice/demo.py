@@ -2,7 +2,8 @@
 
 Used by `python mail_server.py --demo` (and `make run`) so that a newcomer can send mail with
 no SMTP account: the service sends to the catcher over plain SMTP on 127.0.0.1:8025. Webhooks
-may reach this machine (WEBHOOK_ALLOW_PRIVATE), and without a WEBHOOK_SECRET one is made up.
+may reach this machine (WEBHOOK_ALLOW_PRIVATE), and a WEBHOOK_SECRET and an ADMIN_TOKEN that
+are not set are made up (`demo_secrets`) and printed in the banner.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpProtocol
 from aiosmtpd.smtp import Envelope, Session
 
+from mailservice.config import Settings
 from mailservice.errors import ConfigError
 from mailservice.senders import Sender, SenderDirectory
 
@@ -63,6 +66,20 @@ def demo_webhook_secret() -> str:
     """A fresh WEBHOOK_SECRET for a demo run that set none, so that `callback_url` works; the
     banner prints it for the receiver to check signatures with."""
     return "demo-webhook-" + secrets.token_urlsafe(24)
+
+
+def demo_secrets(settings: Settings) -> tuple[Settings, list[str]]:
+    """The demo's settings with a WEBHOOK_SECRET (so that `callback_url` works) and an
+    ADMIN_TOKEN (so that the operator's pages open) made up where none is set, and the banner
+    lines that print them."""
+    lines: list[str] = []
+    if not settings.webhook_secret:
+        settings = replace(settings, webhook_secret=demo_webhook_secret())
+        lines.append(f"Demo webhook secret: {settings.webhook_secret}")
+    if not settings.admin_token:
+        settings = replace(settings, admin_token="demo-admin-" + secrets.token_urlsafe(18))
+        lines.append(f"Demo admin token: {settings.admin_token}")
+    return settings, lines
 
 
 def demo_senders(host: str, port: int) -> tuple[str, SenderDirectory]:

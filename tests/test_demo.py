@@ -190,3 +190,17 @@ def test_demo_makes_up_a_webhook_secret_and_callbacks_reach_this_machine(demo: D
         receiver.stop()
     demo.proc.send_signal(signal.SIGTERM)
     assert demo.proc.wait(timeout=15) == 0
+
+
+def test_demo_secrets_are_made_up_only_where_none_is_set():
+    from mailservice.config import Settings
+    from mailservice.demo import demo_secrets
+
+    made, lines = demo_secrets(Settings())
+    assert made.webhook_secret and made.admin_token and made.admin_token != made.webhook_secret
+    assert lines == [
+        f"Demo webhook secret: {made.webhook_secret}",
+        f"Demo admin token: {made.admin_token}",
+    ]
+    kept, none = demo_secrets(Settings(webhook_secret="mine", admin_token="ours"))
+    assert (kept.webhook_secret, kept.admin_token, none) == ("mine", "ours", [])
