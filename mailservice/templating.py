@@ -27,6 +27,7 @@ from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 
 from mailservice.errors import ConfigError, ServiceError
 from mailservice.template_files import DEPLOYMENT_ORIGIN, PART_FILES, read_templates
+from mailservice.template_limits import metered
 from mailservice.template_sandbox import MissingVariable, sandbox_environment
 
 # Names a template can say as they are (`{{ first_name }}`), which `first-name` is not.
@@ -36,8 +37,14 @@ MAX_VARIABLE_DEPTH = 4  # `variables` itself is the first level
 MAX_VARIABLES_BYTES = 64 * 1024  # as compact JSON in UTF-8
 MAX_SUBJECT = 998  # RFC 5322's line limit, as for a hand-written subject
 # What a template's own expressions may raise at render time besides Jinja's errors (a filter
-# given the wrong type, a division by zero, a recursive include); answered as a 400.
-RENDER_FAILURES = (TypeError, ValueError, ArithmeticError, LookupError, RecursionError)
+# given the wrong type, a list to `indent` raising AttributeError, a division by zero, a
+# recursive macro or include, memory running out on a machine with less than the bounds
+# allow); a 400.
+RENDER_FAILURES = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+RENDER_FAILURES += (RecursionError, MemoryError)
+# What one render may build in all (`template_limits.metered`), as a multiple of its output's
+# bound: room for a filter or two on every value, not for a loop that keeps large results.
+BUILD_FACTOR = 4
 
 
 class RenderError(ServiceError):
@@ -186,9 +193,10 @@ class TemplateLibrary:
             raise RenderError("variables", str(exc), "The request has invalid fields.") from exc
         budget = self._max_chars
         parts: dict[str, str] = {}
-        for part, compiled in template.parts.items():
-            parts[part] = self._render_part(name, compiled, variables, budget)
-            budget -= len(parts[part])
+        with metered(BUILD_FACTOR * self._max_chars):
+            for part, compiled in template.parts.items():
+                parts[part] = self._render_part(name, compiled, variables, budget)
+                budget -= len(parts[part])
         for part in ("text", "html"):
             if "\0" in parts.get(part, ""):
                 raise _template_fault(name, f"renders NUL (U+0000) into {PART_FILES[part]}")
