@@ -14,6 +14,7 @@ from tests.conftest import API_KEY, send, wait_final, wait_for
 from tests.test_api import assert_problem, error_fields
 from tests.test_config import start_server
 from tests.test_gunicorn import gunicorn_start_up, service_env
+from tests.test_template_limits import OVERSIZED
 from tests.test_templating import write_template
 
 VARIABLES = {
@@ -174,6 +175,51 @@ def test_error_never_echoes_a_variable_value(deployment_client):
     problem = assert_problem(send(deployment_client, body), 400)
     assert error_fields(problem) == ["variables.name"]
     assert secret not in str(problem)
+
+
+# -- the sandbox's bounds: refused before they are built, 400, nothing sent ---------------------
+
+BOUND = 100_000  # MAX_REQUEST_BYTES here: above every request below, far below what they build
+
+
+@pytest.fixture
+def bounded_client(make_app, smtp_server, tmp_path):
+    """A deployment whose templates build, from a variable's number, far past the bound."""
+    root = tmp_path / "bounded"
+    for name, (body, _, _) in OVERSIZED.items():
+        write_template(root, name.replace("_", "-"), subject_txt="Hi", body_txt=body)
+    write_template(root, "welcome", subject_txt="Welcome, {{ name }}", body_txt="Hello.\n")
+    app = make_app(smtp_server.port, templates_dir=str(root), max_request_bytes=BOUND)
+    return app.test_client()
+
+
+def oversized(name: str, variables: dict[str, Any]) -> dict[str, Any]:
+    return {"to": "ada@example.com", "template": name.replace("_", "-"), "variables": variables}
+
+
+@pytest.mark.parametrize(
+    ("name", "variables", "named"),
+    [(name, variables, named) for name, (_, variables, named) in OVERSIZED.items()],
+    ids=OVERSIZED.keys(),
+)
+def test_a_template_building_past_the_bound_is_400_naming_what(
+    bounded_client, name, variables, named
+):
+    problem = assert_problem(send(bounded_client, oversized(name, variables)), 400)
+    assert error_fields(problem) == ["template"]
+    message = problem["errors"][0]["message"]
+    assert "is refused by the sandbox" in message
+    assert named in message
+
+
+def test_templates_building_past_the_bound_send_nothing(bounded_client, smtp_server):
+    for name, (_, variables, _) in OVERSIZED.items():
+        assert send(bounded_client, oversized(name, variables)).status_code == 400
+    welcome = {"to": "ada@example.com", "template": "welcome", "variables": {"name": "Ada"}}
+    final = send(bounded_client, welcome)
+    assert final.status_code == 202
+    assert wait_final(bounded_client, final.get_json()["request_id"])["status"] == "sent"
+    assert [r.message["Subject"] for r in smtp_server.received] == ["Welcome, Ada"]
 
 
 # -- GET /templates ------------------------------------------------------------------------------
