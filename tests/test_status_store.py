@@ -318,18 +318,18 @@ def test_a_live_lease_protects_a_request(durable_pair) -> None:
     assert second.orphans(10) == [record.request_id]
 
 
-def test_only_one_of_two_claimants_wins(durable_pair) -> None:
-    first, second = durable_pair
-    ids = [f"55555555-5555-4555-8555-{i:012d}" for i in range(50)]
-    for request_id in ids:
-        first.create(new_record(request_id, owner="dead"), "{}")
+def assert_each_claimed_once(
+    first: StatusStore, second: StatusStore, ids: list[str], method: str
+) -> None:
+    """Two live processes race `method` (claim or claim_webhook) over `ids`: every id is won,
+    and none by both."""
     first.heartbeat("a", 30)
     second.heartbeat("b", 30)
     wins: dict[str, list[str]] = {"a": [], "b": []}
 
     def claim_all(store: StatusStore, owner: str) -> None:
         for request_id in ids:
-            if store.claim(request_id, owner) is not None:
+            if getattr(store, method)(request_id, owner) is not None:
                 wins[owner].append(request_id)
 
     threads = [
@@ -342,6 +342,14 @@ def test_only_one_of_two_claimants_wins(durable_pair) -> None:
         thread.join()
     assert sorted(wins["a"] + wins["b"]) == sorted(ids)
     assert not set(wins["a"]) & set(wins["b"])
+
+
+def test_only_one_of_two_claimants_wins(durable_pair) -> None:
+    first, second = durable_pair
+    ids = [f"55555555-5555-4555-8555-{i:012d}" for i in range(50)]
+    for request_id in ids:
+        first.create(new_record(request_id, owner="dead"), "{}")
+    assert_each_claimed_once(first, second, ids, "claim")
 
 
 def test_finished_requests_are_not_orphans(durable_pair) -> None:
@@ -657,25 +665,7 @@ def test_only_one_of_two_webhook_claimants_wins(durable_pair) -> None:
         record, final = final_with_webhook(request_id)
         first.create(record, "{}")
         first.save(final)
-    first.heartbeat("a", 30)
-    second.heartbeat("b", 30)
-    wins: dict[str, list[str]] = {"a": [], "b": []}
-
-    def claim_all(store: StatusStore, owner: str) -> None:
-        for request_id in ids:
-            if store.claim_webhook(request_id, owner) is not None:
-                wins[owner].append(request_id)
-
-    threads = [
-        threading.Thread(target=claim_all, args=(first, "a")),
-        threading.Thread(target=claim_all, args=(second, "b")),
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(wins["a"] + wins["b"]) == sorted(ids)
-    assert not set(wins["a"]) & set(wins["b"])
+    assert_each_claimed_once(first, second, ids, "claim_webhook")
 
 
 def test_sqlite_expired_pending_webhook_is_no_orphan(tmp_path) -> None:

@@ -15,27 +15,16 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from typing import Any
 
 from flask import Request, Response
-from itsdangerous import BadSignature, TimestampSigner
+from itsdangerous import BadSignature
 
+from mailservice.api.tokens import ClockedSigner
 from mailservice.errors import ApiError
 
 SESSION_SECONDS = 12 * 3600
 SALT = b"mail-service.admin-session"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="admin"'}
-
-
-class _ClockedSigner(TimestampSigner):
-    """A TimestampSigner that reads an injected clock (tests make sessions that have ended)."""
-
-    def __init__(self, *args: Any, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._clock = clock
-
-    def get_timestamp(self) -> int:
-        return int(self._clock())
 
 
 class AdminAuth:
@@ -49,7 +38,7 @@ class AdminAuth:
         # A key of its own, not the token itself: the cookie must not be a way to test guesses
         # of the token offline any more than any HMAC is.
         key = hmac.new(self._token, SALT, hashlib.sha256).digest()
-        self._signer = _ClockedSigner(key, salt=SALT, clock=clock)
+        self._signer = ClockedSigner(key, salt=SALT, clock=clock)
 
     def __repr__(self) -> str:
         return f"AdminAuth(enabled={self.enabled})"

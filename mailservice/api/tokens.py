@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 SALT = "mail-service.access-token"
 
 
-class _ClockedSigner(TimestampSigner):
+class ClockedSigner(TimestampSigner):
     """A TimestampSigner that reads an injected clock (tests make tokens that have expired)."""
 
     def __init__(self, *args: Any, clock: Callable[[], float] = time.time, **kwargs: Any) -> None:
@@ -53,7 +53,7 @@ class TokenIssuer:
         self._secret = secret.encode("utf-8", "surrogatepass")
         self._senders = senders
         self._serializer = URLSafeTimedSerializer(
-            secret, salt=SALT, signer=_ClockedSigner, signer_kwargs={"clock": clock}
+            secret, salt=SALT, signer=ClockedSigner, signer_kwargs={"clock": clock}
         )
         self._digest_of_kid = {self._kid(digest): digest for digest in senders.key_digests()}
 
