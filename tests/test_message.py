@@ -509,3 +509,16 @@ def test_wire_bytes_are_exactly_what_as_bytes_gives(fields, recipient):
         MessageSpec(recipient=(recipient,), subject="Wire", **fields), SENDER, REQUEST_ID, DATE
     )
     assert wire_bytes(msg) == msg.as_bytes()
+
+
+def test_every_multipart_has_its_boundary_before_it_is_flattened():
+    """Set at build (`=_` and 128 random bits), so the generator never searches for one."""
+    msg = build_message(
+        MessageSpec(recipient=("user@example.com",), subject="Alt", text="t", html="<p>h</p>"),
+        SENDER,
+        REQUEST_ID,
+        DATE,
+    )
+    boundary = msg.get_boundary()
+    assert boundary is not None and boundary.startswith("=_") and len(boundary) == 34
+    assert f"--{boundary}".encode() in wire_bytes(msg)

@@ -26,7 +26,7 @@ from typing import Any
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 
-from mailservice.delivery.attachments import add_attachments
+from mailservice.delivery.attachments import add_attachments, set_boundaries
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.senders import Sender
 
@@ -171,6 +171,7 @@ def build_message(
         msg.add_alternative(html, subtype="html")  # the last part is the one preferred
     if request.attachments:
         add_attachments(msg, request.attachments)
+    set_boundaries(msg)
     return msg
 
 
