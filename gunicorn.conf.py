@@ -6,12 +6,12 @@ starts in each worker. The worker class (http_worker.py) is gthread with each re
 before a thread takes it, so that slow clients hold no thread. With more than one worker, use a
 shared store (STATUS_STORE_URL redis://...) and a shared limiter storage
 (RATE_LIMIT_STORAGE_URL). On SIGTERM each worker drains its pool for up to DRAIN_SECONDS before
-it exits.
+it exits. The service's own log (LOG_LEVEL, LOG_FORMAT) is configured here, in the master, and
+gunicorn's own lines are written through it (mailservice/serving/gunicorn_logging.py).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mailservice.api.schemas import check_header_value
 from mailservice.config import load_settings
 from mailservice.errors import ConfigError
+from mailservice.logging_setup import configure_logging
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import load_senders
@@ -27,6 +28,9 @@ from mailservice.templating import TemplateLibrary
 
 try:
     _settings = load_settings()
+    # The service's own log (LOG_LEVEL, LOG_FORMAT) on stderr, in the master; the workers
+    # inherit it at fork. gunicorn's own lines join it through `logger_class` below.
+    configure_logging(_settings)
     load_senders(_settings)  # fail in the master, with one line, not in every worker
     check_named_resources(_settings)  # the store URL and the log's folder, opening neither
     # Compiled as create_app() compiles them: a template's syntax error is one line here, not
@@ -36,14 +40,6 @@ except ConfigError as _exc:
     print(f"mail_server: configuration error: {_exc}", file=sys.stderr)
     sys.exit(2)
 
-# The service's own log lines (retries, outages, recovery), in gunicorn's format; the workers
-# inherit this from the master.
-logging.basicConfig(
-    level=logging.INFO,
-    format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    datefmt="%Y-%m-%d %H:%M:%S %z",
-)
-
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.gunicorn_workers
 # gthread's threads, but each request is read whole (head and body, up to MAX_REQUEST_BYTES) in
@@ -52,8 +48,10 @@ workers = _settings.gunicorn_workers
 worker_class = "mailservice.serving.http_worker.BufferingThreadWorker"
 threads = _settings.gunicorn_threads
 graceful_timeout = int(_settings.drain_seconds) + 10
-accesslog = None
-loglevel = "info"
+accesslog = None  # off: the request log (EMAIL_LOG) is the record of requests
+loglevel = _settings.log_level.lower()  # gunicorn's own lines, at LOG_LEVEL too
+# gunicorn's error log ("Booting worker", timeouts) through the service's handler and format.
+logger_class = "mailservice.serving.gunicorn_logging.ServiceLogger"
 
 
 def worker_exit(server, worker) -> None:

@@ -45,6 +45,7 @@ from mailservice.events.bus import EventBus
 from mailservice.events.request_log import RequestLog
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
+from mailservice.logging_setup import configure_logging
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
@@ -191,12 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Transactional email service")
     parser.add_argument("--demo", action="store_true", help="embedded SMTP catcher, demo key")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command chatter
     try:
+        settings = load_settings(demo=args.demo)
+        configure_logging(settings)  # LOG_LEVEL, LOG_FORMAT (aiosmtpd's chatter kept quiet)
+        check_named_resources(settings)  # as the gunicorn master does
         if args.demo:
-            settings = load_settings(demo=True)
-            check_named_resources(settings)
             smtp_host, smtp_port = settings.smtp_host, settings.smtp_port
             try:
                 catcher = start_catcher(smtp_host, smtp_port, Path.cwd() / "outbox")
@@ -222,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
                 return _serve(app, settings)
             finally:
                 catcher.stop()
-        settings = load_settings()
-        check_named_resources(settings)  # as the gunicorn master does
         app = create_app(settings)
     except ConfigError as exc:
         print(f"mail_server: configuration error: {exc}", file=sys.stderr)

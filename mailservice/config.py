@@ -19,6 +19,8 @@ from mailservice.addresses import validate_address
 from mailservice.errors import ConfigError
 
 SECURITY_MODES = ("starttls", "ssl", "none")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 # A route that waits for the outcome (API.md section 7) waits SMTP_TIMEOUT plus this long.
 WAIT_MARGIN_SECONDS = 5.0
 
@@ -75,6 +77,9 @@ class Settings:
     webhook_backoff: float = 120.0  # before the first retry; doubles: 6 tries over ~an hour
     admin_email: str = ""  # empty: no failure notices
     admin_token: str = field(default="", repr=False)  # empty: the operator's pages are closed
+    # The service's own log (mailservice/logging_setup.py), not the request log EMAIL_LOG.
+    log_level: str = "INFO"
+    log_format: str = "text"
     # Process layout (API.md section 1): read by gunicorn.conf.py and mailservice.runtime.
     gunicorn_workers: int = 2
     gunicorn_threads: int = 8
@@ -101,11 +106,16 @@ def _or_zero(parse: Callable[[str], T]) -> Callable[[str], T | int]:
     return lambda raw: parse(raw) if raw.strip() else 0
 
 
-def _security(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in SECURITY_MODES:
-        raise ValueError(f"must be one of {', '.join(SECURITY_MODES)}")
-    return value
+def _one_of(choices: tuple[str, ...], fold: Callable[[str], str]) -> Callable[[str], str]:
+    """One of `choices`, in any case (`fold` gives the spelling kept)."""
+
+    def parse(raw: str) -> str:
+        value = fold(raw.strip())
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
 
 
 def _port(raw: str) -> int:
@@ -204,7 +214,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "CREDENTIALS_KEY": ("credentials_key", str.strip),
     "SMTP_HOST": ("smtp_host", str.strip),
     "SMTP_PORT": ("smtp_port", _port),
-    "SMTP_SECURITY": ("smtp_security", _security),
+    "SMTP_SECURITY": ("smtp_security", _one_of(SECURITY_MODES, str.lower)),
     "SMTP_TIMEOUT": ("smtp_timeout", _positive(float)),
     "SMTP_DATA_TIMEOUT": ("smtp_data_timeout", _positive(float)),
     # Empty or 0: the default (all of WORKERS for one server, half for several).
@@ -245,6 +255,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "WEBHOOK_BACKOFF": ("webhook_backoff", _positive(float, allow_zero=True)),
     "ADMIN_EMAIL": ("admin_email", _admin_email),
     "ADMIN_TOKEN": ("admin_token", str.strip),
+    "LOG_LEVEL": ("log_level", _one_of(LOG_LEVELS, str.upper)),
+    "LOG_FORMAT": ("log_format", _one_of(LOG_FORMATS, str.lower)),
     "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
     "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
     "PIN_CPUS": ("pin_cpus", _switch),
