@@ -6,7 +6,8 @@ Only the entry points call `configure_logging()`: `mail_server.main()` and `guni
 whose logger class (serving/gunicorn_logging.py) sends gunicorn's own lines through the same
 handler.
 
-`text` is `%(asctime)s %(levelname)s %(name)s %(message)s`. `json` is one JSON object a line:
+`text` is `%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s`. `json` is one JSON
+object a line:
 `time` (ISO 8601, UTC), `level`, `logger`, `message`, `request_id` when the record has one
 (`extra={"request_id": ...}`, or else the first `request_id=<uuid>` its message names), `pid`,
 and `exc_info` / `stack_info` as text when present. A JSON line is pure ASCII (everything else
@@ -26,7 +27,7 @@ from typing import Any
 
 from mailservice.config import Settings
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s %(message)s"
 # How the code names a request in its messages (`request_id=%s`); ids are uuid4s.
 _REQUEST_ID = re.compile(
     r"\brequest_id=([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})\b"

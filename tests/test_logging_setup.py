@@ -36,7 +36,9 @@ from tests.test_gunicorn import gunicorn_start_up
 
 RID = "6f1c2a4e-0b1d-4c5e-9f00-123456789abc"
 OTHER_RID = "0a0b0c0d-1111-4222-8333-444455556666"
-TEXT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+ .*")
+TEXT_LINE = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[\d+\] (DEBUG|INFO|WARNING|ERROR) \S+ .*"
+)
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
