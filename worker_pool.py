@@ -35,7 +35,7 @@ from mailservice.delivery.attempt import (
     WaitForStore,
 )
 from mailservice.delivery.dispatch_queue import DispatchQueue
-from mailservice.delivery.dispatcher import Dispatcher
+from mailservice.delivery.dispatcher import Dispatcher, DispatcherStats
 from mailservice.delivery.retry_scheduler import RetryScheduler
 from mailservice.delivery.store_retry import StoreRetry
 from mailservice.errors import StoreError, Unavailable
@@ -120,6 +120,10 @@ class WorkerPool(Dispatcher):
         """Bytes of message content this process holds in memory."""
         with self._cond:
             return self._held
+
+    def stats(self) -> DispatcherStats:
+        with self._cond:  # one moment's values, not four
+            return DispatcherStats(len(self._jobs), self._held, self._sending, self.workers)
 
     def room(self) -> int:
         with self._cond:

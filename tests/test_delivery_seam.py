@@ -13,7 +13,7 @@ from mailservice.delivery.attempt import AttemptState, DeliveryAttempt, Dropped,
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.delivery.transitions import Final, Retry
-from mailservice.events.bus import Accepted, EventBus, Finished
+from mailservice.events.bus import Accepted, Attempted, EventBus, Finished
 from mailservice.senders import Sender
 from mailservice.stores.contract import EmailStatus, StatusRecord, utcnow
 from mailservice.stores.memory_store import MemoryStatusStore
@@ -107,7 +107,7 @@ def test_final_is_announced_only_once_saved_by_the_owner(tmp_path: Path):
     assert store.get("theirs").status is EmailStatus.QUEUED
 
 
-def test_accepted_then_finished_reach_subscribers_in_order(make_app, smtp_server):
+def test_accepted_attempted_then_finished_reach_subscribers_in_order(make_app, smtp_server):
     app = make_app(smtp_server.port)
     service = app.extensions[EXTENSION]
     seen: list[tuple[str, str]] = []
@@ -115,8 +115,13 @@ def test_accepted_then_finished_reach_subscribers_in_order(make_app, smtp_server
         lambda e: seen.append((type(e).__name__, str(e.record.status)))
     )
     request_id = send(app.test_client()).get_json()["request_id"]
-    wait_for(lambda: len(seen) == 2)
-    assert seen == [(Accepted.__name__, "queued"), (Finished.__name__, "sent")]
+    wait_for(lambda: len(seen) == 3)
+    # The attempt is announced with the status it leads to, before that status is saved.
+    assert seen == [
+        (Accepted.__name__, "queued"),
+        (Attempted.__name__, "sent"),
+        (Finished.__name__, "sent"),
+    ]
     assert service.store.get(request_id).status is EmailStatus.SENT
 
 

@@ -62,14 +62,21 @@ class RecordingAcceptor:
 
     def __init__(self) -> None:
         self.accepted: list[tuple[MessageSpec, Sender, RequestExtras]] = []
+        self.sources: list[str] = []
         self.refusal: Exception | None = None
 
     def accept(
-        self, spec: MessageSpec, sender: Sender, idempotency: Any = None, extras: Any = None
+        self,
+        spec: MessageSpec,
+        sender: Sender,
+        idempotency: Any = None,
+        extras: Any = None,
+        source: str = "",
     ) -> StatusRecord:
         if self.refusal is not None:
             raise self.refusal
         self.accepted.append((spec, sender, extras))
+        self.sources.append(source)
         return replace(failed(f"notice-{len(self.accepted)}"), status=EmailStatus.QUEUED)
 
 
@@ -114,6 +121,7 @@ def test_notifier_sends_as_the_failed_requests_sender_with_the_notice_tag(notifi
     assert spec.recipient == (ADMIN,)
     assert extras.tags == (NOTICE_TAG,)
     assert dict(extras.metadata) == {"failed_request_id": "r1"}
+    assert notifier.acceptor.sources == ["failure-notice"]  # what the metrics count it under
 
 
 def test_notifier_ignores_what_is_not_a_failure(notifier) -> None:

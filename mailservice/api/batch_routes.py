@@ -29,6 +29,7 @@ from mailservice.api.request_path import (
     problem,
     problem_body,
     repeat_of,
+    route_rule,
     service,
     validate_send,
 )
@@ -170,7 +171,10 @@ def accept_batch() -> Response:
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
     result = service().acceptor.accept_many(
-        [None if isinstance(outcome, Refused) else outcome for outcome in checked], sender, claim
+        [None if isinstance(outcome, Refused) else outcome for outcome in checked],
+        sender,
+        claim,
+        source=route_rule(),
     )
     if isinstance(result, IdempotencyClaim):
         if claim is None or result.fingerprint != claim[1]:

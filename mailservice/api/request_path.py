@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
 
-from flask import Response, current_app, g, jsonify
+from flask import Response, current_app, g, jsonify, request
 from pydantic import ValidationError
 
 from mailservice.api import jwt_auth
@@ -234,7 +234,7 @@ def accept(
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
-    result = service().acceptor.accept(spec, sender, claim, extras)
+    result = service().acceptor.accept(spec, sender, claim, extras, source=route_rule())
     if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     return result.request_id
@@ -290,6 +290,13 @@ def message_spec(send: SendRequest) -> MessageSpec:
     )
     check_inline_parts(spec)
     return spec
+
+
+def route_rule() -> str:
+    """The rule of the route this request matched (`/send-email`, never the raw path, which
+    may hold ids): where an accepted request came in, as its `Accepted` event says."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else ""
 
 
 def accepted_answer(request_id: str, **members: Any) -> Response:

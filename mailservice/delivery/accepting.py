@@ -67,12 +67,13 @@ class Acceptor:
         sender: Sender,
         idempotency: tuple[str, str] | None = None,
         extras: RequestExtras | None = None,
+        source: str = "",
     ) -> StatusRecord | IdempotencyClaim:
         """Record the request as queued and dispatch it; Unavailable or StoreError if not.
 
         With `idempotency` (scope, fingerprint) already used, nothing is created and the
         earlier claim is returned instead of a record. `extras` are the client's own, kept
-        with the status.
+        with the status. `source` names where it came in (the `Accepted` event's).
         """
         record, payload = self._queued(spec, sender, extras or RequestExtras())
         self.dispatcher.check_room(sys.getsizeof(payload))
@@ -80,7 +81,7 @@ class Acceptor:
         earlier = self.store.create(record, payload, claim)
         if earlier is not None:
             return earlier
-        self._dispatch(record, payload, sender)
+        self._dispatch(record, payload, sender, source)
         return record
 
     def accept_many(
@@ -88,6 +89,7 @@ class Acceptor:
         messages: Sequence[tuple[MessageSpec, RequestExtras] | None],
         sender: Sender,
         idempotency: tuple[str, str] | None = None,
+        source: str = "",
     ) -> list[StatusRecord | None] | IdempotencyClaim:
         """`accept()` for a batch: room for all of it, one store call for all of it, then each
         is announced and dispatched in order; the records, place by place.
@@ -114,7 +116,7 @@ class Acceptor:
         if earlier is not None:
             return earlier
         for record, payload in items:
-            self._dispatch(record, payload, sender)
+            self._dispatch(record, payload, sender, source)
         return [None if place is None else place[0] for place in places]
 
     def _queued(
@@ -141,7 +143,7 @@ class Acceptor:
         )
         return record, spec.to_json()
 
-    def _dispatch(self, record: StatusRecord, payload: str, sender: Sender) -> None:
+    def _dispatch(self, record: StatusRecord, payload: str, sender: Sender, source: str) -> None:
         """The request is recorded: announce it, then hand it to the dispatcher."""
-        self.events.emit(Accepted(record))
+        self.events.emit(Accepted(record, source))
         self.dispatcher.submit(record, payload, sender)

@@ -7,13 +7,16 @@ after a delay (`Retry`), the end (`Final`), a wait for the store that refused `s
 (`WaitForStore`, no attempt spent), or nothing more for this process (`Dropped`: another one
 owns the request now). A dispatcher (the thread pool, later a Celery task) acts on that answer;
 `save_retry()` and `save_final()` record the statuses it carries, and `save_final()` announces
-the end (the `Finished` event) once the store has it.
+the end (the `Finished` event) once the store has it. Each SMTP transaction is announced too
+(`Attempted`: its time, what the server made of it, whether a retry follows), here, the one
+place that knows.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,7 +39,7 @@ from mailservice.errors import (
     StoreError,
     TransientDelivery,
 )
-from mailservice.events.bus import EventBus, Finished
+from mailservice.events.bus import Attempted, EventBus, Finished
 from mailservice.senders import Sender
 from mailservice.stores.contract import EmailStatus, StatusRecord, StatusStore, utcnow
 
@@ -100,6 +103,7 @@ class DeliveryAttempt:
         max_attempts: int = 5,
         retry_backoff: float = 2.0,
         jitter: Callable[[float, float], float] = random.uniform,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.smtp = smtp
@@ -107,6 +111,7 @@ class DeliveryAttempt:
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self._jitter = jitter
+        self._clock = clock
 
     def run(self, state: AttemptState, sender: Sender) -> Outcome:
         """One attempt: record `sending`, build, send; what comes next."""
@@ -124,6 +129,7 @@ class DeliveryAttempt:
         except PayloadError as exc:
             return Outcome(self.failed(state, f"the stored request cannot be read: {exc}"), None)
         msg = build_message(spec, sender, state.request_id, record.created_at)
+        started = self._clock()
         try:
             outcome = self.smtp.send(
                 SmtpTarget.for_sender(sender),
@@ -133,18 +139,27 @@ class DeliveryAttempt:
                 bool(msg.policy.utf8),  # UTF-8 headers need SMTPUTF8 on the wire
             )
         except PermanentDelivery as exc:
-            return Outcome(self.failed(state, exc.reason), True)
+            return self._attempted(started, "permanent", self.failed(state, exc.reason), True)
         except TransientDelivery as exc:
             state.possibly_delivered |= isinstance(exc, PossiblyDelivered)
-            return Outcome(
-                self._after_failure(state, exc.reason), not isinstance(exc, ConnectFailed)
-            )
+            step = self._after_failure(state, exc.reason)
+            return self._attempted(started, "transient", step, not isinstance(exc, ConnectFailed))
         state.record = delivered(record, outcome.refused, outcome.deferred)
         state.deferred = dict(outcome.deferred)
+        # Someone took it; else a deferred recipient makes it worth another try; else every
+        # recipient was refused.
+        kind = "sent" if outcome.accepted else "transient" if outcome.deferred else "permanent"
         if outcome.deferred:
             reason = "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items())
-            return Outcome(self._after_failure(state, reason), True)
-        return Outcome(Final(finish(state.record, EmailStatus.SENT, None, now=utcnow())), True)
+            return self._attempted(started, kind, self._after_failure(state, reason), True)
+        final = Final(finish(state.record, EmailStatus.SENT, None, now=utcnow()))
+        return self._attempted(started, kind, final, True)
+
+    def _attempted(self, started: float, kind: str, step: Retry | Final, answered: bool) -> Outcome:
+        """Announce the SMTP transaction that ended (`Attempted`); what comes next."""
+        seconds = self._clock() - started
+        self.events.emit(Attempted(step.record, seconds, kind, isinstance(step, Retry)))
+        return Outcome(step, answered)
 
     def failed(self, state: AttemptState, reason: str) -> Final:
         """The end of a request that cannot go on (permanent failure, shutdown, a bug)."""

@@ -3,15 +3,27 @@
 The thread pool (`worker_pool.WorkerPool`, at the repository's root) implements it for one
 machine; a Celery dispatcher can implement it for many. A dispatcher is handed requests that
 are already recorded (`submit`, `resume`), says how much more it takes (`check_room`, `room`),
-tells a waiting caller the final status (`wait`) and stops (`drain`).
+tells a waiting caller the final status (`wait`), shows its state (`stats`, read by the
+metrics at scrape time) and stops (`drain`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from mailservice.senders import Sender
 from mailservice.stores.contract import StatusRecord
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherStats:
+    """A dispatcher's state at one moment, in this process."""
+
+    unfinished: int  # requests held that have not ended: what QUEUE_MAX bounds
+    held_bytes: int  # message content held in memory: what QUEUE_MAX_BYTES bounds
+    busy: int  # sending threads in the middle of an attempt
+    threads: int  # sending threads in all
 
 
 class Dispatcher(ABC):
@@ -31,6 +43,10 @@ class Dispatcher(ABC):
     @abstractmethod
     def unfinished(self) -> int:
         """Requests it holds that have not ended."""
+
+    @abstractmethod
+    def stats(self) -> DispatcherStats:
+        """Its state now; reads only, and takes no longer than a lock."""
 
     @abstractmethod
     def submit(self, record: StatusRecord, payload: str, sender: Sender) -> None:

@@ -34,6 +34,7 @@ from mailservice.stores.contract import EmailStatus, StatusRecord
 logger = logging.getLogger(__name__)
 
 NOTICE_TAG = "mail:failure-notice"
+NOTICE_SOURCE = "failure-notice"  # where a notice came in, as its `Accepted` event says
 SUBJECT_PREFIX = "[mail-service]"
 # Reason classes that get no notice: the pool is draining and would refuse it.
 SILENT_CLASSES = frozenset({"shutdown"})
@@ -140,7 +141,10 @@ class FailureNotifier:
         )
         try:
             notice = self.acceptor.accept(
-                notice_spec(record, self.admin_email, kind, held), sender, extras=extras
+                notice_spec(record, self.admin_email, kind, held),
+                sender,
+                extras=extras,
+                source=NOTICE_SOURCE,
             )
         except (StoreError, Unavailable) as exc:
             self.window.give_back(key, record.request_id, held)

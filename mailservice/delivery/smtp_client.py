@@ -316,6 +316,11 @@ class SmtpClient:
             if conn.sock is not None:
                 conn.sock.settimeout(self.timeout)
 
+    def open_connections(self) -> int:
+        """Connections of every thread open now (the metrics read it at scrape time)."""
+        with self._all_lock:
+            return len(self._all)
+
     def close_all(self) -> None:
         """Close every connection of every thread (at shutdown, once the workers stopped)."""
         with self._all_lock:

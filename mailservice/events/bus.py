@@ -1,11 +1,16 @@
-"""What happens to a request, announced to whoever subscribes: `Accepted` and `Finished`.
+"""What happens to a request, announced to whoever subscribes: `Accepted`, `Attempted`,
+`Finished` and `WebhookTried`.
 
-An event is emitted only after the process that owns the request has saved the record it
-describes: `Accepted` once the store has created it (the 202 promise), `Finished` once the
-store has taken its final status under this process's ownership. A process that lost the
-request to another emits nothing; the new owner will. Subscribers (the request log first,
-then the webhooks; metrics and notices later) are called in order on the emitting thread and
-must be quick; one that raises is logged and the others still run.
+An event about a request's status is emitted only after the process that owns the request has
+saved the record it describes: `Accepted` once the store has created it (the 202 promise),
+`Finished` once the store has taken its final status under this process's ownership. A process
+that lost the request to another emits nothing; the new owner will. The other two tell what
+only the code that did it knows, as it happens: `Attempted` when one attempt's SMTP
+transaction ended (delivery/attempt.py, before the status it leads to is saved), and
+`WebhookTried` when one webhook try ended (events/webhooks.py). Subscribers (the request log
+first, then the webhooks and the metrics; the failure notices) are called in order on the
+emitting thread, must be quick, and ignore the events they have no use for; one that raises is
+logged and the others still run.
 """
 
 from __future__ import annotations
@@ -18,12 +23,34 @@ from mailservice.stores.contract import StatusRecord
 
 logger = logging.getLogger(__name__)
 
+# What the server made of one attempt's message (`Attempted.outcome`): it took the message for
+# at least one recipient; a failure worth another attempt (a 4xx, a dropped connection, a
+# time-out, every recipient deferred); a failure for good (a 5xx, every recipient refused).
+ATTEMPT_OUTCOMES = ("sent", "transient", "permanent")
+# How one webhook try ended (`WebhookTried.outcome`): a 2xx; failed with tries left; failed,
+# the target's last.
+WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
+
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A request was recorded as `queued`."""
+    """A request was recorded as `queued`; `source` says where it came in: the API route's
+    rule (`/send-email`), or `failure-notice` for an ADMIN_EMAIL notice."""
 
     record: StatusRecord
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    """One attempt's SMTP transaction ended after `seconds` (connecting included) with
+    `outcome` (one of ATTEMPT_OUTCOMES); `retry`: another attempt follows. `record` is the
+    status the attempt leads to, not yet saved."""
+
+    record: StatusRecord
+    seconds: float
+    outcome: str
+    retry: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +60,17 @@ class Finished:
     record: StatusRecord
 
 
-Event = Accepted | Finished
+@dataclass(frozen=True, slots=True)
+class WebhookTried:
+    """One try of a request's webhook to `target` (`callback_url` or `WEBHOOK_URL`) ended with
+    `outcome` (one of WEBHOOK_OUTCOMES)."""
+
+    record: StatusRecord
+    target: str
+    outcome: str
+
+
+Event = Accepted | Attempted | Finished | WebhookTried
 Subscriber = Callable[[Event], None]
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from mailservice.events.bus import Accepted, Event
+from mailservice.events.bus import Accepted, Event, Finished
 from mailservice.events.log_file import LockedRotatingFile
 from mailservice.stores.contract import EmailStatus
 
@@ -132,9 +132,11 @@ class RequestLog:
         record = event.record
         if isinstance(event, Accepted):
             status, reason, when = "queued", None, record.created_at
-        else:
+        elif isinstance(event, Finished):
             failed = record.status is EmailStatus.FAILED
             status, reason, when = str(record.status), record.error if failed else None, None
+        else:  # attempts and webhook tries write no line (API.md section 5)
+            return
         self.write(record.request_id, record.sender, record.recipients, status, reason, when)
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -12,7 +12,8 @@ hour in all). When every target answered 2xx the record is saved `delivered`, wh
 of tries `failed`; `store.save()` keeps its owner check, and a save the store refuses is tried
 again (SAVE_TRIES times, backing off) before it is logged as lost. Each failed try is logged
 once with its request_id and the target's scheme and host (never its path, query, or the
-secret).
+secret); every try is announced on `events` as a `WebhookTried` (its target and outcome:
+delivered, retrying or failed).
 
 The body is the status of GET /email-status/<id> (tags and metadata included) with an `event`
 member first, `email.sent` or `email.failed`; the bytes are the same on every try and every
@@ -43,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from mailservice.errors import StoreError, WebhookError
-from mailservice.events.bus import Event, Finished
+from mailservice.events.bus import Event, EventBus, Finished, WebhookTried
 from mailservice.events.due_queue import DueQueue
 from mailservice.events.webhook_client import WebhookClient, shown_target
 from mailservice.stores.contract import EmailStatus, StatusRecord, StatusStore, WebhookState
@@ -101,8 +102,10 @@ class WebhookNotifier:
         max_pending: int = MAX_PENDING,
         save_first: float = SAVE_FIRST,
         clock: Callable[[], float] = time.monotonic,
+        events: EventBus | None = None,
     ) -> None:
         self.store = store
+        self.events = events or EventBus()  # none given: the tries are announced to nobody
         self.client = client
         self.owner = owner
         self.deployment_url = deployment_url
@@ -232,6 +235,7 @@ class WebhookNotifier:
         """A try that raised counts as a target's last, so that the request is not held for
         ever; a save that raised lets the request go (its status still says pending)."""
         if target is not None and not target.done:
+            self._tried(delivery, target, "failed")
             self._target_done(delivery, target, ok=False)
             return
         with self._lock:
@@ -250,15 +254,21 @@ class WebhookNotifier:
                     "webhook try %d/%d to %s %s failed request_id=%s: %s; next try in %gs",
                     target.tries, self.tries, target.name, shown, request_id, exc.reason, delay,
                 )  # fmt: skip
+                self._tried(delivery, target, "retrying")
                 self._due.put(delay, (delivery, target))
                 return
             logger.warning(
                 "webhook to %s %s failed for good after %d tries request_id=%s: %s",
                 target.name, shown, target.tries, request_id, exc.reason,
             )  # fmt: skip
+            self._tried(delivery, target, "failed")
             self._target_done(delivery, target, ok=False)
             return
+        self._tried(delivery, target, "delivered")
         self._target_done(delivery, target, ok=True)
+
+    def _tried(self, delivery: _Delivery, target: _Target, outcome: str) -> None:
+        self.events.emit(WebhookTried(delivery.record, target.name, outcome))
 
     def _target_done(self, delivery: _Delivery, target: _Target, ok: bool) -> None:
         with self._lock:
