@@ -8,6 +8,12 @@ shared store (STATUS_STORE_URL redis://...) and a shared limiter storage
 (RATE_LIMIT_STORAGE_URL). On SIGTERM each worker drains its pool for up to DRAIN_SECONDS before
 it exits. The service's own log (LOG_LEVEL, LOG_FORMAT) is configured here, in the master, and
 gunicorn's own lines are written through it (mailservice/serving/gunicorn_logging.py).
+
+Metrics (GET /metrics) use prometheus-client's multiprocess mode: the master makes the folder
+ready (PROMETHEUS_MULTIPROC_DIR, emptied of an earlier run's files, or a fresh temporary one)
+and sets the variable before any worker starts, so that each worker, a fork of the master,
+imports prometheus_client with it set; `child_exit` takes a dead worker's state gauges out,
+and `on_exit` removes a temporary folder. Nothing imported here imports prometheus_client.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from mailservice.api.schemas import check_header_value
 from mailservice.config import load_settings
 from mailservice.errors import ConfigError
 from mailservice.logging_setup import configure_logging
+from mailservice.metrics_dir import prepare_metrics_dir
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import load_senders
@@ -36,9 +43,12 @@ try:
     # Compiled as create_app() compiles them: a template's syntax error is one line here, not
     # a traceback per worker. (mail_server itself is imported only by the workers.)
     TemplateLibrary.load(_settings.templates_dir, check_header_value, _settings.max_request_bytes)
+    _metrics_dir = prepare_metrics_dir(_settings.prometheus_multiproc_dir)
 except ConfigError as _exc:
     print(f"mail_server: configuration error: {_exc}", file=sys.stderr)
     sys.exit(2)
+
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir.path  # before any worker is forked
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.gunicorn_workers
@@ -64,6 +74,19 @@ def worker_exit(server, worker) -> None:
         return
     left = service.shutdown(service.settings.drain_seconds)
     server.log.info("worker %s drained; %d request(s) left unsent", worker.pid, left)
+
+
+def child_exit(server, worker) -> None:
+    """A worker ended: its state gauges (queue depth, busy threads, open connections) leave
+    the sums; its counts stay, as a counter's must."""
+    from prometheus_client import multiprocess  # the variable is set: see the docstring
+
+    multiprocess.mark_process_dead(worker.pid, _metrics_dir.path)
+
+
+def on_exit(server) -> None:
+    """The master stops: a temporary metrics folder made at start goes with it."""
+    _metrics_dir.remove()
 
 
 def post_fork(server, worker) -> None:

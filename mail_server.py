@@ -21,10 +21,15 @@ from types import FrameType
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from mailservice.api.admin_auth import EXTENSION as ADMIN
+from mailservice.api.admin_auth import AdminAuth
 from mailservice.api.auth_guard import init_auth_guard
 from mailservice.api.batch_routes import batch_blueprint
 from mailservice.api.core_routes import core_blueprint
+from mailservice.api.http_metrics import init_http_metrics
 from mailservice.api.legacy_routes import legacy_blueprint
+from mailservice.api.metrics_routes import EXTENSION as METRICS
+from mailservice.api.metrics_routes import metrics_blueprint
 from mailservice.api.problems import register_error_handlers
 from mailservice.api.rate_limit import init_rate_limit
 from mailservice.api.request_path import EXTENSION, Service, credential_digest
@@ -37,11 +42,14 @@ from mailservice.config import Settings, load_settings
 from mailservice.delivery.accepting import Acceptor
 from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.failure_notices import FailureNotifier
+from mailservice.delivery.notice_policy import reason_class
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.demo import demo_secrets, demo_senders, start_catcher
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
+from mailservice.events.metrics import DeliveryMetrics, state_gauges
+from mailservice.events.metrics_registry import MetricsRegistry
 from mailservice.events.request_log import RequestLog
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
@@ -72,16 +80,17 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         )
     except OSError as exc:  # e.g. its folder is missing: a setting to fix, not a traceback
         raise ConfigError(f"EMAIL_LOG={settings.email_log!r} cannot be opened: {exc}") from exc
+    metrics = MetricsRegistry()  # one process, or gunicorn's workers (PROMETHEUS_MULTIPROC_DIR)
     events = EventBus()
     events.subscribe(request_log.on_event, flush=request_log.flush)  # the first subscriber
+    events.subscribe(DeliveryMetrics(metrics, reason_class).on_event)  # counts, in line
+    smtp = SmtpClient(
+        settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout,
+        settings.smtp_ehlo_name,
+    )  # fmt: skip
     attempt = DeliveryAttempt(
         store,
-        SmtpClient(
-            settings.smtp_timeout,
-            settings.smtp_ca_file,
-            settings.smtp_data_timeout,
-            settings.smtp_ehlo_name,
-        ),
+        smtp,
         events,
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
@@ -103,11 +112,13 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
         pool.owner,
         deployment_url=settings.webhook_url,
         backoff=settings.webhook_backoff,
+        events=events,  # its tries, for the metrics
     )
     events.subscribe(webhooks.on_event, flush=webhooks.flush)  # queues; its threads deliver
     leases = LeaseKeeper(
         store, pool, senders, settings.lease_seconds, recoveries=(webhooks.recover,)
     )
+    metrics.watch(state_gauges(pool.stats, smtp.open_connections))  # read at scrape time
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -120,9 +131,12 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.extensions[EXTENSION] = Service(
         settings, senders, store, pool, acceptor, request_log, tokens, leases, templates, webhooks
     )
+    app.extensions[ADMIN] = AdminAuth(settings.admin_token)  # the operator's pages
+    app.extensions[METRICS] = metrics
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
 
+    init_http_metrics(app, metrics)  # the first before_request hook: its clock starts first
     rate_limited = init_rate_limit(app, settings, credential_digest)
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     app.register_blueprint(core_blueprint(rate_limited))
@@ -130,6 +144,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.register_blueprint(legacy_blueprint(rate_limited))
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     app.register_blueprint(template_blueprint())
+    app.register_blueprint(metrics_blueprint())  # GET /metrics, ADMIN_TOKEN only
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app

@@ -85,6 +85,8 @@ class Settings:
     gunicorn_threads: int = 8
     pin_cpus: bool = True
     gc_tuning: bool = True
+    # gunicorn.conf.py: the folder of the workers' metric files; empty: a fresh temporary one.
+    prometheus_multiproc_dir: str = ""
 
 
 def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
@@ -261,6 +263,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
     "PIN_CPUS": ("pin_cpus", _switch),
     "GC_TUNING": ("gc_tuning", _switch),
+    "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", str.strip),
 }
 
 

@@ -213,6 +213,7 @@ BAD_START_UPS = [
     ("STATUS_STORE_URL", "redis://:pw-123@127.0.0.1:noport/0"),
     ("STATUS_STORE_URL", "sqlite:///{tmp}/a-file/status.db"),
     ("EMAIL_LOG", "{tmp}/missing-folder/email_log.txt"),
+    ("PROMETHEUS_MULTIPROC_DIR", "{tmp}/a-file"),
 ]
 
 

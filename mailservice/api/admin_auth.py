@@ -22,6 +22,7 @@ from itsdangerous import BadSignature
 from mailservice.api.tokens import ClockedSigner
 from mailservice.errors import ApiError
 
+EXTENSION = "mail_admin"  # app.extensions key of the app's AdminAuth (create_app puts it there)
 SESSION_SECONDS = 12 * 3600
 SALT = b"mail-service.admin-session"
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="admin"'}
