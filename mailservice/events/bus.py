@@ -8,7 +8,7 @@ that lost the request to another emits nothing; the new owner will. The other tw
 only the code that did it knows, as it happens: `Attempted` when one attempt's SMTP
 transaction ended (delivery/attempt.py, before the status it leads to is saved), and
 `WebhookTried` when one webhook try ended (events/webhooks.py). Subscribers (the request log
-first, then the webhooks and the metrics; the failure notices) are called in order on the
+first, then the metrics, the webhooks and the failure notices) are called in order on the
 emitting thread, must be quick, and ignore the events they have no use for; one that raises is
 logged and the others still run.
 """
