@@ -35,7 +35,7 @@ from mailservice.delivery.attempt import (
     WaitForStore,
 )
 from mailservice.delivery.dispatch_queue import DispatchQueue
-from mailservice.delivery.dispatcher import Dispatcher, DispatcherStats
+from mailservice.delivery.dispatcher import Dispatcher, DispatcherStats, final_in_store
 from mailservice.delivery.retry_scheduler import RetryScheduler
 from mailservice.delivery.store_retry import StoreRetry
 from mailservice.errors import StoreError, Unavailable
@@ -251,9 +251,8 @@ class WorkerPool(Dispatcher):
     def wait(self, request_id: str, timeout: float) -> StatusRecord | None:
         with self._cond:
             job = self._jobs.get(request_id)
-        if job is None:
-            record = self.store.get(request_id)
-            return record if record is not None and record.status.final else None
+        if job is None:  # another process has it, or this one is done with it
+            return final_in_store(self.store, request_id, timeout)
         return job.state.record if job.done.wait(timeout) else None
 
     # -- stopping --------------------------------------------------------------------------

@@ -388,3 +388,38 @@ def test_server_that_comes_up_later_gets_the_message(make_app, start_smtp):
     assert status["status"] == "sent"
     assert status["attempts"] >= 2
     assert len(server.received) == 1
+
+
+def test_waiting_for_a_request_another_process_holds_reads_the_store_until_final(
+    make_app, smtp_server, tmp_path
+):
+    """A waiting route's repeat can land on a process that never held the request: it waits
+    for the final status in the store, not for an answer of its own that never comes."""
+    import threading
+    from dataclasses import replace
+
+    from mailservice.stores.contract import EmailStatus, StatusRecord, utcnow
+
+    url = f"sqlite:///{tmp_path / 'status.db'}"
+    service = make_app(smtp_server.port, status_store_url=url).extensions[EXTENSION]
+    other = make_app(smtp_server.port, status_store_url=url).extensions[EXTENSION]
+    now = utcnow()
+    record = StatusRecord(
+        request_id="77777777-7777-4777-8777-000000000001",
+        status=EmailStatus.SENDING,
+        sender="sender@example.com",
+        recipients=("a@example.com",),
+        pending=("a@example.com",),
+        created_at=now,
+        updated_at=now,
+        owner=other.pool.owner,
+    )
+    other.store.create(record, "{}")
+    final = replace(record, status=EmailStatus.SENT, pending=(), attempts=1)
+    timer = threading.Timer(0.3, other.store.save, args=(final,))
+    timer.start()
+    try:
+        assert service.pool.wait(record.request_id, 10.0) == final
+    finally:
+        timer.join()
+    assert service.pool.wait("77777777-7777-4777-8777-00000000ffff", 0.2) is None, "unknown"

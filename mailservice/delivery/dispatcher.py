@@ -9,11 +9,17 @@ metrics at scrape time) and stops (`drain`).
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 from mailservice.senders import Sender
-from mailservice.stores.contract import StatusRecord
+from mailservice.stores.contract import StatusRecord, StatusStore
+
+# A waiting caller polls the store for a request this process does not hold: first after
+# this long, doubling up to the maximum.
+STORE_POLL_FIRST = 0.02
+STORE_POLL_MAX = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +70,21 @@ class Dispatcher(ABC):
     @abstractmethod
     def drain(self, seconds: float) -> int:
         """Stop taking requests, keep sending for up to `seconds`, stop; how many were left."""
+
+
+def final_in_store(store: StatusStore, request_id: str, timeout: float) -> StatusRecord | None:
+    """The request's final status as the store has it, polling for up to `timeout`; None if
+    it is unknown or not final by then. For a request held by another process (a repeat of a
+    waiting route's Idempotency-Key there), or one whose answer came before the store had its
+    final status. StoreError when the store cannot be read."""
+    deadline = time.monotonic() + timeout
+    delay = STORE_POLL_FIRST
+    while True:
+        record = store.get(request_id)
+        if record is None or record.status.final:
+            return record
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, STORE_POLL_MAX)
