@@ -1,5 +1,6 @@
 """The house's layering, read from the imports: the package never imports the root modules,
-sub-packages import one way only, and the store backends import only the contract."""
+sub-packages import one way only, and the store backends import only the contract (with the
+codec and the dashboard's listing types) and their own helpers."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ BACKENDS = ("memory_store", "sqlite_store", "redis_store")
 BACKEND_MAY_IMPORT = {
     "mailservice.stores.contract",
     "mailservice.stores.codec",
+    "mailservice.stores.listing",
     "mailservice.errors",
 }
 # A backend's own helper modules, imported by that backend alone.
-BACKEND_HELPERS = {"sqlite_schema": "sqlite_store"}
+BACKEND_HELPERS = {
+    "sqlite_schema": "sqlite_store",
+    "sqlite_listing": "sqlite_store",
+    "redis_scripts": "redis_store",
+    "redis_listing": "redis_store",
+}
 PACKAGE = Path(__file__).parent.parent / "mailservice"
 
 

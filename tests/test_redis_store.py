@@ -55,6 +55,8 @@ def test_redis_key_names_are_those_of_existing_deployments(redis_server: Any) ->
         "mail:unfinished",
         "mail:owner:p1",
         "mail:idem:scope-1",
+        "mail:recent",  # the dashboard's index and counts (issue 13)
+        "mail:counts",
     }
     client.close()
     store.close()
@@ -68,9 +70,16 @@ def test_redis_scripts_take_their_key_prefixes_from_the_constants(
 
     from mailservice.stores import redis_store
 
-    for name in ("KEY_PREFIX", "OWNER_PREFIX", "IDEMPOTENCY_PREFIX"):
+    for name in (
+        "KEY_PREFIX",
+        "OWNER_PREFIX",
+        "IDEMPOTENCY_PREFIX",
+        "UNFINISHED",
+        "RECENT",
+        "COUNTS",
+        "FINISHED_PREFIX",
+    ):
         monkeypatch.setattr(redis_store, name, "alt:" + getattr(redis_store, name))
-    monkeypatch.setattr(redis_store, "UNFINISHED", "alt:mail:unfinished")
     first, second = (store_from_url(redis_server.url, ttl=60) for _ in range(2))
     dead, alive = (
         new_record("88888888-8888-4888-8888-000000000001", owner="dead"),
@@ -81,7 +90,10 @@ def test_redis_scripts_take_their_key_prefixes_from_the_constants(
     first.heartbeat("alive", 30)
     assert second.orphans(10) == [dead.request_id], "records and leases read under the prefixes"
     assert second.claim(alive.request_id, "thief") is None
-    assert second.claim(dead.request_id, "heir") is not None
+    claimed = second.claim(dead.request_id, "heir")
+    assert claimed is not None
+    second.save(replace(claimed[0], status=EmailStatus.SENT, pending=()))  # a minute's counter
+    assert [r.request_id for r in second.recent(10).records] == [alive.request_id, dead.request_id]
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert all(key.startswith("alt:") for key in client.keys("*")), client.keys("*")
     client.close()

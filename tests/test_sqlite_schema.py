@@ -39,8 +39,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
-# The record's columns as deployed (version 1: before `metadata` and version 3's columns).
-LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook")
+# The record's columns as deployed (version 1: before `metadata`, version 3's and 4's columns).
+LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook", "history")
 V1_FIELDS = tuple(name for name in RECORD_FIELDS if name not in LATER_FIELDS)
 INSERT_REQUEST = (
     f"INSERT INTO requests (request_id, {', '.join(V1_FIELDS)}, payload)"  # noqa: S608
@@ -99,9 +99,13 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
     assert pragma(path, "user_version") == 0
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 3
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 4
         assert store.get(REQUEST_ID) == record  # later columns read as their defaults
+        assert store.get(REQUEST_ID).history == ()  # type: ignore[union-attr]
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
+        # Version 4's counters start from what the file held, and its index lists it.
+        assert store.counts()[EmailStatus.QUEUED] == 1
+        assert [r.request_id for r in store.recent(10).records] == [REQUEST_ID]
         repeat = new_record("66666666-6666-4666-8666-000000000002")
         earlier = store.create(repeat, "{}", IdempotencyClaim(CLAIM.scope, "other", "x"))
         assert earlier == CLAIM, "the Idempotency-Key stored before the migration still holds"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -19,6 +19,15 @@ from mailservice.stores.contract import (
     StatusStore,
     WebhookState,
     utcnow,
+)
+from mailservice.stores.listing import (
+    CHART_MINUTES,
+    MINUTES_KEPT,
+    PAGE_MAX,
+    MinuteSends,
+    RecentPage,
+    Search,
+    sort_key,
 )
 from mailservice.stores.memory_store import MemoryStatusStore
 from tests.conftest import STATUS_KEYS, wait_for
@@ -537,7 +546,9 @@ def test_create_many_of_100_is_one_sqlite_transaction(tmp_path) -> None:
         "BEGIN IMMEDIATE",
         "COMMIT",
     ]
-    assert sum(s.startswith("INSERT INTO requests") for s in statements) == 100
+    # Distinct texts (bound values expanded): SQLite traces a statement again for each trigger
+    # it fires (the counters of schema version 4).
+    assert len({s for s in statements if s.startswith("INSERT INTO requests")}) == 100
     assert all(store.get(r.request_id) is not None for r in batch_records(100))
     store.close()
 
@@ -744,3 +755,305 @@ def test_sqlite_reads_between_refused_writes_do_not_end_the_outage(tmp_path, cap
     logged = [r.getMessage() for r in caplog.records if r.name == "mailservice.stores.sqlite_store"]
     assert len(logged) == 2, logged  # once when it starts, once when it ends
     assert "unreachable" in logged[0] and "reachable again" in logged[1]
+
+
+# -- what the dashboard reads: history, the recent list, counts, sends per minute -------------
+
+T0 = datetime(2026, 12, 1, 12, 0, 30, tzinfo=UTC)
+
+
+def made_at(index: int, at: datetime, **changes) -> StatusRecord:
+    """A queued record created at `at`, its id ordered by `index`."""
+    return replace(
+        new_record(f"cccccccc-cccc-4ccc-8ccc-{index:012d}"), created_at=at, updated_at=at, **changes
+    )
+
+
+def ids_of(page: RecentPage) -> list[str]:
+    return [record.request_id for record in page.records]
+
+
+def test_history_reads_back_equal_and_a_record_without_one_reads_empty(store: StatusStore) -> None:
+    record = new_record().noted()
+    store.create(record, "{}")
+    sending = replace(record, status=EmailStatus.SENDING, attempts=1).noted()
+    retrying = replace(sending, status=EmailStatus.RETRYING, error="451 4.7.0 später").noted()
+    store.save(retrying)
+    got = store.get(record.request_id)
+    assert got == retrying and [e.status for e in got.history] == ["queued", "sending", "retrying"]
+    assert got.history[-1].error == "451 4.7.0 später"
+    plain = new_record("cccccccc-cccc-4ccc-8ccc-999999999999")
+    store.create(plain, "{}")
+    assert store.get(plain.request_id).history == ()  # type: ignore[union-attr]
+
+
+def test_recent_pages_go_newest_first_without_gaps_or_repeats(store: StatusStore) -> None:
+    # Three records share each creation time: a page may end between two of them.
+    records = [made_at(i, T0 + timedelta(microseconds=i // 3)) for i in range(23)]
+    store.create_many([(record, "{}") for record in records[:11]])
+    for record in records[11:]:
+        store.create(record, "{}")
+    expected = [r.request_id for r in sorted(records, key=sort_key, reverse=True)]
+    seen: list[str] = []
+    page = store.recent(5)
+    while True:
+        assert 1 <= len(page.records) <= 5
+        seen += ids_of(page)
+        if page.before is None:
+            break
+        page = store.recent(5, before=page.before)
+    assert seen == expected
+    assert ids_of(store.recent(100)) == expected and store.recent(100).before is None
+    assert store.recent(23).before is None, "no next page when nothing is left"
+
+
+def test_recent_search_matches_a_whole_recipient_in_any_case_and_a_tag_exactly(
+    store: StatusStore,
+) -> None:
+    a = made_at(1, T0, recipients=("Ada@Example.com", "ops@example.com"), tags=("Invoice",))
+    b = made_at(2, T0 + timedelta(seconds=1), recipients=("bada@example.com",), tags=("invoice",))
+    c = made_at(3, T0 + timedelta(seconds=2), recipients=("ada@example.com",), tags=("eu", "x-1"))
+    for record in (a, b, c):
+        store.create(record, "{}")
+
+    def found(**search: str) -> list[str]:
+        return ids_of(store.recent(10, search=Search(**search)))
+
+    assert found(recipient="ada@example.COM") == [c.request_id, a.request_id]
+    assert found(recipient="ops@example.com") == [a.request_id]
+    assert found(recipient="da@example.com") == [], "a part of an address is not a match"
+    assert found(tag="invoice") == [b.request_id], "tags are compared as given"
+    assert found(tag="x-1") == [c.request_id]
+    assert found(tag="x") == []
+    assert found(recipient="ada@example.com", tag="Invoice") == [a.request_id]
+    first = store.recent(1, search=Search(recipient="ADA@example.com"))
+    assert ids_of(first) == [c.request_id] and first.before is not None
+    rest = store.recent(1, before=first.before, search=Search(recipient="ADA@example.com"))
+    assert ids_of(rest) == [a.request_id] and rest.before is None
+
+
+@pytest.fixture
+def small_window(monkeypatch: pytest.MonkeyPatch) -> int:
+    """RECENT_WINDOW of 5 in every module that bounds by it."""
+    from mailservice.stores import memory_store, redis_listing, redis_store, sqlite_listing
+
+    for module in (memory_store, redis_listing, redis_store, sqlite_listing):
+        monkeypatch.setattr(module, "RECENT_WINDOW", 5)
+    return 5
+
+
+def test_recent_lists_and_searches_only_the_newest_window(
+    small_window: int, store: StatusStore
+) -> None:
+    records = [
+        made_at(i, T0 + timedelta(seconds=i), tags=("old" if i == 0 else "new",)) for i in range(8)
+    ]
+    for record in records:
+        store.create(record, "{}")
+    newest = [r.request_id for r in reversed(records[-small_window:])]
+    page = store.recent(100)
+    assert ids_of(page) == newest and page.before is None
+    assert ids_of(store.recent(100, search=Search(tag="old"))) == [], "outside the window"
+    assert ids_of(store.recent(100, search=Search(tag="new"))) == newest
+    assert store.get(records[0].request_id) is not None, "by id, a request is always found"
+
+
+def test_recent_refuses_a_bad_page_size_or_cursor(store: StatusStore) -> None:
+    for limit in (0, PAGE_MAX + 1):
+        with pytest.raises(ValueError, match="page"):
+            store.recent(limit)
+    for cursor in ("", "x", "12_", "_abc", "1e5_abc", "١٢_abc", "12_" + "a" * 65):
+        with pytest.raises(ValueError, match="cursor"):
+            store.recent(10, before=cursor)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_recent_leaves_out_expired_statuses(kind: str, tmp_path) -> None:
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    clock = FakeClock()
+    store: StatusStore = (
+        MemoryStatusStore(ttl=60, clock=clock)
+        if kind == "memory"
+        else SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+    )
+    done, open_ = made_at(1, T0), made_at(2, T0 + timedelta(seconds=1))
+    store.create(done, "{}")
+    store.create(open_, "{}")
+    store.save(replace(done, status=EmailStatus.SENT, pending=()))
+    assert ids_of(store.recent(10)) == [open_.request_id, done.request_id]
+    clock.now += 61
+    assert ids_of(store.recent(10)) == [open_.request_id]
+    store.close()
+
+
+def test_counts_follow_every_create_and_change_of_status(store: StatusStore) -> None:
+    assert store.counts() == dict.fromkeys(EmailStatus, 0)
+    records = [made_at(i, T0) for i in range(4)]
+    store.create_many([(r, "{}") for r in records[:3]])
+    store.create(records[3], "{}")
+    sending = [replace(r, status=EmailStatus.SENDING, attempts=1) for r in records]
+    for record in sending:
+        store.save(record)
+    store.save(replace(sending[0], status=EmailStatus.RETRYING))
+    store.save(replace(sending[1], status=EmailStatus.SENT, pending=()))
+    store.save(
+        replace(sending[1], status=EmailStatus.SENT, pending=(), webhook=WebhookState.FAILED)
+    )
+    store.save(replace(sending[2], status=EmailStatus.FAILED, pending=(), error="550"))
+    store.save(replace(sending[3], attempts=2))  # saved again, same status: no change
+    assert store.counts() == {
+        EmailStatus.QUEUED: 0,
+        EmailStatus.SENDING: 1,
+        EmailStatus.RETRYING: 1,
+        EmailStatus.SENT: 1,
+        EmailStatus.FAILED: 1,
+    }
+
+
+def test_a_refused_save_changes_no_count(durable_pair) -> None:
+    first, second = durable_pair
+    record = made_at(1, T0, owner="dead")
+    first.create(record, "{}")
+    assert second.claim(record.request_id, "heir") is not None
+    assert first.save(replace(record, status=EmailStatus.SENT, pending=())) is False
+    assert second.counts()[EmailStatus.QUEUED] == 1
+    assert second.counts()[EmailStatus.SENT] == 0
+    assert second.sends_per_minute(T0)[-1].sent == 0
+
+
+def test_counts_add_up_under_threads(store: StatusStore) -> None:
+    ids = [f"dddddddd-dddd-4ddd-8ddd-{i:012d}" for i in range(120)]
+
+    def write(chunk: list[str]) -> None:
+        for request_id in chunk:
+            store.create(new_record(request_id), "{}")
+            store.save(replace(new_record(request_id), status=EmailStatus.SENDING, attempts=1))
+            store.save(replace(new_record(request_id), status=EmailStatus.SENT, pending=()))
+
+    threads = [threading.Thread(target=write, args=(ids[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = store.counts()
+    assert counts[EmailStatus.SENT] == 120
+    assert counts[EmailStatus.QUEUED] == counts[EmailStatus.SENDING] == 0
+    assert sum(m.sent for m in store.sends_per_minute()) == 120
+
+
+def test_sends_per_minute_counts_each_request_once_in_the_minute_it_ended(
+    store: StatusStore,
+) -> None:
+    now = T0 + timedelta(hours=1)
+    ended = [
+        (now, EmailStatus.SENT),
+        (now - timedelta(seconds=20), EmailStatus.SENT),  # the same minute (12:00 + 1 h)
+        (now, EmailStatus.FAILED),
+        (now - timedelta(minutes=5), EmailStatus.SENT),
+        (now - timedelta(minutes=59), EmailStatus.FAILED),  # the chart's first minute
+        (now - timedelta(minutes=60), EmailStatus.SENT),  # before the chart
+    ]
+    for index, (at, status) in enumerate(ended):
+        record = made_at(index, T0)
+        store.create(record, "{}")
+        final = replace(record, status=status, pending=(), updated_at=at)
+        store.save(final)
+        store.save(replace(final, webhook=WebhookState.DELIVERED))  # final again: not counted
+    chart = store.sends_per_minute(now)
+    assert len(chart) == CHART_MINUTES
+    assert chart[-1] == MinuteSends("2026-12-01T13:00", 2, 1)
+    assert chart[-6] == MinuteSends("2026-12-01T12:55", 1, 0)
+    assert chart[0] == MinuteSends("2026-12-01T12:01", 0, 1)
+    assert sum(m.sent + m.failed for m in chart) == 5
+    assert [m.minute for m in chart] == sorted(m.minute for m in chart)
+
+
+def test_sqlite_recent_walks_its_index_and_never_sorts(tmp_path) -> None:
+    from mailservice.stores.sqlite_listing import RECENT, RECENT_EDGE
+
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=60)
+    params = {
+        "at": "~",
+        "id": "",
+        "edge_at": "",
+        "edge_id": "",
+        "now": 0,
+        "recipient": "",
+        "tag": "",
+        "limit": 10,
+    }
+    for sql, values in ((RECENT, params), (RECENT_EDGE, {"skip": 5})):
+        plan = str(store._db.execute(f"EXPLAIN QUERY PLAN {sql}", values).fetchall())  # type: ignore[attr-defined]
+        assert "requests_created" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()
+
+
+def test_sqlite_drops_per_minute_counters_older_than_two_hours(tmp_path) -> None:
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=3600)
+    for index, at in enumerate((T0, T0 + timedelta(minutes=MINUTES_KEPT + 1))):
+        record = made_at(index, T0)
+        store.create(record, "{}")
+        store.save(replace(record, status=EmailStatus.SENT, pending=(), updated_at=at))
+    minutes = store._db.execute("SELECT minute FROM finished_per_minute").fetchall()  # type: ignore[attr-defined]
+    assert minutes == [("2026-12-01T14:01",)]
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_recent_is_one_round_trip_trimmed_to_its_window(
+    small_window: int, redis_server, monkeypatch
+) -> None:
+    import redis
+
+    from mailservice.stores.redis_store import RECENT
+
+    store = store_from_url(redis_server.url, ttl=60)
+    records = [made_at(i, T0 + timedelta(seconds=i)) for i in range(8)]
+    store.create_many([(r, "{}") for r in records[:4]])
+    for record in records[4:]:
+        store.create(record, "{}")
+    assert store.client.zcard(RECENT) == small_window  # type: ignore[attr-defined]
+    store.recent(3)  # loads the script
+    sent: list[bytes] = []
+    real_send = redis.connection.Connection.send_packed_command
+
+    def counting_send(connection, command, check_health: bool = True) -> None:
+        sent.append(command)
+        real_send(connection, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting_send)
+    page = store.recent(3, search=Search(recipient="a@example.com"))
+    monkeypatch.undo()
+    assert len(sent) == 1 and ids_of(page) == [r.request_id for r in records[7:4:-1]]
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_recent_drops_ids_whose_status_expired(redis_server) -> None:
+    from mailservice.stores.redis_store import KEY_PREFIX, RECENT
+
+    store = store_from_url(redis_server.url, ttl=60)
+    gone, kept = made_at(1, T0), made_at(2, T0 + timedelta(seconds=1))
+    store.create(gone, "{}")
+    store.create(kept, "{}")
+    store.client.delete(KEY_PREFIX + gone.request_id)  # type: ignore[attr-defined]
+    assert ids_of(store.recent(10)) == [kept.request_id]
+    assert store.client.zrange(RECENT, 0, -1) == [kept.request_id]  # type: ignore[attr-defined]
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_counts_never_go_below_zero_for_requests_older_than_the_counters(
+    redis_server,
+) -> None:
+    from mailservice.stores.redis_store import COUNTS
+
+    store = store_from_url(redis_server.url, ttl=60)
+    record = made_at(1, T0)
+    store.create(record, "{}")
+    store.client.delete(COUNTS)  # type: ignore[attr-defined]  # as before the counters existed
+    store.save(replace(record, status=EmailStatus.SENDING, attempts=1))
+    assert store.counts()[EmailStatus.QUEUED] == 0
+    assert store.counts()[EmailStatus.SENDING] == 1
+    store.close()

@@ -104,3 +104,37 @@ def test_failed_after_a_possibly_delivered_attempt_says_so():
         begin(queued(), T0), EmailStatus.FAILED, "421 bye", now=LATER, possibly_delivered=True
     )
     assert final.error == "421 bye; an earlier attempt was possibly delivered (same Message-ID)"
+
+
+def test_each_change_of_status_is_noted_in_the_history_once():
+    record = queued().noted()
+    sending = begin(record, T0)
+    step = failure(sending)
+    assert isinstance(step, Retry)
+    again = begin(step.record, LATER)
+    final = finish(delivered(again, {}, {}), EmailStatus.SENT, None, now=LATER)
+    assert [(e.status, e.attempts, e.error) for e in final.history] == [
+        (EmailStatus.QUEUED, 0, None),
+        (EmailStatus.SENDING, 1, None),
+        (EmailStatus.RETRYING, 1, "451 later"),
+        (EmailStatus.SENDING, 2, "451 later"),
+        (EmailStatus.SENT, 2, None),
+    ]
+    assert final.history[-1].at == LATER
+    assert final.noted() is final, "noting the same state again adds nothing"
+    assert delivered(final, {}, {}).history == final.history, "no change of status, no entry"
+
+
+def test_a_history_keeps_its_first_entry_and_the_newest_within_its_bound():
+    from mailservice.stores.contract import HISTORY_MAX
+
+    record = queued().noted()
+    for attempt in range(HISTORY_MAX):
+        record = begin(record, T0 + timedelta(seconds=attempt))
+        step = failure(record, max_attempts=10**6)
+        assert isinstance(step, Retry)
+        record = step.record
+    assert len(record.history) == HISTORY_MAX
+    assert record.history[0].status is EmailStatus.QUEUED
+    assert record.history[-1] == replace(record.history[-1], status=EmailStatus.RETRYING)
+    assert record.history[-1].attempts == HISTORY_MAX

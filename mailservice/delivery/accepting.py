@@ -140,7 +140,7 @@ class Acceptor:
             webhook=(
                 WebhookState.PENDING if extras.callback_url or self.deployment_webhook else None
             ),
-        )
+        ).noted()  # its history begins: queued
         return record, spec.to_json()
 
     def _dispatch(self, record: StatusRecord, payload: str, sender: Sender, source: str) -> None:

@@ -5,8 +5,9 @@
 `begin()` starts an attempt, `delivered()` takes in what the server said of each recipient,
 `after_failure()` decides between another attempt and the end, and `finish()` settles the final
 status: a message someone received is `sent` (the others listed in `refused`), a message
-nobody received is `failed`. The caller passes the time and the jitter in, so each function
-gives the same answer for the same arguments.
+nobody received is `failed`. Each change of status is noted in the record's history
+(`StatusRecord.noted`). The caller passes the time and the jitter in, so each function gives
+the same answer for the same arguments.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ Step = Retry | Final
 
 def begin(record: StatusRecord, now: datetime) -> StatusRecord:
     """The `sending` status of the next attempt."""
-    return replace(record, status=EmailStatus.SENDING, attempts=record.attempts + 1, updated_at=now)
+    return replace(
+        record, status=EmailStatus.SENDING, attempts=record.attempts + 1, updated_at=now
+    ).noted()
 
 
 def delivered(
@@ -79,7 +82,7 @@ def after_failure(
                 possibly_delivered=possibly_delivered,
             )
         )
-    retrying = replace(record, status=EmailStatus.RETRYING, error=reason, updated_at=now)
+    retrying = replace(record, status=EmailStatus.RETRYING, error=reason, updated_at=now).noted()
     return Retry(retrying, retry_delay(record.attempts, backoff, jitter))
 
 
@@ -109,4 +112,4 @@ def finish(
         )
     if status is EmailStatus.FAILED and possibly_delivered:
         error = f"{error}; an earlier attempt was possibly delivered (same Message-ID)"
-    return replace(record, status=status, error=error, updated_at=now)
+    return replace(record, status=status, error=error, updated_at=now).noted()

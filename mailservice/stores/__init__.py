@@ -2,14 +2,18 @@
 
     contract.py      the record, its statuses, the StatusStore interface
     codec.py         a record as text fields (Redis, SQLite)
+    listing.py       what the dashboard reads: recent pages, searches, per-minute counts
     memory_store.py  memory://   one process
     sqlite_store.py  sqlite:///  durable, one machine
     sqlite_schema.py             its file's schema version and migrations
+    sqlite_listing.py            its reads for the dashboard
     redis_store.py   redis://    durable, several processes and hosts
+    redis_scripts.py             its Lua scripts
+    redis_listing.py             its reads for the dashboard
 
-Backends import only the contract, the codec and `mailservice.errors` (and the SQLite backend
-its own sqlite_schema); this registry alone imports the backends (Redis and SQLite on use).
-tests/test_status_store.py checks both rules.
+Backends import only the contract, the codec, the listing types and `mailservice.errors` (and
+their own helper modules); this registry alone imports the backends (Redis and SQLite on use).
+tests/test_layering.py checks both rules.
 """
 
 from __future__ import annotations

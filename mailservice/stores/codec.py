@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from mailservice.stores.contract import EmailStatus, StatusRecord, WebhookState
+from mailservice.stores.contract import EmailStatus, HistoryEntry, StatusRecord, WebhookState
 
 # A record as flat text fields, for backends that store strings (Redis hashes, SQLite rows).
 RECORD_FIELDS = (
@@ -28,6 +28,7 @@ RECORD_FIELDS = (
     "tags",
     "callback_url",
     "webhook",
+    "history",
 )
 
 
@@ -48,7 +49,23 @@ def record_to_fields(record: StatusRecord) -> dict[str, str]:
         "tags": json.dumps(record.tags),
         "callback_url": record.callback_url or "",
         "webhook": "" if record.webhook is None else str(record.webhook),
+        "history": history_to_text(record.history),
     }
+
+
+def history_to_text(history: Sequence[HistoryEntry]) -> str:
+    """A history as JSON: one [status, ISO time, attempts, error or null] per entry."""
+    return json.dumps(
+        [[str(e.status), e.at.isoformat(), e.attempts, e.error] for e in history],
+        separators=(",", ":"),
+    )
+
+
+def history_from_text(text: str | None) -> tuple[HistoryEntry, ...]:
+    return tuple(
+        HistoryEntry(EmailStatus(status), datetime.fromisoformat(at), int(attempts), error)
+        for status, at, attempts, error in json.loads(text or "[]")
+    )
 
 
 def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusRecord | None:
@@ -73,4 +90,5 @@ def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusR
         tags=tuple(json.loads(fields["tags"] or "[]")),
         callback_url=fields["callback_url"] or None,
         webhook=WebhookState(fields["webhook"]) if fields["webhook"] else None,
+        history=history_from_text(fields["history"]),
     )

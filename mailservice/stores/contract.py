@@ -2,9 +2,11 @@
 
 A record is created when a request is accepted (with the message `payload`, the stored message
 spec, kept until the request is final; a batch's records all in one step, `create_many`) and
-saved again at every state change. Once final the
+saved again at every state change; it carries its own `history` of those changes. Once final the
 payload is dropped and the status is kept for `ttl` seconds. The store knows nothing of SMTP or
-HTTP. `tests/test_status_store.py` is the contract's test suite, run on every backend.
+HTTP. What the operator's dashboard reads (the recent list, the counts by status, the sends per
+minute) are bounded queries whose value types live in `stores/listing.py`.
+`tests/test_status_store.py` is the contract's test suite, run on every backend.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # listing.py builds on the record defined here
+    from mailservice.stores.listing import MinuteSends, RecentPage, Search
 
 
 class EmailStatus(StrEnum):
@@ -46,6 +51,23 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# A request's history holds one entry per state change: queued, then a sending and a retrying
+# per attempt, then the end, so 2 * MAX_ATTEMPTS + 2 with the defaults; past this bound the
+# first entry (when it was accepted) and the newest ones are kept.
+HISTORY_MAX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One state change of a request: the status it entered, when, after how many attempts,
+    and the error it carried then (a retry's reason, a failure's)."""
+
+    status: EmailStatus
+    at: datetime
+    attempts: int = 0
+    error: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class StatusRecord:
     """One request's status; `pending` are the recipients still to be delivered to and
@@ -66,6 +88,20 @@ class StatusRecord:
     tags: tuple[str, ...] = ()  # the client's own labels, shown as given
     callback_url: str | None = None  # the request's own webhook target (internal, never shown)
     webhook: WebhookState | None = None  # None: no webhook for this request
+    # Its state changes, oldest first (shown on the dashboard, not in GET /email-status): a
+    # record stored before the history existed has none.
+    history: tuple[HistoryEntry, ...] = ()
+
+    def noted(self) -> StatusRecord:
+        """This record with its current state appended to its history (once: a record whose
+        newest entry already says so is returned as it is), bounded by HISTORY_MAX."""
+        entry = HistoryEntry(self.status, self.updated_at, self.attempts, self.error)
+        if self.history and self.history[-1] == entry:
+            return self
+        history = (*self.history, entry)
+        if len(history) > HISTORY_MAX:
+            history = (history[0], *history[-(HISTORY_MAX - 1) :])
+        return replace(self, history=history)
 
     def public(self) -> dict[str, Any]:
         """The JSON of GET /email-status/<id> (API.md section 4): no content, no internals."""
@@ -200,6 +236,45 @@ class StatusStore(ABC):
     @abstractmethod
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
+
+    # -- what the operator's dashboard reads: bounded, never a scan of every record ---------
+
+    @abstractmethod
+    def recent(
+        self, limit: int, before: str | None = None, search: Search | None = None
+    ) -> RecentPage:
+        """The newest requests, newest first (by `created_at`, then id), at most `limit` of
+        them, older than the cursor `before` (a page's `before`, see listing.py) when given,
+        and matching `search` when given. Only the newest `listing.RECENT_WINDOW` requests are
+        listed or searched, so that one call reads a bounded number of records; an expired one
+        is left out. ValueError for a malformed cursor."""
+
+    @abstractmethod
+    def counts(self) -> dict[EmailStatus, int]:
+        """Requests by status, every status present: how many are queued, sending or retrying
+        now, and how many ended sent or failed since the store's counters began. Kept as
+        counters changed in the same atomic step as `create` and `save`, read in one call."""
+
+    def sends_per_minute(self, now: datetime | None = None) -> list[MinuteSends]:
+        """How many requests ended sent and failed in each of the last `CHART_MINUTES` minutes
+        (UTC, by the final status's `updated_at`), oldest first, the current minute last."""
+        from mailservice.stores.listing import MinuteSends, chart_minutes
+
+        minutes = chart_minutes(now or utcnow())
+        found = self._finished_in(minutes)
+        return [
+            MinuteSends(
+                minute,
+                found.get((minute, EmailStatus.SENT), 0),
+                found.get((minute, EmailStatus.FAILED), 0),
+            )
+            for minute in minutes
+        ]
+
+    @abstractmethod
+    def _finished_in(self, minutes: Sequence[str]) -> dict[tuple[str, EmailStatus], int]:
+        """The per-minute counters of requests that became final, for the given minutes
+        (`listing.minute_of` keys), in one call; counters are kept `MINUTES_KEPT` minutes."""
 
     def heartbeat(self, owner: str, lease_seconds: float) -> None:  # noqa: B027
         """Renew `owner`'s lease on its records; 0 gives them up at once."""

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
-from mailservice.stores.contract import IDEMPOTENCY_TTL, IdempotencyClaim, StatusRecord, StatusStore
+from mailservice.stores.contract import (
+    IDEMPOTENCY_TTL,
+    EmailStatus,
+    IdempotencyClaim,
+    StatusRecord,
+    StatusStore,
+)
+from mailservice.stores.listing import (
+    MINUTES_KEPT,
+    RECENT_WINDOW,
+    RecentPage,
+    Search,
+    check_limit,
+    minute_of,
+    page_of,
+    parse_cursor,
+    sort_key,
+)
 
 MEMORY_MAX_FINISHED = 100_000
 
@@ -17,7 +36,9 @@ class MemoryStatusStore(StatusStore):
 
     Finished statuses are kept for `ttl` seconds but at most `max_finished` of them (the
     oldest go first), and as many Idempotency-Keys, so that memory stays bounded however many
-    requests a day brings; `memory://?max=N` sets it.
+    requests a day brings; `memory://?max=N` sets it. The dashboard's reads have their own
+    bounded structures, changed under the same lock as the records: the newest
+    RECENT_WINDOW ids sorted by creation, the counters by status and those per minute.
     """
 
     def __init__(
@@ -39,6 +60,23 @@ class MemoryStatusStore(StatusStore):
         self._expiry: OrderedDict[str, float] = OrderedDict()
         self._claims: dict[str, IdempotencyClaim] = {}
         self._claim_expiry: deque[tuple[float, str]] = deque()
+        self._recent: list[tuple[int, str]] = []  # (created, id) ascending, RECENT_WINDOW at most
+        self._counts: Counter[EmailStatus] = Counter()
+        self._finished: dict[str, Counter[EmailStatus]] = {}  # minute -> final statuses
+
+    def _counted(self, old: StatusRecord | None, new: StatusRecord) -> None:
+        """The counters after `old` (None: a new request) became `new`; under the lock."""
+        if old is not None and old.status is new.status:
+            return
+        if old is not None and not old.status.final and self._counts[old.status] > 0:
+            self._counts[old.status] -= 1
+        self._counts[new.status] += 1
+        if new.status.final and (old is None or not old.status.final):
+            minute = minute_of(new.updated_at)
+            self._finished.setdefault(minute, Counter())[new.status] += 1
+            oldest = minute_of(new.updated_at - timedelta(minutes=MINUTES_KEPT))
+            for gone in [m for m in self._finished if m < oldest]:
+                del self._finished[gone]
 
     def _purge(self, now: float) -> None:
         while self._expiry and (
@@ -73,8 +111,13 @@ class MemoryStatusStore(StatusStore):
                 self._claims[idempotency.scope] = idempotency
                 self._claim_expiry.append((now + IDEMPOTENCY_TTL, idempotency.scope))
             for record, payload in items:
+                old = self._records.get(record.request_id)
+                self._counted(old, record)
                 self._records[record.request_id] = record
                 self._payloads[record.request_id] = payload
+                if old is None:
+                    bisect.insort(self._recent, sort_key(record))
+            del self._recent[: max(0, len(self._recent) - RECENT_WINDOW)]
             return None
 
     def idempotency_claim(self, scope: str) -> IdempotencyClaim | None:
@@ -86,6 +129,7 @@ class MemoryStatusStore(StatusStore):
         with self._lock:
             now = self._clock()
             self._purge(now)
+            self._counted(self._records.get(record.request_id), record)
             self._records[record.request_id] = record
             if record.status.final:
                 self._payloads.pop(record.request_id, None)
@@ -104,3 +148,32 @@ class MemoryStatusStore(StatusStore):
 
     def ping(self) -> None:
         return None
+
+    def recent(
+        self, limit: int, before: str | None = None, search: Search | None = None
+    ) -> RecentPage:
+        check_limit(limit)
+        cursor = parse_cursor(before) if before is not None else None
+        found: list[StatusRecord] = []
+        with self._lock:
+            self._purge(self._clock())
+            end = len(self._recent) if cursor is None else bisect.bisect_left(self._recent, cursor)
+            for position in range(end - 1, -1, -1):
+                record = self._records.get(self._recent[position][1])
+                if record is not None and (search is None or search.matches(record)):
+                    found.append(record)
+                    if len(found) > limit:
+                        break
+        return page_of(found, limit)
+
+    def counts(self) -> dict[EmailStatus, int]:
+        with self._lock:
+            return {status: self._counts[status] for status in EmailStatus}
+
+    def _finished_in(self, minutes: Sequence[str]) -> dict[tuple[str, EmailStatus], int]:
+        with self._lock:
+            return {
+                (minute, status): count
+                for minute in minutes
+                for status, count in self._finished.get(minute, Counter()).items()
+            }

@@ -3,6 +3,8 @@
 Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its payload),
 `mail:unfinished` (a set of unfinished ids), `mail:webhooks` (a set of final ids whose webhook
 is still pending, kept by the save script and walked with SSCAN, a bounded part per call),
+`mail:recent`, `mail:counts` and `mail:finished:<minute>:<status>` (the dashboard's index and
+counters, changed by the create and save scripts; read by `redis_listing.py`),
 `mail:owner:<owner>` (a process's lease, expiring unless renewed) and `mail:idem:<scope>`
 (Idempotency-Keys, 24 h). Each write is one round trip:
 a short Lua script that checks and writes atomically (the owner check of `save`, the
@@ -27,11 +29,31 @@ from mailservice.errors import StoreError
 from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
 from mailservice.stores.contract import (
     IDEMPOTENCY_TTL,
+    EmailStatus,
     IdempotencyClaim,
     OutageLog,
     StatusRecord,
     StatusStore,
     WebhookState,
+)
+from mailservice.stores.listing import (
+    MINUTES_KEPT,
+    RECENT_WINDOW,
+    RecentPage,
+    Search,
+    check_limit,
+    created_micros,
+    minute_of,
+    parse_cursor,
+)
+from mailservice.stores.redis_listing import RedisListing
+from mailservice.stores.redis_scripts import (
+    CLAIM,
+    CLAIM_WEBHOOK,
+    CREATE_MANY,
+    ORPHANS,
+    SAVE,
+    WEBHOOK_ORPHANS,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,125 +63,11 @@ OWNER_PREFIX = "mail:owner:"
 IDEMPOTENCY_PREFIX = "mail:idem:"
 UNFINISHED = "mail:unfinished"
 WEBHOOKS = "mail:webhooks"
+RECENT = "mail:recent"  # ids by creation time, the newest RECENT_WINDOW (the dashboard's list)
+COUNTS = "mail:counts"  # requests by status
+FINISHED_PREFIX = "mail:finished:"  # <minute>:<status>, final statuses per minute
+FINAL_STATUSES = tuple(str(status) for status in EmailStatus if status.final)
 WEBHOOK_SCAN_MAX = 1000  # members of the webhooks set one webhook_orphans() call looks at
-
-# KEYS: unfinished set, the records in order, [idempotency key]. ARGV: record count, claim
-# JSON ('' for none), claim TTL, items per record (its id, then its field/value pairs), then
-# the records' items. Returns the earlier claim's JSON, or nil once every record is created:
-# a batch is one script, so one round trip, and all or nothing with its Idempotency-Key.
-CREATE_MANY = """
-local count, width = tonumber(ARGV[1]), tonumber(ARGV[4])
-if ARGV[2] ~= '' then
-  local key = KEYS[count + 2]
-  local earlier = redis.call('GET', key)
-  if earlier then return earlier end
-  redis.call('SET', key, ARGV[2], 'EX', ARGV[3])
-end
-local ids = {}
-for i = 1, count do
-  local at = 5 + (i - 1) * width
-  ids[i] = ARGV[at]
-  redis.call('HSET', KEYS[i + 1], unpack(ARGV, at + 1, at + width - 1))
-end
-if count > 0 then redis.call('SADD', KEYS[1], unpack(ids)) end
-return false
-"""
-
-# KEYS: record, unfinished set, webhooks set. ARGV: owner, final (0/1), ttl, request_id,
-# webhook pending (0/1), field/value pairs. A final record with its webhook pending joins the
-# webhooks set; one whose webhook ended leaves it.
-SAVE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-if ARGV[2] == '1' then
-  redis.call('HDEL', KEYS[1], 'payload')
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('SREM', KEYS[2], ARGV[4])
-  if ARGV[5] == '1' then
-    redis.call('SADD', KEYS[3], ARGV[4])
-  else
-    redis.call('SREM', KEYS[3], ARGV[4])
-  end
-end
-return 1
-"""
-
-# KEYS: unfinished set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX. Unfinished ids whose owner holds
-# no lease. The record and lease keys are derived from ids read inside the script, so their
-# prefixes come in ARGV (not KEYS): the constants above stay the one place the names live.
-ORPHANS = """
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local owner = redis.call('HGET', ARGV[2] .. id, 'owner')
-  if not owner then
-    redis.call('SREM', KEYS[1], id)
-  elseif redis.call('EXISTS', ARGV[3] .. owner) == 0 then
-    out[#out + 1] = id
-    if #out >= tonumber(ARGV[1]) then break end
-  end
-end
-return out
-"""
-
-# KEYS: record. ARGV: new owner, OWNER_PREFIX. 1 when taken over (unfinished, owner without a
-# lease). The lease key depends on the owner read here, hence its prefix in ARGV.
-CLAIM = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner or redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return 0 end
-if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return 1
-"""
-
-
-# KEYS: webhooks set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX, owner, the pending state, the
-# SSCAN cursor to go on from and how many members of its reply were dealt with already, and
-# how many members to look at at most. Ids of final records whose webhook is pending and whose
-# owner holds no lease or is `owner`; ids whose record expired or whose webhook ended leave the
-# set. Returns {cursor, done, ids}: where the next call goes on ('0', 0: start over). The set can
-# be large; one call looks at no more than its share of it.
-WEBHOOK_ORPHANS = """
-local limit, budget = tonumber(ARGV[1]), tonumber(ARGV[8])
-local cursor, skip = ARGV[6], tonumber(ARGV[7])
-local out, looked = {}, 0
-repeat
-  local reply = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', limit)
-  local members, kept = reply[2], skip
-  for i = skip + 1, #members do
-    local id = members[i]
-    looked = looked + 1
-    local found = redis.call('HMGET', ARGV[2] .. id, 'owner', 'webhook')
-    local owner, webhook = found[1], found[2]
-    if not owner or webhook ~= ARGV[5] then
-      redis.call('SREM', KEYS[1], id)
-    else
-      kept = kept + 1
-      if owner == ARGV[4] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
-        out[#out + 1] = id
-      end
-    end
-    if #out >= limit or looked >= budget then
-      -- The rest of this reply comes first next time: the same cursor, past the ones kept.
-      if i < #members then return {cursor, kept, out} end
-      return {reply[1], 0, out}
-    end
-  end
-  cursor, skip = reply[1], 0
-until cursor == '0'
-return {'0', 0, out}
-"""
-
-# KEYS: record. ARGV: new owner, OWNER_PREFIX, the pending state, then RECORD_FIELDS. The
-# record's fields once taken over (final, webhook pending, owner without a lease or the new
-# owner itself), else nil: one round trip.
-CLAIM_WEBHOOK = """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner or redis.call('HGET', KEYS[1], 'webhook') ~= ARGV[3] then return false end
-if redis.call('HEXISTS', KEYS[1], 'payload') == 1 then return false end
-if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return false end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
-"""
 
 
 def _claim_json(claim: IdempotencyClaim) -> str:
@@ -187,6 +95,7 @@ class RedisStatusStore(StatusStore):
         self._claim_webhook = client.register_script(CLAIM_WEBHOOK)
         self._outage = OutageLog(logger)
         self._webhook_scan: tuple[str, int] = ("0", 0)  # where webhook_orphans() goes on
+        self._listing = RedisListing(client, KEY_PREFIX, RECENT, COUNTS, FINISHED_PREFIX)
 
     @classmethod
     def from_url(cls, url: str, ttl: int, timeout: float = 1.0) -> RedisStatusStore:
@@ -220,7 +129,12 @@ class RedisStatusStore(StatusStore):
         items: Sequence[tuple[StatusRecord, str]],
         idempotency: IdempotencyClaim | None = None,
     ) -> IdempotencyClaim | None:
-        keys = [UNFINISHED, *(KEY_PREFIX + record.request_id for record, _ in items)]
+        keys = [
+            UNFINISHED,
+            RECENT,
+            COUNTS,
+            *(KEY_PREFIX + record.request_id for record, _ in items),
+        ]
         claim_json = ""
         if idempotency is not None:
             keys.append(IDEMPOTENCY_PREFIX + idempotency.scope)
@@ -229,10 +143,11 @@ class RedisStatusStore(StatusStore):
             len(items),
             claim_json,
             IDEMPOTENCY_TTL,
-            2 * len(RECORD_FIELDS) + 3,
+            2 * len(RECORD_FIELDS) + 5,
+            RECENT_WINDOW,
         ]
         for record, payload in items:
-            args.append(record.request_id)
+            args += [record.request_id, created_micros(record.created_at), str(record.status)]
             for name, value in record_to_fields(record).items():
                 args += [name, value]
             args += ["payload", payload]
@@ -248,9 +163,11 @@ class RedisStatusStore(StatusStore):
         fields = record_to_fields(record)
         pending = "1" if record.webhook is WebhookState.PENDING else "0"
         final = "1" if record.status.final else "0"
-        args = [record.owner, final, self.ttl, record.request_id, pending]
+        args = [record.owner, final, self.ttl, record.request_id, pending, str(record.status)]
+        args += [*FINAL_STATUSES, MINUTES_KEPT * 60]
         args += [item for pair in fields.items() for item in pair]
-        keys = [KEY_PREFIX + record.request_id, UNFINISHED, WEBHOOKS]
+        minute = self._listing.finished_key(minute_of(record.updated_at), record.status)
+        keys = [KEY_PREFIX + record.request_id, UNFINISHED, WEBHOOKS, COUNTS, minute]
         with self._guard():
             return bool(self._save(keys=keys, args=args))
 
@@ -304,6 +221,22 @@ class RedisStatusStore(StatusStore):
         with self._guard():
             values = self._claim_webhook(keys=[KEY_PREFIX + request_id], args=args)
         return None if values is None else record_from_fields(request_id, values)
+
+    def recent(
+        self, limit: int, before: str | None = None, search: Search | None = None
+    ) -> RecentPage:
+        check_limit(limit)
+        cursor = None if before is None else parse_cursor(before)
+        with self._guard():
+            return self._listing.recent(limit, cursor, search or Search())
+
+    def counts(self) -> dict[EmailStatus, int]:
+        with self._guard():
+            return self._listing.counts()
+
+    def _finished_in(self, minutes: Sequence[str]) -> dict[tuple[str, EmailStatus], int]:
+        with self._guard():
+            return self._listing.finished_in(minutes)
 
     def ping(self) -> None:
         with self._guard():

@@ -57,6 +57,44 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             WHERE webhook = 'pending';
         """,
     ),
+    # Version 4: what the dashboard reads (API.md, Dashboard), each bounded. A request's
+    # history; the recent list's index; counters by status and of final statuses per minute,
+    # kept by triggers in the same statement as the write. The counts start from the statuses
+    # the file holds (the one scan, at migration); per-minute counters older than two hours
+    # go as new ones come.
+    (
+        4,
+        """
+        ALTER TABLE requests ADD COLUMN history TEXT NOT NULL DEFAULT '[]';
+        CREATE INDEX IF NOT EXISTS requests_created ON requests (created_at, request_id);
+        CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL);
+        INSERT INTO status_counts (status, n) SELECT status, count(*) FROM requests
+            GROUP BY status;
+        CREATE TABLE IF NOT EXISTS finished_per_minute (
+            minute TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+            PRIMARY KEY (minute, status)
+        ) WITHOUT ROWID;
+        CREATE TRIGGER IF NOT EXISTS requests_counted AFTER INSERT ON requests BEGIN
+            INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER IF NOT EXISTS requests_moved AFTER UPDATE OF status ON requests
+            WHEN OLD.status <> NEW.status BEGIN
+            UPDATE status_counts SET n = n - 1
+                WHERE status = OLD.status AND OLD.status NOT IN ('sent', 'failed') AND n > 0;
+            INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER IF NOT EXISTS requests_finished AFTER UPDATE OF status ON requests
+            WHEN OLD.status NOT IN ('sent', 'failed') AND NEW.status IN ('sent', 'failed') BEGIN
+            INSERT INTO finished_per_minute (minute, status, n)
+                VALUES (substr(NEW.updated_at, 1, 16), NEW.status, 1)
+                ON CONFLICT (minute, status) DO UPDATE SET n = n + 1;
+            DELETE FROM finished_per_minute
+                WHERE minute < strftime('%Y-%m-%dT%H:%M', NEW.updated_at, '-120 minutes');
+        END;
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

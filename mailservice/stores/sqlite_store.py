@@ -7,8 +7,9 @@ every check-and-write (owner check, take-over, Idempotency-Key) is one SQL state
 `BEGIN IMMEDIATE` transaction; a final request's pending webhook is found through the partial
 index `requests_webhook_pending` (each call going on after the last one's last row, in
 `updated_at` order) and taken over like an unfinished request. Expired statuses
-are deleted by `purge_expired()`. The file's schema version and its migrations live in
-`sqlite_schema.py`.
+are deleted by `purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
+index and the counters that the schema's triggers keep in the same statement as each write.
+The file's schema version and its migrations live in `sqlite_schema.py`.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import mailservice.stores.sqlite_listing as sqlite_listing
 from mailservice.errors import ConfigError, StoreError
 from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
 from mailservice.stores.contract import (
     IDEMPOTENCY_TTL,
+    EmailStatus,
     IdempotencyClaim,
     OutageLog,
     StatusRecord,
     StatusStore,
     WebhookState,
 )
+from mailservice.stores.listing import RecentPage, Search, check_limit, parse_cursor
 from mailservice.stores.sqlite_schema import open_database
 
 logger = logging.getLogger(__name__)
@@ -261,6 +265,22 @@ class SqliteStatusStore(StatusStore):
                 f"SELECT {COLUMNS} FROM requests WHERE request_id = ?", (request_id,)
             ).fetchone()
         return record_from_fields(request_id, row)
+
+    def recent(
+        self, limit: int, before: str | None = None, search: Search | None = None
+    ) -> RecentPage:
+        check_limit(limit)
+        cursor = None if before is None else parse_cursor(before)
+        with self._transaction() as db:
+            return sqlite_listing.recent(db, limit, cursor, search or Search(), self._clock())
+
+    def counts(self) -> dict[EmailStatus, int]:
+        with self._transaction() as db:
+            return sqlite_listing.counts(db)
+
+    def _finished_in(self, minutes: Sequence[str]) -> dict[tuple[str, EmailStatus], int]:
+        with self._transaction() as db:
+            return sqlite_listing.finished_in(db, minutes)
 
     def purge_expired(self) -> None:
         now = self._clock()

@@ -1,0 +1,148 @@
+"""The Redis store's Lua scripts: each check-and-write of `redis_store.py` as one atomic round
+trip. Each script's comment says its KEYS and ARGV; key names are `redis_store.py`'s constants,
+passed in KEYS, or in ARGV as prefixes where a key is derived from a value read inside the
+script.
+"""
+
+# KEYS: unfinished set, recent sorted set, counts hash, the records in order, [idempotency key].
+# ARGV: record count, claim JSON ('' for none), claim TTL, items per record, RECENT_WINDOW, then
+# per record its id, creation score, status and field/value pairs. Returns the earlier claim's
+# JSON, or nil once every record is created: a batch is one script, so one round trip, and all
+# or nothing with its Idempotency-Key; the recent index and the counts change with it.
+CREATE_MANY = """
+local count, width, window = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[5])
+if ARGV[2] ~= '' then
+  local key = KEYS[count + 4]
+  local earlier = redis.call('GET', key)
+  if earlier then return earlier end
+  redis.call('SET', key, ARGV[2], 'EX', ARGV[3])
+end
+local ids, scored, tally = {}, {}, {}
+for i = 1, count do
+  local at = 6 + (i - 1) * width
+  ids[i] = ARGV[at]
+  scored[#scored + 1] = ARGV[at + 1]
+  scored[#scored + 1] = ARGV[at]
+  tally[ARGV[at + 2]] = (tally[ARGV[at + 2]] or 0) + 1
+  redis.call('HSET', KEYS[i + 3], unpack(ARGV, at + 3, at + width - 1))
+end
+if count > 0 then
+  redis.call('SADD', KEYS[1], unpack(ids))
+  redis.call('ZADD', KEYS[2], unpack(scored))
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(window + 1))
+  for status, n in pairs(tally) do redis.call('HINCRBY', KEYS[3], status, n) end
+end
+return false
+"""
+
+# KEYS: record, unfinished set, webhooks set, counts hash, this minute's counter of the new
+# status. ARGV: owner, final (0/1), ttl, request_id, webhook pending (0/1), the new status, the
+# two final statuses, the minute counter's TTL, field/value pairs. A final record with its
+# webhook pending joins the webhooks set; one whose webhook ended leaves it. A change of status
+# moves one count from the old status to the new (never below 0: counts begin at zero on a
+# store that held requests before them), and a request becoming final counts in its minute.
+SAVE = """
+local found = redis.call('HMGET', KEYS[1], 'owner', 'status')
+if found[1] ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+local old, new = found[2], ARGV[6]
+if old ~= new then
+  local old_final = old == ARGV[7] or old == ARGV[8]
+  if old and not old_final and tonumber(redis.call('HGET', KEYS[4], old) or '0') > 0 then
+    redis.call('HINCRBY', KEYS[4], old, -1)
+  end
+  redis.call('HINCRBY', KEYS[4], new, 1)
+  if ARGV[2] == '1' and not old_final then
+    redis.call('INCR', KEYS[5])
+    redis.call('EXPIRE', KEYS[5], ARGV[9])
+  end
+end
+if ARGV[2] == '1' then
+  redis.call('HDEL', KEYS[1], 'payload')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('SREM', KEYS[2], ARGV[4])
+  if ARGV[5] == '1' then
+    redis.call('SADD', KEYS[3], ARGV[4])
+  else
+    redis.call('SREM', KEYS[3], ARGV[4])
+  end
+end
+return 1
+"""
+
+# KEYS: unfinished set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX. Unfinished ids whose owner holds
+# no lease. The record and lease keys are derived from ids read inside the script, so their
+# prefixes come in ARGV (not KEYS): redis_store.py's constants stay the one place the names live.
+ORPHANS = """
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local owner = redis.call('HGET', ARGV[2] .. id, 'owner')
+  if not owner then
+    redis.call('SREM', KEYS[1], id)
+  elseif redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+    out[#out + 1] = id
+    if #out >= tonumber(ARGV[1]) then break end
+  end
+end
+return out
+"""
+
+# KEYS: record. ARGV: new owner, OWNER_PREFIX. 1 when taken over (unfinished, owner without a
+# lease). The lease key depends on the owner read here, hence its prefix in ARGV.
+CLAIM = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner or redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return 0 end
+if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
+
+
+# KEYS: webhooks set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX, owner, the pending state, the
+# SSCAN cursor to go on from and how many members of its reply were dealt with already, and
+# how many members to look at at most. Ids of final records whose webhook is pending and whose
+# owner holds no lease or is `owner`; ids whose record expired or whose webhook ended leave the
+# set. Returns {cursor, done, ids}: where the next call goes on ('0', 0: start over). The set can
+# be large; one call looks at no more than its share of it.
+WEBHOOK_ORPHANS = """
+local limit, budget = tonumber(ARGV[1]), tonumber(ARGV[8])
+local cursor, skip = ARGV[6], tonumber(ARGV[7])
+local out, looked = {}, 0
+repeat
+  local reply = redis.call('SSCAN', KEYS[1], cursor, 'COUNT', limit)
+  local members, kept = reply[2], skip
+  for i = skip + 1, #members do
+    local id = members[i]
+    looked = looked + 1
+    local found = redis.call('HMGET', ARGV[2] .. id, 'owner', 'webhook')
+    local owner, webhook = found[1], found[2]
+    if not owner or webhook ~= ARGV[5] then
+      redis.call('SREM', KEYS[1], id)
+    else
+      kept = kept + 1
+      if owner == ARGV[4] or redis.call('EXISTS', ARGV[3] .. owner) == 0 then
+        out[#out + 1] = id
+      end
+    end
+    if #out >= limit or looked >= budget then
+      -- The rest of this reply comes first next time: the same cursor, past the ones kept.
+      if i < #members then return {cursor, kept, out} end
+      return {reply[1], 0, out}
+    end
+  end
+  cursor, skip = reply[1], 0
+until cursor == '0'
+return {'0', 0, out}
+"""
+
+# KEYS: record. ARGV: new owner, OWNER_PREFIX, the pending state, then RECORD_FIELDS. The
+# record's fields once taken over (final, webhook pending, owner without a lease or the new
+# owner itself), else nil: one round trip.
+CLAIM_WEBHOOK = """
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if not owner or redis.call('HGET', KEYS[1], 'webhook') ~= ARGV[3] then return false end
+if redis.call('HEXISTS', KEYS[1], 'payload') == 1 then return false end
+if owner ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. owner) == 1 then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 4))
+"""
