@@ -26,6 +26,7 @@ from mailservice.api.admin_auth import AdminAuth
 from mailservice.api.auth_guard import init_auth_guard
 from mailservice.api.batch_routes import batch_blueprint
 from mailservice.api.core_routes import core_blueprint
+from mailservice.api.dashboard_routes import dashboard_blueprint
 from mailservice.api.http_metrics import init_http_metrics
 from mailservice.api.legacy_routes import legacy_blueprint
 from mailservice.api.metrics_routes import EXTENSION as METRICS
@@ -54,6 +55,7 @@ from mailservice.events.request_log import RequestLog
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
 from mailservice.logging_setup import configure_logging
+from mailservice.outbox import Outbox
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
@@ -68,8 +70,13 @@ NOTICES = "mailservice.failure_notices"  # app.extensions key of the FailureNoti
 # -- the app ---------------------------------------------------------------------------------
 
 
-def create_app(settings: Settings | None = None, senders: SenderDirectory | None = None) -> Flask:
-    """The Flask app with its own store, pool and log (one pool per process)."""
+def create_app(
+    settings: Settings | None = None,
+    senders: SenderDirectory | None = None,
+    outbox: Path | None = None,
+) -> Flask:
+    """The Flask app with its own store, pool and log (one pool per process); `outbox` is demo
+    mode's catcher folder, which the dashboard shows."""
     settings = settings or load_settings()
     senders = senders if senders is not None else load_senders(settings)
     templates = load_templates(settings)  # before anything is opened or started
@@ -145,6 +152,7 @@ def create_app(settings: Settings | None = None, senders: SenderDirectory | None
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     app.register_blueprint(template_blueprint())
     app.register_blueprint(metrics_blueprint())  # GET /metrics, ADMIN_TOKEN only
+    app.register_blueprint(dashboard_blueprint(None if outbox is None else Outbox(outbox)))
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app
@@ -213,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         check_named_resources(settings)  # as the gunicorn master does
         if args.demo:
             smtp_host, smtp_port = settings.smtp_host, settings.smtp_port
+            outbox = Path.cwd() / "outbox"
             try:
-                catcher = start_catcher(smtp_host, smtp_port, Path.cwd() / "outbox")
+                catcher = start_catcher(smtp_host, smtp_port, outbox)
             except OSError as exc:
                 raise ConfigError(
                     f"demo SMTP catcher cannot listen on {smtp_host}:{smtp_port} ({exc}); "
@@ -222,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                 ) from exc
             key, senders = demo_senders(smtp_host, smtp_port)
             settings, made_up = demo_secrets(settings)
-            app = create_app(settings, senders)
+            app = create_app(settings, senders, outbox)
             secret_lines = "".join(f"  {line}\n" for line in made_up)
             print(
                 f"\n  Demo mode: mail goes to the catcher on {smtp_host}:{smtp_port} and lands "
-                f"in ./outbox/\n  Demo API key: {key}\n{secret_lines}\n"
+                f"in ./outbox/\n  Demo API key: {key}\n{secret_lines}"
+                f"  Dashboard: http://{settings.host}:{settings.port}/ (log in with the admin "
+                "token)\n\n"
                 f"  curl -s -X POST http://{settings.host}:{settings.port}/send-email \\\n"
                 f"    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n"
                 '    -d \'{"recipient": "you@example.com", "subject": "Hello", '

@@ -125,6 +125,16 @@ def test_demo_sends_to_the_outbox_and_stops_cleanly_on_sigterm(demo: DemoProcess
     assert log.rstrip("\n").endswith("Status: sent")
     assert key not in log
 
+    # The dashboard shows the outbox, to the admin token the banner printed.
+    banner = demo.stdout.read_text(encoding="utf-8")
+    assert f"Dashboard: {demo.base_url}/" in banner
+    token = re.search(r"Demo admin token: (\S+)", banner)[1]  # type: ignore[index]
+    page = urllib.request.Request(
+        demo.base_url + "/dashboard/outbox", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(page, timeout=5) as answer:
+        assert f"/dashboard/outbox/{eml.name}" in answer.read().decode()
+
     demo.proc.send_signal(signal.SIGTERM)
     assert demo.proc.wait(timeout=15) == 0
     assert "Traceback" not in demo.stderr.read_text(encoding="utf-8")
