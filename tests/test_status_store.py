@@ -27,6 +27,7 @@ from mailservice.stores.listing import (
     MinuteSends,
     RecentPage,
     Search,
+    minute_of,
     sort_key,
 )
 from mailservice.stores.memory_store import MemoryStatusStore
@@ -989,14 +990,19 @@ def test_sqlite_recent_walks_its_index_and_never_sorts(tmp_path) -> None:
     store.close()
 
 
-def test_sqlite_drops_per_minute_counters_older_than_two_hours(tmp_path) -> None:
-    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=3600)
-    for index, at in enumerate((T0, T0 + timedelta(minutes=MINUTES_KEPT + 1))):
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_per_minute_counters_older_than_two_hours_are_dropped(kind: str, tmp_path) -> None:
+    # Redis's expire by themselves (MINUTES_KEPT after their last count).
+    store = store_from_url(
+        "memory://" if kind == "memory" else f"sqlite:///{tmp_path / 's.db'}", 60
+    )
+    later = T0 + timedelta(minutes=MINUTES_KEPT + 1)
+    for index, at in enumerate((T0, later)):
         record = made_at(index, T0)
         store.create(record, "{}")
         store.save(replace(record, status=EmailStatus.SENT, pending=(), updated_at=at))
-    minutes = store._db.execute("SELECT minute FROM finished_per_minute").fetchall()  # type: ignore[attr-defined]
-    assert minutes == [("2026-12-01T14:01",)]
+    kept = store._finished_in([minute_of(T0), minute_of(later)])  # type: ignore[attr-defined]
+    assert kept == {(minute_of(later), EmailStatus.SENT): 1}
     store.close()
 
 

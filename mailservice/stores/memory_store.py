@@ -73,10 +73,13 @@ class MemoryStatusStore(StatusStore):
         self._counts[new.status] += 1
         if new.status.final and (old is None or not old.status.final):
             minute = minute_of(new.updated_at)
-            self._finished.setdefault(minute, Counter())[new.status] += 1
-            oldest = minute_of(new.updated_at - timedelta(minutes=MINUTES_KEPT))
-            for gone in [m for m in self._finished if m < oldest]:
-                del self._finished[gone]
+            bucket = self._finished.get(minute)
+            if bucket is None:  # a new minute: the time to drop those too old to show
+                oldest = minute_of(new.updated_at - timedelta(minutes=MINUTES_KEPT))
+                for gone in [m for m in self._finished if m < oldest]:
+                    del self._finished[gone]
+                bucket = self._finished[minute] = Counter()
+            bucket[new.status] += 1
 
     def _purge(self, now: float) -> None:
         while self._expiry and (
