@@ -27,6 +27,7 @@ from mailservice.api.auth_guard import init_auth_guard
 from mailservice.api.batch_routes import batch_blueprint
 from mailservice.api.core_routes import core_blueprint
 from mailservice.api.dashboard_routes import dashboard_blueprint
+from mailservice.api.docs_routes import docs_blueprint
 from mailservice.api.http_metrics import init_http_metrics
 from mailservice.api.legacy_routes import legacy_blueprint
 from mailservice.api.metrics_routes import EXTENSION as METRICS
@@ -126,7 +127,7 @@ def create_app(
         store, pool, senders, settings.lease_seconds, recoveries=(webhooks.recover,)
     )
     metrics.watch(state_gauges(pool.stats, smtp.open_connections))  # read at scrape time
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no /static route: each blueprint serves its own
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
@@ -153,6 +154,7 @@ def create_app(
     app.register_blueprint(template_blueprint())
     app.register_blueprint(metrics_blueprint())  # GET /metrics, ADMIN_TOKEN only
     app.register_blueprint(dashboard_blueprint(None if outbox is None else Outbox(outbox)))
+    app.register_blueprint(docs_blueprint(settings))  # GET /openapi.json, /docs
     register_error_handlers(app)
     leases.start()  # takes up what stopped processes left on a durable store
     return app

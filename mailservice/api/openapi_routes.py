@@ -1,0 +1,325 @@
+"""Every route of the app as the OpenAPI document describes it: a declarative table.
+
+One `Operation` per route and method of `app.url_map` (HEAD and OPTIONS, which Flask answers
+by itself, aside); tests/test_openapi.py fails naming any route the table lacks. An operation
+names its body and answers by model name (`api/request_bodies.py`, `api/answers.py`);
+`api/openapi.py` turns the table and the models into the document. A new route is a new row
+here, in the same commit as the route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Auth = Literal["sender", "operator", "none"]
+# A reply's content: media type -> schema name, or several names (one of them).
+Content = dict[str, str | tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One documented answer: its content and the headers it always carries."""
+
+    description: str
+    content: Content = field(default_factory=dict)
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One route and method. `rate_limited`: under RATE_LIMIT, whose headers every answer then
+    carries; `idempotent`: takes an Idempotency-Key; `links`: a reply whose request_id a
+    status read takes."""
+
+    rule: str
+    method: str
+    operation_id: str
+    summary: str
+    tag: str
+    replies: dict[int, Reply]
+    body: Content | None = None
+    auth: Auth = "none"
+    rate_limited: bool = False
+    idempotent: bool = False
+    description: str = ""
+    path_schemas: dict[str, dict[str, object]] = field(default_factory=dict)
+    links: tuple[int, ...] = ()
+
+
+def problem(description: str, schema: str | tuple[str, ...] = "Problem", *headers: str) -> Reply:
+    return Reply(description, {"application/problem+json": schema}, headers)
+
+
+def json(description: str, schema: str | tuple[str, ...], *headers: str) -> Reply:
+    return Reply(description, {"application/json": schema}, headers)
+
+
+INTERNAL = problem("An unexpected error: a bug, logged with its traceback in the service's log.")
+UNAVAILABLE = problem(
+    "The process is full (QUEUE_MAX, QUEUE_MAX_BYTES), draining, or the store is unreachable.",
+    "Problem",
+    "Retry-After",
+)
+INVALID = problem("Invalid JSON or fields, or a key in the URL; `errors` names the fields.",
+                  "InvalidProblem")  # fmt: skip
+NOT_SENT_OR_INVALID = problem(
+    "Invalid JSON or fields (`errors`), or accepted and not sent (`request_id`, and `detail` "
+    "says why).",
+    ("InvalidProblem", "FailedProblem"),
+)
+UNAUTHORIZED = problem("No valid key, token or JWT.", "Problem", "WWW-Authenticate")
+TOO_MANY = problem("Past RATE_LIMIT, or this client is past AUTH_FAIL_LIMIT failed "
+                   "authentications.", "Problem", "Retry-After")  # fmt: skip
+SENDER_ERRORS = {
+    401: UNAUTHORIZED,
+    403: problem("`from` or `email_from` is not the key's own address."),
+    409: problem("This Idempotency-Key was used for a different request."),
+    413: problem("The body is larger than MAX_REQUEST_BYTES."),
+    415: problem("Not application/json, or a charset other than UTF-8."),
+    429: TOO_MANY,
+    500: INTERNAL,
+    503: UNAVAILABLE,
+}
+WAIT_TIMEOUT = problem(
+    "The outcome is not known within SMTP_TIMEOUT + WAIT_MARGIN; the send goes on.",
+    "OutcomeProblem",
+    "Location",
+)
+ACCEPTED = json("Recorded and queued.", ("Accepted", "AcceptedWithResult"), "Location")
+SENDING = "Sending"
+OLDER = "Older services (drop-in)"
+V1_CREATED = json("Sent or queued; `result` is the older service's text.", "V1Result", "Location")
+
+
+def send_email(rule: str, operation_id: str) -> Operation:
+    return Operation(
+        rule, "POST", operation_id, "Send one message", SENDING,
+        {202: ACCEPTED, 400: INVALID, **SENDER_ERRORS},
+        body={"application/json": ("SendRequest", "EmailToBody")},
+        auth="sender", rate_limited=True, idempotent=True, links=(202,),
+        description="The core body (API.md section 3), or the FastAPI and Celery services' "
+        "`email_to` body, which is answered with `result` as well.",
+    )  # fmt: skip
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    send_email("/send-email", "sendEmail"),
+    send_email("/send-email/", "sendEmailTrailingSlash"),
+    Operation(
+        "/send-email/batch",
+        "POST",
+        "sendBatch",
+        "Send up to BATCH_MAX messages",
+        SENDING,
+        {
+            202: json("Every message was accepted.", "BatchAnswer"),
+            207: json(
+                "Some messages were accepted; the others' items are problems.", "BatchAnswer"
+            ),
+            400: problem(
+                "No message was accepted (`messages` lists their problems), or the "
+                "body is not a batch.",
+                ("BatchProblem", "InvalidProblem"),
+            ),
+            **{status: reply for status, reply in SENDER_ERRORS.items() if status != 403},
+        },
+        body={"application/json": "BatchBody"},
+        auth="sender",
+        rate_limited=True,
+        idempotent=True,
+        description="Each message is a SendRequest body, validated on its own. The batch "
+        "counts against RATE_LIMIT once per message.",
+    ),
+    Operation(
+        "/email-status/<request_id>",
+        "GET",
+        "getEmailStatus",
+        "A request's status",
+        "Status",
+        {
+            200: json("The status; never any message content.", "StatusAnswer"),
+            404: problem("No request has this id, or its status has expired."),
+            500: INTERNAL,
+            503: problem("The status store is unreachable.", "Problem", "Retry-After"),
+        },
+        path_schemas={"request_id": {"type": "string", "format": "uuid"}},
+        description="Needs no key: the id is a random UUID and the answer holds no content.",
+    ),
+    Operation(
+        "/templates",
+        "GET",
+        "listTemplates",
+        "The templates a send may name",
+        "Templates",
+        {
+            200: json("Every template, by name.", "TemplateList"),
+            400: INVALID,
+            401: UNAUTHORIZED,
+            429: TOO_MANY,
+            500: INTERNAL,
+        },
+        auth="sender",
+    ),
+    Operation(
+        "/healthz",
+        "GET",
+        "healthz",
+        "Alive",
+        "Health",
+        {200: json("The process runs.", "Health"), 500: INTERNAL},
+    ),
+    Operation(
+        "/readyz",
+        "GET",
+        "readyz",
+        "Ready for requests",
+        "Health",
+        {
+            200: json("The store answers and the process takes requests.", "Ready"),
+            500: INTERNAL,
+            503: UNAVAILABLE,
+        },
+    ),
+    Operation(
+        "/mail",
+        "POST",
+        "mail",
+        "The Flask /mail microservice's send",
+        OLDER,
+        {
+            200: Reply(
+                "Sent: the text `message Sent`, or JSON when Accept prefers it.",
+                {"text/plain": "MailSentText", "application/json": "MailSent"},
+                ("X-Request-Id", "Vary"),
+            ),
+            400: INVALID,
+            502: problem("Accepted and not sent; `detail` says why.", "OutcomeProblem"),
+            504: WAIT_TIMEOUT,
+            **SENDER_ERRORS,
+        },
+        body={"application/json": "MailBody"},
+        auth="sender",
+        rate_limited=True,
+        idempotent=True,
+        description="Waits for the outcome.",
+    ),
+    Operation(
+        "/smtp/send-email",
+        "POST",
+        "smtpSendEmail",
+        "The FastAPI OAuth2 service's send",
+        OLDER,
+        {
+            200: json("Sent.", "SmtpSent"),
+            400: NOT_SENT_OR_INVALID,
+            504: WAIT_TIMEOUT,
+            **SENDER_ERRORS,
+        },
+        body={"application/json": "SmtpBody"},
+        auth="sender",
+        rate_limited=True,
+        idempotent=True,
+        description="Waits for the outcome; a /token token authenticates it.",
+    ),
+    Operation(
+        "/token",
+        "POST",
+        "token",
+        "An access token (OAuth2 password grant)",
+        OLDER,
+        {
+            200: json("A bearer token for TOKEN_TTL seconds.", "TokenAnswer", "Cache-Control"),
+            400: json(
+                "Not a form, parameters in the URL or given twice, username or password "
+                "missing, or another grant_type.",
+                "OAuthError",
+                "Cache-Control",
+            ),
+            401: json(
+                "The username (sender address) or password (API key) is wrong.",
+                "OAuthError",
+                "Cache-Control",
+                "WWW-Authenticate",
+            ),
+            413: problem("The body is larger than MAX_REQUEST_BYTES."),
+            429: TOO_MANY,
+            500: INTERNAL,
+        },
+        body={"application/x-www-form-urlencoded": "TokenForm"},
+        rate_limited=True,
+    ),
+    Operation(
+        "/api/v1/mail/send-email/",
+        "POST",
+        "v1SendEmail",
+        "email-service-v2: queue a message",
+        OLDER,
+        {201: V1_CREATED, 400: INVALID, **SENDER_ERRORS},
+        body={"application/json": "V1MailBody"},
+        auth="sender",
+        rate_limited=True,
+        idempotent=True,
+        links=(201,),
+    ),
+    Operation(
+        "/api/v1/mail/send-async/",
+        "POST",
+        "v1SendAsync",
+        "email-service-v2: send and wait",
+        OLDER,
+        {201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT, **SENDER_ERRORS},
+        body={"application/json": "V1MailBody"},
+        auth="sender",
+        rate_limited=True,
+        idempotent=True,
+        links=(201,),
+    ),
+    Operation(
+        "/api/v1/sms/send-email-sms/",
+        "POST",
+        "v1SendSms",
+        "email-service-v2: a text through the carrier's email-to-SMS gateway",
+        OLDER,
+        {201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT, **SENDER_ERRORS},
+        body={"application/json": "V1SmsBody"},
+        auth="sender",
+        rate_limited=True,
+        idempotent=True,
+        links=(201,),
+    ),
+    Operation(
+        "/openapi.json",
+        "GET",
+        "openapi",
+        "This document",
+        "Docs",
+        {200: json("The OpenAPI 3.1 document.", "OpenApiDocument"), 500: INTERNAL},
+    ),
+    Operation(
+        "/docs",
+        "GET",
+        "docs",
+        "This document, browsable (Swagger UI)",
+        "Docs",
+        {
+            200: Reply("The page.", {"text/html": "Text"}, ("Content-Security-Policy",)),
+            500: INTERNAL,
+        },
+    ),
+    Operation(
+        "/docs/<asset>",
+        "GET",
+        "docsAsset",
+        "The docs page's scripts and style sheet",
+        "Docs",
+        {
+            200: Reply(
+                "The file, from the installed package.",
+                {"text/css": "Text", "text/javascript": "Text"},
+            ),
+            404: problem("No such asset."),
+            500: INTERNAL,
+        },
+    ),
+)
