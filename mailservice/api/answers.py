@@ -9,7 +9,7 @@ grows a member the document does not name fails that test rather than drifting s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -194,6 +194,17 @@ class OAuthError(Answer):
     error_description: str
 
 
+class DashboardState(Answer):
+    """GET /dashboard/data: what the dashboard shows (API.md section 11)."""
+
+    counts: dict[str, int]
+    sends: list[dict[str, Any]]
+    requests: list[dict[str, Any]]
+    next: str | None
+    query: str
+    problem: str | None
+
+
 ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     FieldProblem,
     Problem,
@@ -215,4 +226,5 @@ ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     V1Result,
     TokenAnswer,
     OAuthError,
+    DashboardState,
 )

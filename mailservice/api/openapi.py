@@ -64,8 +64,11 @@ SECURITY_SCHEMES = {
 }
 INTEGER = {"type": "integer", "minimum": 0}
 HEADERS: dict[str, dict[str, Any]] = {
-    "Location": {"description": "The request's status: /email-status/<request_id>.",
-                 "schema": {"type": "string", "pattern": "^/email-status/"}},
+    "Location": {"description": "After a send, the request's status: "
+                 "/email-status/<request_id>; after a login or logout, the page to go on to.",
+                 "schema": {"type": "string", "pattern": "^/"}},
+    "Set-Cookie": {"description": "The operator's session cookie (HttpOnly, SameSite=Strict).",
+                   "schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait.", "schema": INTEGER},
     "X-RateLimit-Limit": {"description": "The RATE_LIMIT window's budget.", "schema": INTEGER},
     "X-RateLimit-Remaining": {"description": "What is left of it.", "schema": INTEGER},

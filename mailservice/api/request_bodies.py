@@ -264,6 +264,12 @@ class TokenForm(BaseModel):
     grant_type: Literal["password"] = "password"
 
 
+class LoginForm(BaseModel):
+    """POST /login, application/x-www-form-urlencoded: the operator's ADMIN_TOKEN."""
+
+    token: str = Field(description="ADMIN_TOKEN.")
+
+
 BODY_MODELS: tuple[type[BaseModel], ...] = (
     BatchBody,
     MailBody,
@@ -272,4 +278,5 @@ BODY_MODELS: tuple[type[BaseModel], ...] = (
     V1MailBody,
     V1SmsBody,
     TokenForm,
+    LoginForm,
 )
