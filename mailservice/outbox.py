@@ -70,7 +70,10 @@ def received_at(name: str) -> datetime | None:
     match = NAME.fullmatch(name)
     if match is None:
         return None
-    return datetime.strptime(match[1], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    try:
+        return datetime.strptime(match[1], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    except ValueError:  # the pattern's digits, but no date (20260230...): not the catcher's
+        return None
 
 
 def _header(message: EmailMessage, name: str) -> str:

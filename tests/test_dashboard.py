@@ -143,6 +143,21 @@ def test_login_and_logout_from_another_site_are_refused(admin: FlaskClient) -> N
         ).status_code == 403
     own = admin.post("/login", data={"token": TOKEN}, headers={"Origin": "http://localhost"})
     assert own.status_code == 303
+    for path in ("/login", "/logout"):  # not a URL at all: refused, not a 500
+        assert (
+            admin.post(path, data={"token": TOKEN}, headers={"Origin": "http://[::1"}).status_code
+            == 403
+        )
+
+
+def test_a_cursor_past_any_time_is_400_on_every_store(
+    make_app: Callable[..., Flask], smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    for url in ("memory://", f"sqlite:///{tmp_path / 's.db'}"):
+        client = make_app(smtp_server.port, admin_token=TOKEN, status_store_url=url).test_client()
+        for cursor in ("999999999999999999_x", "9999999999999999999_x"):
+            answer = client.get(f"/dashboard/data?before={cursor}", headers=ADMIN)
+            assert answer.status_code == 400, (url, cursor, answer.get_data(as_text=True))
 
 
 def test_every_dashboard_answer_has_a_strict_csp_and_no_sniffing(admin: FlaskClient) -> None:
@@ -313,7 +328,12 @@ def test_the_outbox_lists_messages_and_previews_html_in_a_sandbox(demo_client: A
     assert "<script>" not in page and "Hello in text" in page
     csp = answer.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "img-src 'self' data:" in csp, "no remote images"
-    for bad in ("../data.csv", "20261122T040125405251Z-000001.txt", "x.eml"):
+    for bad in (
+        "../data.csv",
+        "20261122T040125405251Z-000001.txt",
+        "x.eml",
+        "20260230T000000000000Z-000000.eml",  # the name's pattern, but no such date
+    ):
         assert client.get(f"/dashboard/outbox/{bad}", headers=ADMIN).status_code == 404
 
 

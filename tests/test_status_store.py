@@ -1063,3 +1063,12 @@ def test_redis_counts_never_go_below_zero_for_requests_older_than_the_counters(
     assert store.counts()[EmailStatus.QUEUED] == 0
     assert store.counts()[EmailStatus.SENDING] == 1
     store.close()
+
+
+def test_saving_a_record_the_store_does_not_have_writes_nothing(store: StatusStore) -> None:
+    """An evicted or expired status saved again (a late webhook outcome): nothing comes back,
+    nothing is counted twice."""
+    record = replace(new_record(), status=EmailStatus.SENT, pending=())
+    assert store.save(record) is False
+    assert store.get(record.request_id) is None
+    assert store.counts()[EmailStatus.SENT] == 0

@@ -80,12 +80,18 @@ def same_origin() -> bool:
         return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
     # Hosts compared, not schemes: behind a proxy that ends TLS the app sees http while the
     # browser says https, and another site can only differ in its host.
-    return urlsplit(origin).netloc.lower() == request.host.lower()
+    try:
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+    except ValueError:  # `http://[::1`: no browser sends it, and nothing proves it ours
+        return False
 
 
 def loopback_name(host: str) -> bool:
     """Whether `host` (a Host header, with or without a port) names this machine's loopback."""
-    name = (urlsplit("//" + host).hostname or "").rstrip(".")
+    try:
+        name = (urlsplit("//" + host).hostname or "").rstrip(".")
+    except ValueError:  # a malformed Host (`[::1`): not a loopback name we can tell
+        return False
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:

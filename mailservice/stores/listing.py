@@ -81,6 +81,10 @@ def created_micros(moment: datetime) -> int:
     return (moment - EPOCH) // _MICROSECOND
 
 
+# The last microsecond a datetime can hold: a cursor past it names no time (OverflowError).
+MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
+
+
 def from_micros(micros: int) -> datetime:
     return EPOCH + micros * _MICROSECOND
 
@@ -99,7 +103,7 @@ def cursor_of(record: StatusRecord) -> str:
 def parse_cursor(cursor: str) -> tuple[int, str]:
     """(microseconds, request id) of a cursor; ValueError when it is not one."""
     micros, sep, request_id = cursor.partition("_")
-    if not sep or not micros.isascii() or not micros.isdigit() or len(micros) > 19:
+    if not sep or not micros.isascii() or not micros.isdigit() or int(micros) > MAX_MICROS:
         raise ValueError("not a cursor of the recent list")
     if not request_id or len(request_id) > 64 or not request_id.isascii():
         raise ValueError("not a cursor of the recent list")

@@ -132,7 +132,13 @@ class MemoryStatusStore(StatusStore):
         with self._lock:
             now = self._clock()
             self._purge(now)
-            self._counted(self._records.get(record.request_id), record)
+            earlier = self._records.get(record.request_id)
+            if earlier is None:
+                # Evicted or expired (a webhook outcome saved after ?max=N or STATUS_TTL took
+                # the status): nothing to change, as SQLite and Redis find no row either;
+                # writing it would bring it back and count it twice.
+                return False
+            self._counted(earlier, record)
             self._records[record.request_id] = record
             if record.status.final:
                 self._payloads.pop(record.request_id, None)
