@@ -11,9 +11,11 @@ gunicorn's own lines are written through it (mailservice/serving/gunicorn_loggin
 
 Metrics (GET /metrics) use prometheus-client's multiprocess mode: the master makes the folder
 ready (PROMETHEUS_MULTIPROC_DIR, emptied of an earlier run's files, or a fresh temporary one)
-and sets the variable before any worker starts, so that each worker, a fork of the master,
-imports prometheus_client with it set; `child_exit` takes a dead worker's state gauges out,
-and `on_exit` removes a temporary folder. Nothing imported here imports prometheus_client.
+once: a reload (SIGHUP) runs this file again and gets the same folder back, its files kept
+(metrics_dir.prepare_metrics_dir). It sets the variable before any worker starts, so that
+each worker, a fork of the master, imports prometheus_client with it set; `child_exit` takes
+a dead worker's state gauges out, and `on_exit` removes a temporary folder. Nothing imported
+here imports prometheus_client.
 """
 
 from __future__ import annotations

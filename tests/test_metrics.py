@@ -11,6 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -306,6 +307,49 @@ def test_gunicorn_without_the_variable_uses_a_temporary_folder_and_removes_it(
         code = service.stop()
     assert code == 0, service.log_tail(40)
     assert not folder.exists()
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["temporary", "configured"])
+def test_a_gunicorn_reload_keeps_the_metrics_folder_and_its_counts(
+    tmp_path: Path, smtp_server: SmtpServer, configured: bool
+) -> None:
+    # SIGHUP runs gunicorn.conf.py again, with PROMETHEUS_MULTIPROC_DIR set by the first run.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {
+        **service_env(tmp_path, smtp_server.port, "memory://"),
+        "GUNICORN_WORKERS": "1",
+        "ADMIN_TOKEN": TOKEN,
+        "TMPDIR": str(temp),
+    }
+    if configured:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    service = ServiceProcess(tmp_path, env, kind="gunicorn")
+    if not configured:
+        service.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    service.start()
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    try:
+        [folder] = [tmp_path / "metrics"] if configured else temp.glob("mail-service-metrics-*")
+        for i in range(2):
+            assert service.request("POST", "/send-email", message(i), headers)[0] == 202
+        wait_for(lambda: value(scrape_http(service), "mail_requests_sent_total") == 2)
+        master, old = service.pids()[0], set(service.pids()[1:])
+        os.kill(master, signal.SIGHUP)
+        # The old worker drains and goes; a new one, forked after the reload, serves.
+        wait_for(lambda: (now := set(children(master))) and not now & old, 30)
+        assert "Hang up" in service.output
+        assert list(temp.glob("mail-service-metrics-*")) == ([] if configured else [folder])
+        wait_for(lambda: value(scrape_http(service), "mail_requests_sent_total") == 2, 20)
+        assert service.request("POST", "/send-email", message(2), headers)[0] == 202
+        wait_for(lambda: value(scrape_http(service), "mail_requests_sent_total") == 3)
+        samples = scrape_http(service)
+        assert value(samples, "mail_requests_accepted_total", route="/send-email") == 3
+        assert len(smtp_server.received) == 3
+    finally:
+        code = service.stop()
+    assert code == 0, service.log_tail(40)
+    assert folder.exists() is configured  # a temporary folder goes with the master
 
 
 def test_gunicorn_refuses_a_metrics_folder_holding_another_db_file(tmp_path: Path) -> None:
