@@ -159,6 +159,7 @@ def _operation(op: Operation, settings: Settings) -> dict[str, Any]:
         }
         for name in RULE_PARAMETER.findall(op.rule)
     ]
+    parameters += [{"in": "query", "required": False, **parameter} for parameter in op.query]
     if op.idempotent:
         parameters.append({"$ref": "#/components/parameters/IdempotencyKey"})
     operation: dict[str, Any] = {

@@ -6,6 +6,7 @@ HTML, a 401 included (the login form); /metrics and /dashboard/data answer probl
 
 from __future__ import annotations
 
+from mailservice.api.dashboard_view import PAGE_DEFAULT, PAGE_MAX
 from mailservice.api.openapi_routes import (
     INTERNAL,
     INVALID,
@@ -37,25 +38,54 @@ PAGE_ERRORS = {
     500: INTERNAL,
     503: page_error("The status store is unreachable.", "Retry-After"),
 }
+# The dashboard's search and paging (API.md section 11), on its pages and its data alike.
+DASHBOARD_QUERY: tuple[dict[str, object], ...] = (
+    {
+        "name": "q",
+        "description": "A request id, a recipient (with `@`) or a tag.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "before",
+        "description": "The `next` cursor of the page before.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "limit",
+        "description": f"Requests on a page ({PAGE_DEFAULT} unless given).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX},
+    },
+)
 SEE_OTHER = Reply("Done: go on to the page the Location names.", {}, ("Location",))
 
 
-def operator_page(rule: str, operation_id: str, summary: str, **replies: Reply) -> Operation:
+def operator_page(
+    rule: str,
+    operation_id: str,
+    summary: str,
+    query: tuple[dict[str, object], ...] = (),
+    **replies: Reply,
+) -> Operation:
     found = {int(code.removeprefix("r")): reply for code, reply in replies.items()}
     return Operation(
         rule, "GET", operation_id, summary, OPERATOR, {200: PAGE, **found, **PAGE_ERRORS},
-        auth="operator",
+        auth="operator", query=query,
     )  # fmt: skip
 
 
 OPERATOR_OPERATIONS: tuple[Operation, ...] = (
     operator_page(
-        "/", "dashboard", "The dashboard", r400=page_error("A malformed `?before=` or `?limit=`.")
+        "/",
+        "dashboard",
+        "The dashboard",
+        DASHBOARD_QUERY,
+        r400=page_error("A malformed `?before=` or `?limit=`."),
     ),
     operator_page(
         "/dashboard",
         "dashboardPage",
         "The dashboard (the same page as /)",
+        DASHBOARD_QUERY,
         r400=page_error("A malformed `?before=` or `?limit=`."),
     ),
     Operation(
@@ -75,6 +105,7 @@ OPERATOR_OPERATIONS: tuple[Operation, ...] = (
             503: UNAVAILABLE,
         },
         auth="operator",
+        query=DASHBOARD_QUERY,
     ),
     operator_page(
         "/dashboard/requests/<request_id>",

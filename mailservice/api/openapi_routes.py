@@ -46,6 +46,7 @@ class Operation:
     description: str = ""
     path_schemas: dict[str, dict[str, object]] = field(default_factory=dict)
     links: tuple[int, ...] = ()
+    query: tuple[dict[str, object], ...] = ()  # its query parameters, as OpenAPI objects
 
 
 def problem(description: str, schema: str | tuple[str, ...] = "Problem", *headers: str) -> Reply:
