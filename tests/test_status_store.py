@@ -44,6 +44,15 @@ class FakeClock:
         return self.now
 
 
+def clocked_store(kind: str, tmp_path, clock: FakeClock) -> StatusStore:
+    """A memory or SQLite store (a TTL of 60 s) that reads `clock`."""
+    from mailservice.stores.sqlite_store import SqliteStatusStore
+
+    if kind == "memory":
+        return MemoryStatusStore(ttl=60, clock=clock)
+    return SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+
+
 def open_store(kind: str, request: pytest.FixtureRequest, ttl: int = 60) -> StatusStore:
     if kind == "memory":
         return store_from_url("memory://", ttl=ttl)
@@ -231,14 +240,8 @@ def test_idempotency_claim_reads_a_claim_and_sets_none(store: StatusStore) -> No
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_idempotency_claim_reads_none_once_the_claim_expired(kind: str, tmp_path) -> None:
-    from mailservice.stores.sqlite_store import SqliteStatusStore
-
     clock = FakeClock()
-    store: StatusStore = (
-        MemoryStatusStore(ttl=60, clock=clock)
-        if kind == "memory"
-        else SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
-    )
+    store = clocked_store(kind, tmp_path, clock)
     record = new_record()
     claim = IdempotencyClaim("scope-x", "fp", record.request_id)
     store.create(record, "{}", claim)
@@ -870,14 +873,8 @@ def test_recent_refuses_a_bad_page_size_or_cursor(store: StatusStore) -> None:
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_recent_leaves_out_expired_statuses(kind: str, tmp_path) -> None:
-    from mailservice.stores.sqlite_store import SqliteStatusStore
-
     clock = FakeClock()
-    store: StatusStore = (
-        MemoryStatusStore(ttl=60, clock=clock)
-        if kind == "memory"
-        else SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
-    )
+    store = clocked_store(kind, tmp_path, clock)
     done, open_ = made_at(1, T0), made_at(2, T0 + timedelta(seconds=1))
     store.create(done, "{}")
     store.create(open_, "{}")
