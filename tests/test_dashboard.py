@@ -270,6 +270,18 @@ def test_search_by_id_recipient_and_tag(admin: FlaskClient) -> None:
     assert found("no such tag!") == []
 
 
+def test_a_page_showing_a_search_refreshes_less_often(admin: FlaskClient) -> None:
+    """A search that finds little walks the whole recent window at every refresh."""
+
+    def poll_seconds(query: dict[str, str]) -> str:
+        page = admin.get("/", query_string=query, headers=ADMIN).get_data(as_text=True)
+        return re.search(r'data-poll-seconds="(\d+)"', page)[1]  # type: ignore[index]
+
+    assert poll_seconds({}) == "3"
+    assert poll_seconds({"q": str(uuid.uuid4())}) == "3", "an id is found at once"
+    assert poll_seconds({"q": "reset"}) == poll_seconds({"q": "ada@example.com"}) == "15"
+
+
 def test_search_covers_the_recent_window_while_an_id_is_found_beyond_it(
     admin: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
