@@ -1,7 +1,8 @@
 """A queue of work that becomes due at a time, for threads that take each piece when it is due.
 
-The webhook notifier keeps every try and retry of every target here: a retry waiting out its
-backoff is an entry in a heap, not a sleeping thread. `take()` blocks until the earliest entry
+The webhook notifier keeps every try and retry of every target here, and the thread pool's
+retry scheduler (delivery/retry_scheduler.py) every request waiting out its backoff: an entry in
+a heap, not a sleeping thread. `take()` blocks until the earliest entry
 is due (or the queue is closed), `done()` says a taken one was dealt with, and `idle()` waits
 until nothing due now is waiting or in hand (a drain's flush). Ties go first come, first served.
 """
@@ -69,10 +70,10 @@ class DueQueue(Generic[T]):
         with self._cond:
             return self._cond.wait_for(quiet, timeout)
 
-    def close(self) -> int:
-        """Drop every waiting entry and wake the takers; how many were dropped."""
+    def close(self) -> list[T]:
+        """Drop every waiting entry and wake the takers; the entries dropped, in due order."""
         with self._cond:
-            dropped = len(self._heap)
+            dropped = [item for _, _, item in sorted(self._heap)]
             self.closed = True
             self._heap.clear()
             self._cond.notify_all()
