@@ -194,13 +194,14 @@ class StatusStore(ABC):
     def __init__(self, ttl: int) -> None:
         self.ttl = ttl
 
-    @abstractmethod
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
     ) -> IdempotencyClaim | None:
         """Record a newly accepted request with its message, in one step with its
         Idempotency-Key if any. Returns the earlier claim, creating nothing, when that key
-        was already used; StoreError if the store can't be written."""
+        was already used; StoreError if the store can't be written. A batch of one: every
+        backend has one way in, `create_many()`."""
+        return self.create_many([(record, payload)], idempotency)
 
     @abstractmethod
     def create_many(

@@ -94,11 +94,6 @@ class MemoryStatusStore(StatusStore):
         ):
             self._claims.pop(self._claim_expiry.popleft()[1], None)
 
-    def create(
-        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
-    ) -> IdempotencyClaim | None:
-        return self.create_many([(record, payload)], idempotency)
-
     def create_many(
         self,
         items: Sequence[tuple[StatusRecord, str]],

@@ -119,11 +119,6 @@ class SqliteStatusStore(StatusStore):
             if writes or not self._failed_writing:
                 self._outage.succeeded()
 
-    def create(
-        self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
-    ) -> IdempotencyClaim | None:
-        return self.create_many([(record, payload)], idempotency)
-
     def create_many(
         self,
         items: Sequence[tuple[StatusRecord, str]],
