@@ -94,31 +94,27 @@ def _report(connection: HTTPConnection) -> None:
         watchdog.watch(connection)
 
 
-class WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """Reports the connection to the try's watchdog before and after connecting and before
+    each request (for HTTPS the raw socket is its `sock` during the TLS handshake, so a
+    handshake that drags on is cut off too)."""
+
+    def connect(self) -> None:
+        _report(self)
+        super().connect()  # type: ignore[misc]
+        _report(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _report(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class WatchedHTTPConnection(_Watched, HTTPConnection):
     """An HTTPConnection that reports itself to the try's watchdog."""
 
-    def connect(self) -> None:
-        _report(self)
-        super().connect()
-        _report(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _report(self)
-        super().request(*args, **kwargs)
-
-
-class WatchedHTTPSConnection(HTTPSConnection):
-    """An HTTPSConnection that reports itself to the try's watchdog (the raw socket is its
-    `sock` during the TLS handshake, so a handshake that drags on is cut off too)."""
-
-    def connect(self) -> None:
-        _report(self)
-        super().connect()
-        _report(self)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _report(self)
-        super().request(*args, **kwargs)
+class WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    """An HTTPSConnection that reports itself to the try's watchdog."""
 
 
 class WatchedHTTPConnectionPool(urllib3.HTTPConnectionPool):
