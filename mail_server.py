@@ -41,26 +41,15 @@ from mailservice.api.template_routes import template_blueprint
 from mailservice.api.tokens import TokenIssuer
 from mailservice.api.v1_routes import v1_blueprint
 from mailservice.config import Settings, load_settings
-from mailservice.delivery.accepting import Acceptor
 from mailservice.delivery.attempt import DeliveryAttempt
-from mailservice.delivery.failure_notices import FailureNotifier
-from mailservice.delivery.notice_policy import reason_class
-from mailservice.delivery.recovery import LeaseKeeper
-from mailservice.delivery.smtp_client import SmtpClient
+from mailservice.delivery.stack import build_stack
 from mailservice.demo import demo_secrets, demo_senders, start_catcher
 from mailservice.errors import ConfigError
-from mailservice.events.bus import EventBus
-from mailservice.events.metrics import DeliveryMetrics, state_gauges
-from mailservice.events.metrics_registry import MetricsRegistry
-from mailservice.events.request_log import RequestLog
-from mailservice.events.webhook_client import WebhookClient
-from mailservice.events.webhooks import WebhookNotifier
 from mailservice.logging_setup import configure_logging
 from mailservice.outbox import Outbox
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
-from mailservice.stores import store_from_url
 from mailservice.templating import TemplateLibrary
 from worker_pool import WorkerPool, server_threads
 
@@ -81,70 +70,20 @@ def create_app(
     settings = settings or load_settings()
     senders = senders if senders is not None else load_senders(settings)
     templates = load_templates(settings)  # before anything is opened or started
-    store = store_from_url(settings.status_store_url, settings.status_ttl)
-    try:
-        request_log = RequestLog(
-            settings.email_log, settings.email_log_max_bytes, settings.email_log_backups
-        )
-    except OSError as exc:  # e.g. its folder is missing: a setting to fix, not a traceback
-        raise ConfigError(f"EMAIL_LOG={settings.email_log!r} cannot be opened: {exc}") from exc
-    metrics = MetricsRegistry()  # one process, or gunicorn's workers (PROMETHEUS_MULTIPROC_DIR)
-    events = EventBus()
-    events.subscribe(request_log.on_event, flush=request_log.flush)  # the first subscriber
-    events.subscribe(DeliveryMetrics(metrics, reason_class).on_event)  # counts, in line
-    smtp = SmtpClient(
-        settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout,
-        settings.smtp_ehlo_name,
-    )  # fmt: skip
-    attempt = DeliveryAttempt(
-        store,
-        smtp,
-        events,
-        max_attempts=settings.max_attempts,
-        retry_backoff=settings.retry_backoff,
+    stack = build_stack(
+        settings, senders, lambda attempt: make_dispatcher(settings, senders, attempt)
     )
-    pool = WorkerPool(
-        attempt,
-        workers=settings.workers,
-        queue_max=settings.queue_max,
-        queue_max_bytes=settings.queue_max_bytes,
-        server_threads=settings.smtp_server_threads
-        or server_threads(settings.workers, len(senders.servers())),
-        server_pause=settings.smtp_server_pause,
-    )
-    webhooks = WebhookNotifier(
-        store,
-        WebhookClient(
-            settings.webhook_secret, settings.webhook_timeout, settings.webhook_allow_private
-        ),
-        pool.owner,
-        deployment_url=settings.webhook_url,
-        backoff=settings.webhook_backoff,
-        events=events,  # its tries, for the metrics
-    )
-    events.subscribe(webhooks.on_event, flush=webhooks.flush)  # queues; its threads deliver
-    leases = LeaseKeeper(
-        store, pool, senders, settings.lease_seconds, recoveries=(webhooks.recover,)
-    )
-    metrics.watch(state_gauges(pool.stats, smtp.open_connections))  # read at scrape time
     app = Flask(__name__, static_folder=None)  # no /static route: each blueprint serves its own
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     tokens = TokenIssuer.with_secret_or_random(settings.token_secret, settings.token_ttl, senders)
-    acceptor = Acceptor(store, pool, events, deployment_webhook=bool(settings.webhook_url))
-    if settings.admin_email:  # after the request log: a failure's line comes before its notice's
-        notices = FailureNotifier(settings.admin_email, senders, acceptor)
-        events.subscribe(notices.on_event)
-        app.extensions[NOTICES] = notices
-    app.extensions[EXTENSION] = Service(
-        settings, senders, store, pool, acceptor, request_log, tokens, leases, templates, webhooks
-    )
+    if stack.notices is not None:
+        app.extensions[NOTICES] = stack.notices
+    app.extensions[EXTENSION] = Service(settings, senders, stack, tokens, templates)
     app.extensions[ADMIN] = AdminAuth(settings.admin_token)  # the operator's pages
-    app.extensions[METRICS] = metrics
-    for warning in store.durability_warnings():
-        logger.warning("status store: %s", warning)
+    app.extensions[METRICS] = stack.metrics
 
-    init_http_metrics(app, metrics)  # the first before_request hook: its clock starts first
+    init_http_metrics(app, stack.metrics)  # the first before_request hook: its clock starts first
     rate_limited = init_rate_limit(app, settings, credential_digest)
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     app.register_blueprint(core_blueprint(rate_limited))
@@ -156,8 +95,23 @@ def create_app(
     app.register_blueprint(dashboard_blueprint(None if outbox is None else Outbox(outbox)))
     app.register_blueprint(docs_blueprint(settings))  # GET /openapi.json, /docs
     register_error_handlers(app)
-    leases.start()  # takes up what stopped processes left on a durable store
+    stack.start()  # takes up what stopped processes left on a durable store
     return app
+
+
+def make_dispatcher(
+    settings: Settings, senders: SenderDirectory, attempt: DeliveryAttempt
+) -> WorkerPool:
+    """The thread pool: WORKERS threads in this process run the attempts."""
+    return WorkerPool(
+        attempt,
+        workers=settings.workers,
+        queue_max=settings.queue_max,
+        queue_max_bytes=settings.queue_max_bytes,
+        server_threads=settings.smtp_server_threads
+        or server_threads(settings.workers, len(senders.servers())),
+        server_pause=settings.smtp_server_pause,
+    )
 
 
 def load_templates(settings: Settings) -> TemplateLibrary:

@@ -40,6 +40,7 @@ from mailservice.delivery.accepting import Acceptor, RequestExtras
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.delivery.stack import DeliveryStack
 from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
 from mailservice.events.webhooks import WebhookNotifier
@@ -52,26 +53,42 @@ EXTENSION = "mail_service"
 
 @dataclass(frozen=True, slots=True)
 class Service:
-    """What the routes need, kept on `app.extensions["mail_service"]`."""
+    """What the routes need, kept on `app.extensions["mail_service"]`: the process's delivery
+    stack and the HTTP side's own parts."""
 
     settings: Settings
     senders: SenderDirectory
-    store: StatusStore
-    pool: Dispatcher
-    acceptor: Acceptor
-    request_log: RequestLog
+    stack: DeliveryStack
     tokens: TokenIssuer
-    leases: LeaseKeeper
     templates: TemplateLibrary
-    webhooks: WebhookNotifier
+
+    @property
+    def store(self) -> StatusStore:
+        return self.stack.store
+
+    @property
+    def pool(self) -> Dispatcher:
+        return self.stack.dispatcher
+
+    @property
+    def acceptor(self) -> Acceptor:
+        return self.stack.acceptor
+
+    @property
+    def request_log(self) -> RequestLog:
+        return self.stack.request_log
+
+    @property
+    def leases(self) -> LeaseKeeper:
+        return self.stack.leases
+
+    @property
+    def webhooks(self) -> WebhookNotifier:
+        return self.stack.webhooks
 
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
-        left = self.pool.drain(drain_seconds)
-        self.webhooks.close()  # before the lease goes: what it leaves is for the next process
-        self.leases.stop()
-        self.request_log.close()
-        return left
+        return self.stack.shutdown(drain_seconds)
 
 
 def service() -> Service:
