@@ -184,7 +184,9 @@ class StatusStore(ABC):
     store also keeps leases: each record names its `owner`, each owner renews its lease with
     `heartbeat()`, and unfinished records whose owner's lease ran out can be `claim()`ed by
     another process. `save()` writes only while the record's owner still holds it, so two
-    processes never both send one request. A final record whose webhook is still `pending` is
+    processes never both send one request; `take()` hands an unfinished request on from the
+    owner named in a hand-over (a task on a broker) to the one that received it, whether that
+    owner's lease is alive or not. A final record whose webhook is still `pending` is
     found by `webhook_orphans()` and taken over by `claim_webhook()` in the same way, so that a
     webhook outlives the process that owed it.
     """
@@ -289,6 +291,14 @@ class StatusStore(ABC):
         """Take over an orphaned request: its record (now owned by `owner`) and payload, or
         None if it is finished or someone else holds it."""
         return None
+
+    @abstractmethod
+    def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
+        """Take over an unfinished request handed out by `from_owner` (a task on a broker carries
+        that name): its record, now owned by `owner`, and its payload; None, changing nothing, if it
+        is unknown, finished (no payload), or owned by anyone but `from_owner` now. Atomic: of
+        two takers with the same hand-over, one gets it. Whether `from_owner`'s lease is alive
+        does not matter."""
 
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         """Final requests whose webhook is still `pending` and whose owner's lease ran out, or

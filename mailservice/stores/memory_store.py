@@ -7,6 +7,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 from mailservice.stores.contract import (
@@ -133,6 +134,8 @@ class MemoryStatusStore(StatusStore):
                 # the status): nothing to change, as SQLite and Redis find no row either;
                 # writing it would bring it back and count it twice.
                 return False
+            if earlier.owner != record.owner:
+                return False  # taken over (`take()`): the owner check of the durable stores
             self._counted(earlier, record)
             self._records[record.request_id] = record
             if record.status.final:
@@ -149,6 +152,15 @@ class MemoryStatusStore(StatusStore):
     def payload(self, request_id: str) -> str | None:
         with self._lock:
             return self._payloads.get(request_id)
+
+    def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
+        with self._lock:
+            record = self._records.get(request_id)
+            payload = self._payloads.get(request_id)
+            if record is None or payload is None or record.owner != from_owner:
+                return None
+            taken = self._records[request_id] = replace(record, owner=owner)
+            return taken, payload
 
     def ping(self) -> None:
         return None

@@ -97,6 +97,15 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 return 1
 """
 
+# KEYS: record. ARGV: the owner that handed it out, the new owner, then RECORD_FIELDS and
+# 'payload'. The record's fields and payload once handed on (unfinished, owned by the first
+# owner, whose lease does not matter), else nil: one round trip, unlike CLAIM.
+TAKE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return false end
+if redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return redis.call('HMGET', KEYS[1], unpack(ARGV, 3))
+"""
 
 # KEYS: webhooks set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX, owner, the pending state, the
 # SSCAN cursor to go on from and how many members of its reply were dealt with already, and

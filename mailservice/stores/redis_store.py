@@ -7,9 +7,9 @@ is still pending, kept by the save script and walked with SSCAN, a bounded part 
 counters, changed by the create and save scripts; read by `redis_listing.py`),
 `mail:owner:<owner>` (a process's lease, expiring unless renewed) and `mail:idem:<scope>`
 (Idempotency-Keys, 24 h). Each write is one round trip:
-a short Lua script that checks and writes atomically (the owner check of `save`, the
-set-if-absent of an Idempotency-Key with the create, and every record of a batch in one
-script). Reads fetch only the status fields.
+a short Lua script that checks and writes atomically (the owner check of `save`, the hand-over
+of `take` with the record it returns, the set-if-absent of an Idempotency-Key with the create,
+and every record of a batch in one script). Reads fetch only the status fields.
 Socket time-outs are short and retries few, so an outage is a quick
 StoreError (the API's 503), logged once when it starts and once when it ends.
 """
@@ -53,6 +53,7 @@ from mailservice.stores.redis_scripts import (
     CREATE_MANY,
     ORPHANS,
     SAVE,
+    TAKE,
     WEBHOOK_ORPHANS,
 )
 
@@ -91,6 +92,7 @@ class RedisStatusStore(StatusStore):
         self._save = client.register_script(SAVE)
         self._orphans = client.register_script(ORPHANS)
         self._claim = client.register_script(CLAIM)
+        self._take = client.register_script(TAKE)
         self._webhook_orphans = client.register_script(WEBHOOK_ORPHANS)
         self._claim_webhook = client.register_script(CLAIM_WEBHOOK)
         self._outage = OutageLog(logger)
@@ -198,6 +200,15 @@ class RedisStatusStore(StatusStore):
         if record is None or values[-1] is None:
             return None
         return record, values[-1]
+
+    def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
+        args = [from_owner, owner, *RECORD_FIELDS, "payload"]
+        with self._guard():
+            values = self._take(keys=[KEY_PREFIX + request_id], args=args)
+        if values is None:
+            return None
+        record = record_from_fields(request_id, values[:-1])
+        return None if record is None or values[-1] is None else (record, values[-1])
 
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         if limit <= 0:

@@ -227,6 +227,24 @@ class SqliteStatusStore(StatusStore):
         record = record_from_fields(request_id, row[:-1])
         return None if record is None else (record, row[-1])
 
+    def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
+        # The owner lives in its own column only (no JSON column repeats it): the row read
+        # back in the same transaction is the record as taken.
+        with self._transaction(immediate=True) as db:
+            cursor = db.execute(
+                "UPDATE requests SET owner = :owner WHERE request_id = :id"
+                " AND payload IS NOT NULL AND owner = :from_owner",
+                {"owner": owner, "id": request_id, "from_owner": from_owner},
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(
+                f"SELECT {COLUMNS}, payload FROM requests WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+        record = record_from_fields(request_id, row[:-1])
+        return None if record is None else (record, row[-1])
+
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         if limit <= 0:
             return []
