@@ -374,6 +374,134 @@ def test_finished_requests_are_not_orphans(durable_pair) -> None:
     assert second.claim(record.request_id, "p2") is None
 
 
+# -- take: a request handed over by name (a task on a broker carries its `from_owner`) -------
+
+
+def test_take_by_the_owner_named_in_the_hand_over_moves_the_request(store: StatusStore) -> None:
+    record = new_record(owner="api")
+    store.create(record, '{"subject": "s"}')
+    taken = store.take(record.request_id, "api", "worker")
+    assert taken == (replace(record, owner="worker"), '{"subject": "s"}')
+    assert store.get(record.request_id) == replace(record, owner="worker")
+    stale = replace(record, status=EmailStatus.SENDING, attempts=1)
+    assert store.save(stale) is False, "the old owner lost it"
+    assert store.get(record.request_id).status is EmailStatus.QUEUED  # type: ignore[union-attr]
+    assert store.save(replace(taken[0], status=EmailStatus.SENT, pending=())) is True
+    assert store.get(record.request_id).status is EmailStatus.SENT  # type: ignore[union-attr]
+
+
+def test_take_from_another_owner_or_of_a_final_or_unknown_request_changes_nothing(
+    store: StatusStore,
+) -> None:
+    record = new_record(owner="api")
+    store.create(record, "{}")
+    assert store.take(record.request_id, "someone-else", "worker") is None
+    assert store.get(record.request_id) == record and store.payload(record.request_id) == "{}"
+    # A redelivered task, after another worker took the request: its hand-over is spent.
+    assert store.take(record.request_id, "api", "worker-1") is not None
+    assert store.take(record.request_id, "api", "worker-2") is None
+    assert store.get(record.request_id).owner == "worker-1"  # type: ignore[union-attr]
+    done = new_record("66666666-6666-4666-8666-000000000001", owner="api")
+    store.create(done, "{}")
+    final = replace(done, status=EmailStatus.SENT, pending=())
+    store.save(final)
+    assert store.take(done.request_id, "api", "worker") is None, "final: nothing to send"
+    assert store.get(done.request_id) == final
+    unknown = "66666666-6666-4666-8666-000000000002"
+    assert store.take(unknown, "api", "worker") is None
+    assert store.get(unknown) is None and store.payload(unknown) is None, "nothing created"
+
+
+def assert_each_taken_once(first: StatusStore, second: StatusStore, ids: list[str]) -> None:
+    """Two takers race the same hand-over (from "api") of each of `ids`, both starting each id
+    together: every id is won exactly once, and the store names its winner."""
+    start = threading.Barrier(2)
+    wins: dict[str, list[str]] = {"w1": [], "w2": []}
+    named: list[str] = []  # the owner each winner's returned record names
+
+    def take_all(store: StatusStore, owner: str) -> None:
+        for request_id in ids:
+            start.wait(timeout=30)
+            taken = store.take(request_id, "api", owner)
+            if taken is not None:
+                wins[owner].append(request_id)
+                named.append(f"{owner}={taken[0].owner}")
+
+    threads = [
+        threading.Thread(target=take_all, args=(first, "w1")),
+        threading.Thread(target=take_all, args=(second, "w2")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(wins["w1"] + wins["w2"]) == sorted(ids), "every id won exactly once"
+    assert set(named) <= {"w1=w1", "w2=w2"}, named
+    for owner, won in wins.items():
+        assert all(first.get(i).owner == owner for i in won)  # type: ignore[union-attr]
+
+
+def test_of_two_takers_with_one_hand_over_one_wins(store: StatusStore) -> None:
+    ids = [f"66666666-6666-4666-8666-1{i:011d}" for i in range(50)]
+    store.create_many([(new_record(request_id, owner="api"), "{}") for request_id in ids])
+    assert_each_taken_once(store, store, ids)
+
+
+def test_of_two_processes_taking_one_hand_over_one_wins(durable_pair) -> None:
+    first, second = durable_pair
+    ids = [f"66666666-6666-4666-8666-2{i:011d}" for i in range(50)]
+    first.create_many([(new_record(request_id, owner="api"), "{}") for request_id in ids])
+    assert_each_taken_once(first, second, ids)
+
+
+def test_take_does_not_wait_for_a_live_lease_and_the_taker_s_lease_covers_it(
+    durable_pair,
+) -> None:
+    first, second = durable_pair
+    first.heartbeat("api", 30)
+    record = new_record(owner="api")
+    first.create(record, "{}")
+    assert second.claim(record.request_id, "recovery") is None, "the lease protects it from claim"
+    second.heartbeat("worker", 30)
+    taken = second.take(record.request_id, "api", "worker")
+    assert taken is not None and taken[0].owner == "worker"
+    first.heartbeat("api", 0)  # the API process goes away: not the worker's request
+    assert first.orphans(10) == [], "the taker's lease covers it"
+    assert first.claim(record.request_id, "recovery") is None
+    second.heartbeat("worker", 0)
+    assert first.orphans(10) == [record.request_id], "the new owner's lease is what counts"
+
+
+def test_take_from_an_owner_whose_lease_ran_out(durable_pair) -> None:
+    first, second = durable_pair
+    first.heartbeat("api", 0.2)
+    record = new_record(owner="api")
+    first.create(record, "{}")
+    wait_for(lambda: second.orphans(10) == [record.request_id], timeout=10)
+    second.heartbeat("worker", 30)
+    taken = second.take(record.request_id, "api", "worker")
+    assert taken == (replace(record, owner="worker"), "{}")
+    assert first.orphans(10) == [], "no orphan while the new owner heartbeats"
+    assert first.claim(record.request_id, "recovery") is None
+
+
+@pytest.mark.redis
+def test_redis_take_while_the_server_is_down_is_a_store_error(tmp_path) -> None:
+    from mailservice.testing.redis_server import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    store = store_from_url(server.url, ttl=60)
+    try:
+        record = new_record(owner="api")
+        store.create(record, "{}")
+        server.stop()
+        with pytest.raises(StoreError):
+            store.take(record.request_id, "api", "worker")
+    finally:
+        store.close()
+        server.stop()
+
+
 def test_sqlite_store_expires_final_records(tmp_path) -> None:
     from mailservice.stores.sqlite_store import SqliteStatusStore
 
