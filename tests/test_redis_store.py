@@ -126,6 +126,9 @@ def test_redis_store_makes_one_round_trip_per_call(
     ids = iter(f"99999999-9999-4999-8999-{i:012d}" for i in range(10))
     record = new_record(owner="dead")
     store.create(record, "{}")
+    handed = new_record(next(ids), owner="api")
+    store.create(handed, "{}")
+    taken: list[object] = []
     counts = {
         "create": trips(lambda: store.create(new_record(next(ids)), "{}")),
         "create+idempotency": trips(
@@ -136,9 +139,13 @@ def test_redis_store_makes_one_round_trip_per_call(
         "heartbeat": trips(lambda: store.heartbeat("p1", 30)),
         "orphans": trips(lambda: store.orphans(10)),
         "claim": trips(lambda: store.claim(record.request_id, "heir")),
+        # Handed on to the same owner, so that both calls take it: the path that succeeds.
+        "take": trips(lambda: taken.append(store.take(handed.request_id, "api", "api"))),
     }
-    # claim is a script then a read of the record taken over: two, as before.
+    # claim is a script then a read of the record taken over: two, as before; take returns
+    # the record from its script.
     assert counts == {name: 2 if name == "claim" else 1 for name in counts}
+    assert len(taken) == 2 and all(taken), "both takes succeeded"
     store.close()
 
 
