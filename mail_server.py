@@ -42,6 +42,7 @@ from mailservice.api.tokens import TokenIssuer
 from mailservice.api.v1_routes import v1_blueprint
 from mailservice.config import Settings, load_settings
 from mailservice.delivery.attempt import DeliveryAttempt
+from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.stack import build_stack
 from mailservice.demo import demo_secrets, demo_senders, start_catcher
 from mailservice.errors import ConfigError
@@ -101,8 +102,16 @@ def create_app(
 
 def make_dispatcher(
     settings: Settings, senders: SenderDirectory, attempt: DeliveryAttempt
-) -> WorkerPool:
-    """The thread pool: WORKERS threads in this process run the attempts."""
+) -> Dispatcher:
+    """DISPATCHER=thread: WORKERS threads in this process run the attempts; celery: the
+    requests are handed to Celery worker processes through the broker."""
+    if settings.dispatcher == "celery":
+        from mailservice.celery_app import make_celery, publisher  # imports Celery on use only
+        from mailservice.delivery.celery_dispatcher import CeleryDispatcher
+
+        return CeleryDispatcher(
+            attempt, publisher(make_celery(settings)), queue_max=settings.queue_max
+        )
     return WorkerPool(
         attempt,
         workers=settings.workers,

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import secrets
-import socket
 import sys
 import threading
 import time
@@ -33,9 +30,15 @@ from mailservice.delivery.attempt import (
     Final,
     Retry,
     WaitForStore,
+    log_retry,
 )
 from mailservice.delivery.dispatch_queue import DispatchQueue
-from mailservice.delivery.dispatcher import Dispatcher, DispatcherStats, final_in_store
+from mailservice.delivery.dispatcher import (
+    Dispatcher,
+    DispatcherStats,
+    final_in_store,
+    new_owner_id,
+)
 from mailservice.delivery.retry_scheduler import RetryScheduler
 from mailservice.delivery.store_retry import StoreRetry
 from mailservice.errors import StoreError, Unavailable
@@ -218,13 +221,7 @@ class WorkerPool(Dispatcher):
                 return
             if self.store.durable:
                 self._drop_content(job)
-            logger.info(
-                "attempt %d failed request_id=%s: %s; retry in %.1fs",
-                step.record.attempts,
-                job.request_id,
-                step.record.error,
-                step.delay,
-            )
+            log_retry(step)
             self._later(job, step.delay)
         elif isinstance(step, WaitForStore):
             self._later(job, step.delay)
@@ -306,8 +303,3 @@ def server_threads(workers: int, servers: int) -> int:
     """The default cap on threads one SMTP server may hold: all of them when every sender
     uses one server, else half, so that a server that hangs leaves the others the rest."""
     return workers if servers <= 1 else max(1, math.ceil(workers / 2))
-
-
-def new_owner_id() -> str:
-    """A name for this process's leases: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"

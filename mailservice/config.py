@@ -21,6 +21,7 @@ from mailservice.errors import ConfigError
 SECURITY_MODES = ("starttls", "ssl", "none")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+DISPATCHERS = ("thread", "celery")
 # A route that waits for the outcome (API.md section 7) waits SMTP_TIMEOUT plus this long.
 WAIT_MARGIN_SECONDS = 5.0
 
@@ -87,6 +88,13 @@ class Settings:
     gc_tuning: bool = True
     # gunicorn.conf.py: the folder of the workers' metric files; empty: a fresh temporary one.
     prometheus_multiproc_dir: str = ""
+    # Who runs the attempts (API.md section 1, "Scaling out"): this process's thread pool, or
+    # Celery worker processes fed through a broker (mailservice/celery_app.py).
+    dispatcher: str = "thread"
+    celery_broker_url: str = field(default="", repr=False)  # may carry a password
+    celery_visibility_timeout: float = 3600.0
+    celery_task_time_limit: float = 0.0  # 0: the longest attempt's time plus a margin
+    worker_metrics_port: int = 0  # a Celery worker's /metrics; 0: none
 
 
 def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
@@ -264,6 +272,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "PIN_CPUS": ("pin_cpus", _switch),
     "GC_TUNING": ("gc_tuning", _switch),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", str.strip),
+    "DISPATCHER": ("dispatcher", _one_of(DISPATCHERS, str.lower)),
+    "CELERY_BROKER_URL": ("celery_broker_url", str.strip),
+    "CELERY_VISIBILITY_TIMEOUT": ("celery_visibility_timeout", _positive(float)),
+    "CELERY_TASK_TIME_LIMIT": ("celery_task_time_limit", _or_zero(_positive(float))),
+    "WORKER_METRICS_PORT": ("worker_metrics_port", _or_zero(_port)),
 }
 
 
@@ -287,7 +300,41 @@ def settings_from_mapping(env: Mapping[str, str], **overrides: object) -> Settin
         )
     if settings.webhook_url and not settings.webhook_secret:
         raise ConfigError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are signed")
+    if settings.dispatcher == "celery":
+        _check_celery(settings)
     return settings
+
+
+def longest_attempt(settings: Settings) -> float:
+    """An upper bound on one delivery attempt: connect, greeting, EHLO, STARTTLS, AUTH, MAIL,
+    RCPT (each at most SMTP_TIMEOUT; RCPT once per recipient), DATA's final reply (at most
+    SMTP_DATA_TIMEOUT) and QUIT, plus the store's writes around them."""
+    steps = 8 + settings.max_recipients
+    return steps * settings.smtp_timeout + settings.smtp_data_timeout + 30.0
+
+
+def celery_time_limit(settings: Settings) -> float:
+    """CELERY_TASK_TIME_LIMIT, or by default the longest attempt plus a minute."""
+    return settings.celery_task_time_limit or longest_attempt(settings) + 60.0
+
+
+def _check_celery(settings: Settings) -> None:
+    """DISPATCHER=celery: a broker, a store every process shares, and the time limits in the
+    order that makes a redelivered task harmless (mailservice/celery_app.py says why)."""
+    if not settings.celery_broker_url:
+        raise ConfigError("DISPATCHER=celery needs CELERY_BROKER_URL (redis:// or amqp://)")
+    if settings.status_store_url.startswith("memory:"):
+        raise ConfigError(
+            "DISPATCHER=celery needs a store every process shares: STATUS_STORE_URL=memory:// "
+            "lives in one process (use redis://, or sqlite:// on one machine)"
+        )
+    limit = celery_time_limit(settings)
+    if limit >= settings.celery_visibility_timeout:
+        raise ConfigError(
+            f"CELERY_TASK_TIME_LIMIT ({limit:.0f} s) must be below CELERY_VISIBILITY_TIMEOUT "
+            f"({settings.celery_visibility_timeout:.0f} s): else a task still running is "
+            "handed to a second worker"
+        )
 
 
 # Demo mode (API.md section 8) sends to its embedded catcher unless told otherwise.

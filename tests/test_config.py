@@ -376,3 +376,39 @@ def test_every_variable_is_in_the_contract():
     contract = (REPO / "docs" / "API.md").read_text(encoding="utf-8")
     missing = [name for name in config._VARIABLES if f"`{name}`" not in contract]
     assert missing == []
+
+
+CELERY = {
+    "DISPATCHER": "celery",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/1",
+    "STATUS_STORE_URL": "redis://127.0.0.1:6379/0",
+}
+
+
+def test_celery_dispatcher_settings_are_read():
+    settings = settings_from_mapping({**CELERY, "DISPATCHER": "Celery"})
+    assert settings.dispatcher == "celery"
+    assert settings.celery_broker_url == "redis://127.0.0.1:6379/1"
+    assert "6379/1" not in repr(settings)  # a broker URL may carry a password
+    # The default time limit: the longest attempt by the SMTP time-outs, plus a minute.
+    assert config.celery_time_limit(settings) == (8 + 50) * 30 + 600 + 30 + 60
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"CELERY_BROKER_URL": ""}, "CELERY_BROKER_URL"),
+        ({"STATUS_STORE_URL": "memory://"}, "STATUS_STORE_URL=memory://"),
+        ({"CELERY_TASK_TIME_LIMIT": "60", "CELERY_VISIBILITY_TIMEOUT": "60"}, "below"),
+        ({"CELERY_VISIBILITY_TIMEOUT": "600"}, "CELERY_VISIBILITY_TIMEOUT"),
+        ({"DISPATCHER": "rq"}, "DISPATCHER"),
+    ],
+)
+def test_celery_dispatcher_refuses_what_cannot_work(change, named):
+    with pytest.raises(ConfigError, match=named) as caught:
+        settings_from_mapping({**CELERY, **change})
+    assert "\n" not in str(caught.value)  # one line
+
+
+def test_the_thread_dispatcher_needs_no_broker():
+    assert settings_from_mapping({"STATUS_STORE_URL": "memory://"}).dispatcher == "thread"

@@ -83,6 +83,18 @@ class Dropped:
 Next = Retry | Final | WaitForStore | Dropped
 
 
+def log_retry(step: Retry) -> None:
+    """The service log's line for an attempt that failed and will be tried again (every
+    dispatcher writes this one)."""
+    logger.info(
+        "attempt %d failed request_id=%s: %s; retry in %.1fs",
+        step.record.attempts,
+        step.record.request_id,
+        step.record.error,
+        step.delay,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What comes next, and whether the SMTP server answered (None: no connection tried)."""

@@ -9,6 +9,9 @@ metrics at scrape time) and stops (`drain`).
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -88,3 +91,8 @@ def final_in_store(store: StatusStore, request_id: str, timeout: float) -> Statu
             return None
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, STORE_POLL_MAX)
+
+
+def new_owner_id() -> str:
+    """A name for this process's leases: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"

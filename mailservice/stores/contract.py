@@ -154,10 +154,17 @@ IDEMPOTENCY_TTL = 24 * 3600
 
 
 class OutageLog:
-    """Logs a backend's outage once when it starts and once when it ends, not once a call."""
+    """Logs a backend's outage once when it starts and once when it ends, not once a call.
+    The lines name the status store unless told otherwise (the broker's hand-over uses it)."""
 
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        down: str = "status store unreachable: %s (answering 503 until it returns)",
+        up: str = "status store reachable again",
+    ) -> None:
         self._logger = logger
+        self._down_line, self._up_line = down, up
         self._down = False
         self._lock = threading.Lock()
 
@@ -165,16 +172,14 @@ class OutageLog:
         with self._lock:
             first, self._down = not self._down, True
         if first:
-            self._logger.warning(
-                "status store unreachable: %s (answering 503 until it returns)", exc
-            )
+            self._logger.warning(self._down_line, exc)
 
     def succeeded(self) -> None:
         if self._down:  # read without the lock: the common case costs nothing
             with self._lock:
                 was_down, self._down = self._down, False
             if was_down:
-                self._logger.warning("status store reachable again")
+                self._logger.warning(self._up_line)
 
 
 class StatusStore(ABC):

@@ -1,0 +1,117 @@
+"""The Celery dispatcher: recorded requests go to Celery worker processes through a broker.
+
+Every process of a `DISPATCHER=celery` deployment has one: the API processes, which hand over
+what they accept, and each worker process, which hands over its retries and what its recovery
+takes up. Handing over is publishing a task `deliver(request_id, from_owner)` (the `Handoff`
+thread, which waits out a broker outage); nothing of the message travels on the broker, only
+the id, and the worker reads the content from the store when it takes the request over from
+`from_owner` (`StatusStore.take`), so a task that comes twice, or late, does nothing.
+
+This process holds no content and runs no attempt of its own, so QUEUE_MAX and QUEUE_MAX_BYTES
+do not bound what it accepts: the broker is the queue, and the store has every request. An
+accepted request is refused (503) only when the store is down or the process is draining.
+`room()` bounds what recovery takes up at once by the hand-overs still waiting here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+from mailservice.delivery.attempt import AttemptState, DeliveryAttempt
+from mailservice.delivery.dispatcher import (
+    Dispatcher,
+    DispatcherStats,
+    final_in_store,
+    new_owner_id,
+)
+from mailservice.delivery.handoff import Handoff, Handover
+from mailservice.errors import StoreError, Unavailable
+from mailservice.senders import Sender
+from mailservice.stores.contract import StatusRecord
+
+logger = logging.getLogger(__name__)
+
+
+class CeleryDispatcher(Dispatcher):
+    """Hands requests to the broker with `publish`; `threads`: the attempts this process runs
+    at once (a prefork worker child: 1; an API process: 0)."""
+
+    def __init__(
+        self,
+        attempt: DeliveryAttempt,
+        publish: Callable[[Handover], None],
+        *,
+        queue_max: int = 10000,
+        threads: int = 0,
+        owner: str = "",
+    ) -> None:
+        self.attempt = attempt
+        self.store = attempt.store
+        self.owner = owner or new_owner_id()
+        self.queue_max = queue_max
+        self.threads = threads
+        self.handoff = Handoff(publish)
+        self._lock = threading.Lock()
+        self._busy = 0
+        self._accepting = True
+
+    def unfinished(self) -> int:
+        return len(self.handoff)
+
+    def stats(self) -> DispatcherStats:
+        with self._lock:
+            busy = self._busy
+        return DispatcherStats(len(self.handoff), 0, busy, self.threads)
+
+    def room(self) -> int:
+        return max(0, self.queue_max - len(self.handoff)) if self._accepting else 0
+
+    def check_room(self, size: int = 0) -> None:
+        if not self._accepting:
+            raise Unavailable("the service is shutting down")
+
+    def submit(self, record: StatusRecord, payload: str, sender: Sender) -> None:
+        self.later(record.request_id)
+
+    def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
+        if sender is None:
+            state = AttemptState(record, None)
+            final = self.attempt.failed(state, "its sender is no longer configured").record
+            try:
+                self.attempt.save_final(final)
+            except StoreError as exc:  # still this process's: the next round tries again
+                logger.warning("request_id=%s: %s", record.request_id, exc)
+            return
+        logger.info("resuming request_id=%s (status %s)", record.request_id, record.status)
+        self.later(record.request_id)
+
+    def later(self, request_id: str, delay: float = 0.0) -> None:
+        """Hand the request (owned by this process) over, after `delay` seconds."""
+        if not self.handoff.put(Handover(request_id, self.owner), delay):
+            logger.info("left for recovery request_id=%s", request_id)
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Around an attempt this process runs (a worker's task): counted as busy."""
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def wait(self, request_id: str, timeout: float) -> StatusRecord | None:
+        return final_in_store(self.store, request_id, timeout)
+
+    def drain(self, seconds: float) -> int:
+        self._accepting = False
+        left = self.handoff.close(seconds)
+        if left:
+            logger.info("%d request(s) left for recovery: the broker did not take them", left)
+        self.attempt.smtp.close_all()
+        self.attempt.events.flush()
+        return left
