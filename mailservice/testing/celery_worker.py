@@ -67,7 +67,9 @@ class _CeleryProcess:
     def __init__(self, workdir: Path, env: dict[str, str], label: str, log_name: str) -> None:
         self.workdir = workdir
         self.label = label
-        merged = {**os.environ, **env}
+        # TMPDIR in the workdir (unless `env` names one): the prefork pool's pymp-* folders,
+        # which a killed worker never removes, stay with the test's files instead of /tmp.
+        merged = {**os.environ, "TMPDIR": str(workdir), **env}
         # The checkout first, so `mailservice` is this one whatever else PYTHONPATH names.
         paths = [str(ROOT), *(p for p in merged.get("PYTHONPATH", "").split(os.pathsep) if p)]
         merged["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
