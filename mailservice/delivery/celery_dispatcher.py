@@ -7,10 +7,11 @@ thread, which waits out a broker outage); nothing of the message travels on the 
 the id, and the worker reads the content from the store when it takes the request over from
 `from_owner` (`StatusStore.take`), so a task that comes twice, or late, does nothing.
 
-This process holds no content and runs no attempt of its own, so QUEUE_MAX and QUEUE_MAX_BYTES
-do not bound what it accepts: the broker is the queue, and the store has every request. An
+It holds no content (a worker's task reads it from the store for its one attempt), so
+QUEUE_MAX and QUEUE_MAX_BYTES do not bound what is accepted: the broker is the queue, and the
+store has every request. An
 accepted request is refused (503) only when the store is down or the process is draining.
-`room()` bounds what recovery takes up at once by the hand-overs still waiting here.
+`room()` (QUEUE_MAX) bounds what one round of recovery takes up.
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ class CeleryDispatcher(Dispatcher):
         return DispatcherStats(len(self.handoff), 0, busy, self.threads)
 
     def room(self) -> int:
-        return max(0, self.queue_max - len(self.handoff)) if self._accepting else 0
+        # Not less while hand-overs wait for the broker: a batch is refused (503) only when
+        # the store is, as a single request is. QUEUE_MAX bounds one recovery round's take.
+        return self.queue_max if self._accepting else 0
 
     def check_room(self, size: int = 0) -> None:
         if not self._accepting:
