@@ -349,10 +349,10 @@ def test_plain_process_writes_json_lines_with_the_request_id(tmp_path):
     assert code == 0, service.log_tail()
     lines = json_lines(service.output)  # stdout and stderr together: every line is JSON
     attempt = [f for f in lines if f.get("request_id") == request_id]
-    assert attempt and attempt[0]["logger"] == "worker_pool"
+    assert attempt and attempt[0]["logger"] == "mailservice.delivery.attempt"
     assert attempt[0]["level"] == "INFO"
     loggers = {f["logger"] for f in lines}
-    assert {"__main__", "werkzeug", "worker_pool"} <= loggers
+    assert {"__main__", "werkzeug", "mailservice.delivery.attempt"} <= loggers
     assert {f["pid"] for f in lines} == {lines[0]["pid"]}
     assert_no_secret(service.output)
 
@@ -391,7 +391,7 @@ def test_gunicorn_master_and_two_workers_write_json_lines(tmp_path):
     starting = [f for f in lines if f["message"].startswith("Starting gunicorn")]
     assert [f["pid"] for f in starting] == [master]
     attempt = [f for f in lines if f.get("request_id") == request_id]
-    assert attempt and attempt[0]["logger"] == "worker_pool" and attempt[0]["pid"] in workers
+    assert attempt and attempt[0]["logger"] == "mailservice.delivery.attempt" and attempt[0]["pid"] in workers
     assert sum("drained;" in f["message"] for f in lines) == 2
     assert_no_secret(service.output)
 
