@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mailservice.delivery.accepting import Acceptor
+from mailservice.delivery.accepting import Acceptor, RequestExtras
 from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.celery_dispatcher import CeleryDispatcher
 from mailservice.delivery.handoff import Handover
@@ -319,4 +319,25 @@ def test_a_final_status_the_store_refuses_is_kept_and_saved_later(
         assert deployment.runner.run(request_id, "api") is TaskResult.SKIPPED
         assert len(deployment.smtp.received) == 1
     finally:
+        store.close()
+
+
+def test_a_broker_outage_refuses_neither_singles_nor_batches(tmp_path: Path) -> None:
+    # API.md section 13: 503 only when the store is down or the process drains. More requests
+    # than QUEUE_MAX waiting for the broker must not make a batch 503 either.
+    def broker_down(handover: Handover) -> None:
+        raise ConnectionRefusedError("broker down")
+
+    store = store_from_url(f"sqlite:///{tmp_path / 'status.db'}", 60)
+    api = CeleryDispatcher(attempt_on(store), broker_down, queue_max=3, owner="api")
+    acceptor = Acceptor(store, api, api.attempt.events)
+    sender = Sender(SENDER, "", "127.0.0.1", 25, "none")
+    try:
+        for _ in range(4):
+            assert isinstance(acceptor.accept(SPEC, sender), StatusRecord)
+        batch = acceptor.accept_many([(SPEC, RequestExtras()), (SPEC, RequestExtras())], sender)
+        assert isinstance(batch, list) and all(isinstance(r, StatusRecord) for r in batch)
+        assert len(api.handoff) == 6  # all recorded, all waiting for the broker
+    finally:
+        api.drain(0)
         store.close()
