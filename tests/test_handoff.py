@@ -116,6 +116,25 @@ def test_an_outage_is_logged_once_at_its_start_and_once_at_its_end(
     assert "Connection refused" in lines[0], "the down line names the broker's error"
 
 
+def test_a_long_outage_is_recalled_with_how_many_wait(
+    handoff: Handoff, broker: Broker, caplog: pytest.LogCaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.setattr(handoff_module, "REMIND_EVERY", 0.1)
+    with caplog.at_level(logging.WARNING, logger=HANDOFF_LOGGER):
+        broker.down.set()
+        for handover in handovers(3):
+            handoff.put(handover)
+
+        def reminded() -> list[str]:
+            lines = [r.getMessage() for r in caplog.records if r.name == HANDOFF_LOGGER]
+            return [line for line in lines if line.startswith("broker still unreachable")]
+
+        line = wait_for(reminded)[0]
+        broker.down.clear()
+    assert "3 request(s) waiting" in line and "Connection refused" in line
+    wait_for(lambda: len(broker.published) == 3)
+
+
 def test_a_delayed_hand_over_is_published_only_after_its_delay(
     handoff: Handoff, broker: Broker
 ) -> None:

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 5.0
+# While the broker stays away, a reminder this often: how long, how many wait, the last error
+# (a refusal that is not an outage, e.g. a vhost without permissions, shows here too).
+REMIND_EVERY = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +84,20 @@ class Handoff:
 
     def _publish_until_taken(self, handover: Handover) -> None:
         backoff = BACKOFF_FIRST
+        since = remind = time.monotonic()
         while True:
             try:
                 self._publish(handover)
             except Exception as exc:  # kombu's errors differ by transport; all mean "not yet"
                 self._outage.failed(exc)
+                if time.monotonic() - remind >= REMIND_EVERY:
+                    remind = time.monotonic()
+                    logger.warning(
+                        "broker still unreachable after %.0f s, %d request(s) waiting: %s",
+                        remind - since,
+                        len(self),
+                        exc,
+                    )
                 if self._stopping.wait(backoff):
                     self._left(handover)
                     return
