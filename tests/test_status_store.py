@@ -412,6 +412,17 @@ def test_take_from_another_owner_or_of_a_final_or_unknown_request_changes_nothin
     assert store.get(unknown) is None and store.payload(unknown) is None, "nothing created"
 
 
+def test_a_taker_that_owns_the_request_already_gets_it_again(store: StatusStore) -> None:
+    # redis-py retries a call whose reply timed out: the first run may have moved the owner,
+    # and the retry must not find the request gone (it would be skipped under a live lease).
+    record = new_record(owner="api")
+    store.create(record, "{}")
+    first = store.take(record.request_id, "api", "worker-1")
+    again = store.take(record.request_id, "api", "worker-1")
+    assert first is not None and again == first
+    assert store.take(record.request_id, "api", "worker-2") is None
+
+
 def assert_each_taken_once(first: StatusStore, second: StatusStore, ids: list[str]) -> None:
     """Two takers race the same hand-over (from "api") of each of `ids`, both starting each id
     together: every id is won exactly once, and the store names its winner."""

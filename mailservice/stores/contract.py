@@ -301,9 +301,10 @@ class StatusStore(ABC):
     def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
         """Take over an unfinished request handed out by `from_owner` (a task on a broker carries
         that name): its record, now owned by `owner`, and its payload; None, changing nothing, if it
-        is unknown, finished (no payload), or owned by anyone but `from_owner` now. Atomic: of
-        two takers with the same hand-over, one gets it. Whether `from_owner`'s lease is alive
-        does not matter."""
+        is unknown, finished (no payload), or owned by anyone but `from_owner` or `owner` now.
+        Atomic: of two takers with the same hand-over, one gets it. Whether `from_owner`'s lease
+        is alive does not matter. A taker that already owns it gets it again: a client that
+        retries a call whose reply was lost must not find its own request gone."""
 
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         """Final requests whose webhook is still `pending` and whose owner's lease ran out, or

@@ -99,9 +99,12 @@ return 1
 
 # KEYS: record. ARGV: the owner that handed it out, the new owner, then RECORD_FIELDS and
 # 'payload'. The record's fields and payload once handed on (unfinished, owned by the first
-# owner, whose lease does not matter), else nil: one round trip, unlike CLAIM.
+# owner, whose lease does not matter, or already by the new one: redis-py retries a call whose
+# reply timed out, and the retry must find the request its own), else nil: one round trip,
+# unlike CLAIM.
 TAKE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return false end
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if owner ~= ARGV[1] and owner ~= ARGV[2] then return false end
 if redis.call('HEXISTS', KEYS[1], 'payload') == 0 then return false end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 return redis.call('HMGET', KEYS[1], unpack(ARGV, 3))

@@ -233,7 +233,7 @@ class SqliteStatusStore(StatusStore):
         with self._transaction(immediate=True) as db:
             cursor = db.execute(
                 "UPDATE requests SET owner = :owner WHERE request_id = :id"
-                " AND payload IS NOT NULL AND owner = :from_owner",
+                " AND payload IS NOT NULL AND owner IN (:from_owner, :owner)",
                 {"owner": owner, "id": request_id, "from_owner": from_owner},
             )
             if cursor.rowcount != 1:
