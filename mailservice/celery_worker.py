@@ -2,15 +2,18 @@
 accepted, on any host that reaches the broker and the store.
 
 It reads the same settings as the API (the environment and `.env`; DISPATCHER=celery is
-implied), and each prefork child process builds the same delivery stack as an API process
-(`delivery/stack.py`): its own store connection, SMTP connections reused from task to task,
-request log, webhooks, metrics and a lease of its own, whose recovery takes up what stopped
-processes left. The task `mail.deliver` is `TaskRunner.run` (delivery/task_runner.py). Celery's
-warm shutdown (SIGTERM) lets each child finish its attempt, leaves the rest on the broker, and
-then each child drains its stack as an API process does.
+implied) and checks them, the senders file and what the settings name, at import, so that a
+bad value stops the worker with one line and exit code 2, as `python mail_server.py` does,
+before any child starts. Each prefork child process then builds the same delivery stack as an
+API process (`delivery/stack.py`): its own store connection, SMTP connections reused from task
+to task, request log, webhooks, metrics and a lease of its own, whose recovery takes up what
+stopped processes left. A child that cannot build its stack exits, and Celery starts another.
+The task `mail.deliver` is `TaskRunner.run` (delivery/task_runner.py). Celery's warm shutdown
+(SIGTERM) lets each child finish its attempt, leaves the rest on the broker, and then each
+child drains its stack as an API process does.
 
-With WORKER_METRICS_PORT the worker's main process serves its children's metrics on HOST at
-that port (prometheus-client's multiprocess mode, as under gunicorn).
+With WORKER_METRICS_PORT the worker's main process serves its children's metrics
+(worker_metrics.py).
 """
 
 from __future__ import annotations
@@ -26,48 +29,46 @@ from celery.exceptions import Reject
 
 from mailservice.celery_app import TASK, make_celery, publisher
 from mailservice.config import Settings, load_settings
+from mailservice.delivery.celery_dispatcher import CeleryDispatcher
+from mailservice.delivery.stack import DeliveryStack, build_stack
+from mailservice.delivery.task_runner import TaskRunner
 from mailservice.errors import ConfigError, StoreError
 from mailservice.logging_setup import configure_logging
-from mailservice.metrics_dir import prepare_metrics_dir
+from mailservice.preflight import check_named_resources
+from mailservice.senders import SenderDirectory, load_senders
+from mailservice.worker_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
-# A task whose store cannot be asked goes back to the broker after this pause, so that an
-# outage of the store costs each child one try per pause, not a busy loop of redeliveries.
-STORE_PAUSE = 1.0
+# A task that cannot be run now (the store cannot be asked) goes back to the broker after
+# this pause, so that an outage costs each child one try per pause, not a busy loop.
+REQUEUE_PAUSE = 1.0
 
 
-def _settings() -> Settings:
+def _configured() -> tuple[Settings, SenderDirectory]:
     try:
-        return load_settings(dispatcher="celery")
+        settings = load_settings(dispatcher="celery")
+        check_named_resources(settings)  # the store URL's form, EMAIL_LOG's folder
+        return settings, load_senders(settings)
     except ConfigError as exc:  # one line, as mail_server.py and gunicorn's master print it
         print(f"mail worker: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
-settings = _settings()
-if settings.worker_metrics_port:  # before prometheus_client is first imported (its mode)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = prepare_metrics_dir(
-        settings.prometheus_multiproc_dir
-    ).path
+settings, senders = _configured()
 app = make_celery(settings)
 
 
-class _Child:
-    """This process's stack and task runner, built once (prefork: in each child)."""
+class _Process:
+    """This process's parts: a child's stack and runner, the main process's metrics server."""
 
-    runner: Any = None
-    stack: Any = None
+    stack: DeliveryStack | None = None
+    runner: TaskRunner | None = None
+    metrics: WorkerMetrics | None = None
 
 
-def start_child() -> Any:
+def start_child() -> TaskRunner:
     """Build and start this process's delivery stack; its TaskRunner."""
-    from mailservice.delivery.celery_dispatcher import CeleryDispatcher
-    from mailservice.delivery.stack import build_stack
-    from mailservice.delivery.task_runner import TaskRunner
-    from mailservice.senders import load_senders
-
-    senders = load_senders(settings)
     stack = build_stack(
         settings,
         senders,
@@ -75,10 +76,12 @@ def start_child() -> Any:
             attempt, publisher(app), queue_max=settings.queue_max, threads=1
         ),
     )
-    _Child.stack, _Child.runner = stack, TaskRunner(stack.dispatcher, senders)
+    dispatcher = stack.dispatcher
+    assert isinstance(dispatcher, CeleryDispatcher)
+    _Process.stack, _Process.runner = stack, TaskRunner(dispatcher, senders)
     stack.start()
-    logger.info("worker process ready (owner %s)", stack.dispatcher.owner)
-    return _Child.runner
+    logger.info("worker process ready (owner %s)", dispatcher.owner)
+    return _Process.runner
 
 
 @signals.setup_logging.connect
@@ -87,18 +90,43 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(settings)
 
 
+@signals.worker_init.connect
+def _worker_started(**_: Any) -> None:
+    """The main process, before the children are forked."""
+    if settings.worker_metrics_port:
+        _Process.metrics = WorkerMetrics.start(settings)
+    if settings.celery_broker_url.startswith("amqp") and app.conf.task_time_limit >= 1800:
+        logger.warning(
+            "CELERY_TASK_TIME_LIMIT is %.0f s: RabbitMQ closes a channel whose task is not "
+            "acknowledged within its consumer_timeout (default 1800 s); raise it above the "
+            "time limit, or lower the limit",
+            app.conf.task_time_limit,
+        )
+
+
+@signals.worker_shutdown.connect
+def _worker_stopped(**_: Any) -> None:
+    if _Process.metrics is not None:
+        _Process.metrics.stop()
+
+
 @signals.worker_process_init.connect
 def _child_started(**_: Any) -> None:
-    start_child()
+    try:
+        start_child()
+    except Exception:  # Celery would log it and keep the child, which could then run no task
+        logger.exception("worker process could not start; it exits and Celery starts another")
+        os._exit(3)
 
 
 @signals.worker_process_shutdown.connect
 def _child_stopping(**_: Any) -> None:
-    if _Child.stack is None:
+    stack, runner = _Process.stack, _Process.runner
+    if stack is None or runner is None:
         return
-    _Child.runner.close(settings.drain_seconds)
-    left = _Child.stack.shutdown(settings.drain_seconds)
-    _Child.stack.store.close()
+    runner.close(settings.drain_seconds)
+    left = stack.shutdown(settings.drain_seconds)
+    stack.store.close()
     if settings.worker_metrics_port:
         from prometheus_client import multiprocess
 
@@ -106,25 +134,19 @@ def _child_stopping(**_: Any) -> None:
     logger.info("worker process stopped; %d request(s) left for recovery", left)
 
 
-@signals.worker_init.connect
-def _serve_metrics(**_: Any) -> None:
-    """The main process: the children's metrics at HOST:WORKER_METRICS_PORT/metrics."""
-    if not settings.worker_metrics_port:
-        return
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    start_http_server(settings.worker_metrics_port, settings.host, registry)
-    logger.info("metrics on http://%s:%d/metrics", settings.host, settings.worker_metrics_port)
-
-
-@app.task(name=TASK)
-def deliver(request_id: str, from_owner: str) -> str:
+# The hard time limit puts the task back (acks_on_timeout=False) instead of acking it: a child
+# killed before its `take` would otherwise strand its request under a live lease; one killed
+# after it finds, once redelivered, the request taken, and recovery sends it.
+@app.task(name=TASK, acks_on_timeout=False)
+def deliver(request_id: str, from_owner: str, possibly_delivered: bool = False) -> str:
     """Deliver one request handed over by `from_owner` (delivery/task_runner.py)."""
-    runner = _Child.runner or start_child()  # a pool other than prefork: built on first use
     try:
-        return str(runner.run(request_id, from_owner))
+        runner = _Process.runner or start_child()  # a pool other than prefork: built here
+        return str(runner.run(request_id, from_owner, possibly_delivered))
     except StoreError as exc:  # nothing was done: back on the broker, after a pause
-        time.sleep(STORE_PAUSE)
-        raise Reject(str(exc), requeue=True) from exc
+        time.sleep(REQUEUE_PAUSE)
+        raise Reject(str(exc), requeue=True) from None
+    except Exception as exc:  # a bug before the request was taken: never acked and forgotten
+        logger.exception("task for request_id=%s could not run; put back", request_id)
+        time.sleep(REQUEUE_PAUSE)
+        raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from None

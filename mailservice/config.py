@@ -135,6 +135,10 @@ def _port(raw: str) -> int:
     return value
 
 
+def _port_or_zero(raw: str) -> int:
+    return 0 if raw.strip() == "0" else _port(raw)
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -275,8 +279,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "DISPATCHER": ("dispatcher", _one_of(DISPATCHERS, str.lower)),
     "CELERY_BROKER_URL": ("celery_broker_url", str.strip),
     "CELERY_VISIBILITY_TIMEOUT": ("celery_visibility_timeout", _positive(float)),
-    "CELERY_TASK_TIME_LIMIT": ("celery_task_time_limit", _or_zero(_positive(float))),
-    "WORKER_METRICS_PORT": ("worker_metrics_port", _or_zero(_port)),
+    "CELERY_TASK_TIME_LIMIT": ("celery_task_time_limit", _or_zero(_positive(float, True))),
+    "WORKER_METRICS_PORT": ("worker_metrics_port", _or_zero(_port_or_zero)),
 }
 
 

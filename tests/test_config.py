@@ -412,3 +412,17 @@ def test_celery_dispatcher_refuses_what_cannot_work(change, named):
 
 def test_the_thread_dispatcher_needs_no_broker():
     assert settings_from_mapping({"STATUS_STORE_URL": "memory://"}).dispatcher == "thread"
+
+
+def test_env_example_loads_as_it_is_shipped(clean_env: Path):
+    # A copied .env.example is how users start: every value in it must be one we accept.
+    (clean_env / ".env").write_text((REPO / ".env.example").read_text(encoding="utf-8"))
+    settings = load_settings()
+    assert settings.dispatcher == "thread"
+    assert settings.celery_task_time_limit == 0 and settings.worker_metrics_port == 0
+
+
+@pytest.mark.parametrize("name", ["CELERY_TASK_TIME_LIMIT", "WORKER_METRICS_PORT"])
+def test_zero_turns_the_automatic_default_on(name):
+    settings = settings_from_mapping({name: "0"})
+    assert getattr(settings, name.lower()) == 0

@@ -391,7 +391,11 @@ def test_gunicorn_master_and_two_workers_write_json_lines(tmp_path):
     starting = [f for f in lines if f["message"].startswith("Starting gunicorn")]
     assert [f["pid"] for f in starting] == [master]
     attempt = [f for f in lines if f.get("request_id") == request_id]
-    assert attempt and attempt[0]["logger"] == "mailservice.delivery.attempt" and attempt[0]["pid"] in workers
+    assert (
+        attempt
+        and attempt[0]["logger"] == "mailservice.delivery.attempt"
+        and attempt[0]["pid"] in workers
+    )
     assert sum("drained;" in f["message"] for f in lines) == 2
     assert_no_secret(service.output)
 

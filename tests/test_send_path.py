@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from mail_server import EXTENSION, create_app
+from mail_server import EXTENSION, METRICS, create_app
 from mailservice.config import Settings, settings_from_mapping
 from mailservice.testing.celery_worker import CeleryWorker
+from mailservice.testing.ports import free_port
 from mailservice.testing.redis_server import RedisServer
 from mailservice.testing.smtp_servers import Received, SmtpServer
 from mailservice.testing.webhook_receiver import WebhookReceiver, verify
@@ -49,6 +51,7 @@ class SendPath:
     sink: SmtpServer
     receiver: WebhookReceiver
     logs: tuple[Path, ...]  # the request logs: the API's, and the worker's with Celery
+    metrics_port: int  # the worker's WORKER_METRICS_PORT with Celery, else 0
 
     def send(self, body: dict[str, Any], route: str = "/send-email", **headers: str) -> Any:
         return self.client.post(route, json=body, headers={**AUTH, **headers})
@@ -117,6 +120,7 @@ def path(
         "PIN_CPUS": "0",
     }
     worker = None
+    metrics_port = 0
     logs = [folder / "email_log.txt"]
     if dispatcher == "celery":
         env |= {
@@ -125,13 +129,17 @@ def path(
             "CELERY_VISIBILITY_TIMEOUT": "120",
             "CELERY_TASK_TIME_LIMIT": "60",
         }
-        worker_env = env | {"EMAIL_LOG": str(folder / "worker_log.txt")}
+        metrics_port = free_port()
+        worker_env = env | {
+            "EMAIL_LOG": str(folder / "worker_log.txt"),
+            "WORKER_METRICS_PORT": str(metrics_port),
+        }
         logs.append(folder / "worker_log.txt")
         worker = CeleryWorker(folder, worker_env, concurrency=2).start()
     settings: Settings = settings_from_mapping(env)
     app = create_app(settings)
     app.config["TESTING"] = True
-    yield SendPath(dispatcher, app, app.test_client(), sink, receiver, tuple(logs))
+    yield SendPath(dispatcher, app, app.test_client(), sink, receiver, tuple(logs), metrics_port)
     app.extensions[EXTENSION].shutdown(5)
     app.extensions[EXTENSION].store.close()
     if worker is not None:
@@ -294,3 +302,22 @@ def test_the_callback_url_gets_the_signed_final_status(path):
     record = wait_for(lambda: (r := path.app.extensions[EXTENSION].store.get(request_id)) and
                       r.webhook == "delivered" and r)  # fmt: skip
     assert record.webhook == "delivered"
+
+
+def test_the_outcomes_are_counted_where_they_happen(path):
+    # The thread pool counts in the API process (/metrics); a Celery worker counts in its
+    # children and serves their sum at WORKER_METRICS_PORT.
+    delivered(path, message(subject="Counted"))
+
+    def sent_total() -> float:
+        if path.dispatcher == "thread":
+            text = path.app.extensions[METRICS].render().decode()
+        else:
+            url = f"http://127.0.0.1:{path.metrics_port}/metrics"
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+        values = [
+            ln.split()[-1] for ln in text.splitlines() if ln.startswith("mail_requests_sent_total")
+        ]
+        return float(values[0]) if values else 0.0
+
+    assert wait_for(lambda: sent_total() >= 1, timeout=15)

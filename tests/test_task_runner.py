@@ -251,6 +251,23 @@ def test_a_permanent_failure_ends_failed_with_the_reason(deployment: Deployment)
     assert deployment.worker.handoff.flush(1) and len(deployment.worker_published) == 0
 
 
+def test_a_possibly_delivered_earlier_attempt_is_carried_to_the_final_error(
+    deployment: Deployment,
+) -> None:
+    # The thread pool keeps the flag in memory between attempts; with Celery it travels with
+    # the hand-over, so that the final error says the same.
+    deployment.smtp.handler.script("DATA", "451 4.3.0 try later", "550 5.7.1 content rejected")
+    request_id = deployment.accept()
+    assert deployment.runner.run(request_id, "api", possibly_delivered=True) is TaskResult.RETRY
+    (handover,) = wait_for(lambda: deployment.worker_published.handovers)
+    assert handover == Handover(request_id, WORKER, possibly_delivered=True)
+    assert deployment.runner.run(request_id, WORKER, handover.possibly_delivered) is (
+        TaskResult.FAILED
+    )
+    record = deployment.store.get(request_id)
+    assert record is not None and "possibly delivered (same Message-ID)" in (record.error or "")
+
+
 def test_a_sender_no_longer_configured_ends_failed_and_sends_nothing(
     deploy: Callable[..., Deployment], store: StatusStore
 ) -> None:

@@ -91,9 +91,10 @@ class CeleryDispatcher(Dispatcher):
         logger.info("resuming request_id=%s (status %s)", record.request_id, record.status)
         self.later(record.request_id)
 
-    def later(self, request_id: str, delay: float = 0.0) -> None:
+    def later(self, request_id: str, delay: float = 0.0, possibly_delivered: bool = False) -> None:
         """Hand the request (owned by this process) over, after `delay` seconds."""
-        if not self.handoff.put(Handover(request_id, self.owner), delay):
+        handover = Handover(request_id, self.owner, possibly_delivered)
+        if not self.handoff.put(handover, delay):
             logger.info("left for recovery request_id=%s", request_id)
 
     @contextlib.contextmanager

@@ -37,10 +37,13 @@ REMIND_EVERY = 300.0
 
 @dataclass(frozen=True, slots=True)
 class Handover:
-    """One task to publish: deliver `request_id`, taken over from `from_owner`."""
+    """One task to publish: deliver `request_id`, taken over from `from_owner`.
+    `possibly_delivered`: an earlier attempt got no reply to the end of DATA (the final error
+    says so, as the thread pool's does)."""
 
     request_id: str
     from_owner: str
+    possibly_delivered: bool = False
 
 
 class Handoff:

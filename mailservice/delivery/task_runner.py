@@ -56,14 +56,15 @@ class TaskRunner:
         self.senders = senders
         self._unsaved: StoreRetry[StatusRecord] = StoreRetry(self.attempt.save_final)
 
-    def run(self, request_id: str, from_owner: str) -> TaskResult:
-        """One task; StoreError when the store could not be asked (nothing was done)."""
+    def run(self, request_id: str, from_owner: str, possibly_delivered: bool = False) -> TaskResult:
+        """One task; StoreError when the store could not be asked (nothing was done).
+        `possibly_delivered`: what the hand-over says of the earlier attempts."""
         taken = self.store.take(request_id, from_owner, self.dispatcher.owner)
         if taken is None:
             logger.debug("request_id=%s is no longer %s's: nothing to do", request_id, from_owner)
             return TaskResult.SKIPPED
         record, payload = taken
-        state = AttemptState(record, payload)
+        state = AttemptState(record, payload, possibly_delivered=possibly_delivered)
         sender = self.senders.by_email(record.sender)
         if sender is None:
             return self._end(self.attempt.failed(state, "its sender is no longer configured"))
@@ -83,10 +84,10 @@ class TaskRunner:
                 logger.warning("request_id=%s was taken over by another process", state.request_id)
                 return TaskResult.DROPPED
             log_retry(step)
-            self.dispatcher.later(state.request_id, step.delay)
+            self.dispatcher.later(state.request_id, step.delay, state.possibly_delivered)
             return TaskResult.RETRY
         if isinstance(step, WaitForStore):  # `sending` not recorded: it is still ours, unsent
-            self.dispatcher.later(state.request_id, step.delay)
+            self.dispatcher.later(state.request_id, step.delay, state.possibly_delivered)
             return TaskResult.RETRY
         logger.warning("request_id=%s: %s", state.request_id, step.reason)
         return TaskResult.DROPPED
