@@ -40,8 +40,14 @@ from mailservice.worker_metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
-# A task that cannot be run now (the store cannot be asked) goes back to the broker after
-# this pause, so that an outage costs each child one try per pause, not a busy loop.
+# A task whose store cannot be asked waits in its child for the store, trying again after
+# STORE_WAIT_FIRST seconds, doubling up to STORE_WAIT_MAX, for up to STORE_WAIT_BUDGET in all,
+# then goes back to the broker: an outage costs each child a try every few seconds and, once
+# a minute, one "rejected" line in Celery's log, not one a second (the store's own log says
+# once that it is down). A task that cannot run for another reason goes back after a pause.
+STORE_WAIT_FIRST = 0.25
+STORE_WAIT_MAX = 5.0
+STORE_WAIT_BUDGET = 60.0
 REQUEUE_PAUSE = 1.0
 
 
@@ -142,10 +148,18 @@ def deliver(request_id: str, from_owner: str, possibly_delivered: bool = False) 
     """Deliver one request handed over by `from_owner` (delivery/task_runner.py)."""
     try:
         runner = _Process.runner or start_child()  # a pool other than prefork: built here
-        return str(runner.run(request_id, from_owner, possibly_delivered))
-    except StoreError as exc:  # nothing was done: back on the broker, after a pause
-        time.sleep(REQUEUE_PAUSE)
-        raise Reject(str(exc), requeue=True) from None
+        budget = min(STORE_WAIT_BUDGET, app.conf.task_time_limit / 2)
+        deadline, delay = time.monotonic() + budget, STORE_WAIT_FIRST
+        while True:
+            try:
+                return str(runner.run(request_id, from_owner, possibly_delivered))
+            except StoreError as exc:  # nothing was done: wait for the store, or put it back
+                if time.monotonic() + delay > deadline:
+                    raise Reject(str(exc), requeue=True) from None
+                time.sleep(delay)
+                delay = min(delay * 2, STORE_WAIT_MAX)
+    except Reject:
+        raise
     except Exception as exc:  # a bug before the request was taken: never acked and forgotten
         logger.exception("task for request_id=%s could not run; put back", request_id)
         time.sleep(REQUEUE_PAUSE)
