@@ -83,8 +83,12 @@ class Burst:
         self._lock = threading.Lock()
         self._ids: list[str] = []
         self._refusals: list[str] = []
+        # Daemon threads: a test that fails mid-burst must not keep the run alive until the
+        # deadline (its processes are stopped, so what is left fails fast anyway).
         self._threads = [
-            threading.Thread(target=self._client, args=(self.ports[i % len(self.ports)],))
+            threading.Thread(
+                target=self._client, args=(self.ports[i % len(self.ports)],), daemon=True
+            )
             for i in range(threads)
         ]
 
