@@ -9,7 +9,8 @@ Workers run with `--concurrency 2`, although the machine has 2 cores. A worker c
 most of a task's time waiting, not sending: with `task_acks_late` and a prefetch of one, the
 main process fetches a child's next task only once the last one is acknowledged, and hands it
 over through a pipe; a second child per worker overlaps that wait. On this machine two workers
-of two children delivered the 2,000 in about half the time of two workers of one child.
+of two children delivered the 2,000 roughly 1.5 to 2 times as fast as two workers of one child
+(the child of a one-child worker was idle most of the time).
 
 The time-outs are short so that a crash costs seconds, not minutes: a visibility timeout of
 12 s (a Redis broker puts back the task of a killed worker that had not taken its request
