@@ -22,13 +22,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import stress_rows
+from bench import burst, stress_rows
 from bench.ceiling import run_ceiling
+from bench.counters import CpuProbe, Probe, RedisCounter
 from bench.load import LoadResult, lua_script, run_python, run_wrk
 from bench.measure import per_message, per_second, wait_for_sink
 from bench.report import Row, RowResult, format_table, write_results
-from bench.services import cpu_seconds, memory_kb, start_settled
-from bench.sink import SinkProcess, SinkStats
+from bench.services import cpu_seconds, start_settled
+from bench.sink import SinkProcess
 from bench.workload import API_KEY, WORKLOADS, write_senders_file
 from mailservice.testing.ports import free_port
 from mailservice.testing.redis_server import RedisServer, find_redis_binary
@@ -146,109 +147,59 @@ class Bench:
             requests, concurrency, args.max_seconds,
         )  # fmt: skip
 
+    def base_env(self, rowdir: Path, store_url: str) -> dict[str, str]:
+        """The settings of every throughput row's service."""
+        return {
+            "SENDERS_FILE": str(self.senders_file),
+            "SMTP_SECURITY": "none",
+            "STATUS_STORE_URL": store_url,
+            "RATE_LIMIT": "",
+            "EMAIL_LOG": str(rowdir / "email_log.txt"),
+            "WORKERS": str(self.args.workers),
+            "GUNICORN_WORKERS": str(self.args.gunicorn_workers),
+            "DRAIN_SECONDS": "5",
+        }
+
     def service_row(self, name: str) -> RowResult:
         args = self.args
         kind, store, *rest = name.split("-")
         workload = rest[0] if rest else "plain"
-        per_request = WORKLOADS[workload].messages_per_request
         row = RowResult(name, args.messages, accepted=0)
+        probes: dict[str, Probe] = {}
         if store == "redis":
             if self.redis is None:
                 row.notes.append("skipped: redis-server is not installed")
                 return row
             self.redis.flush()
+            probes = {
+                "redis_cpu_us_per_msg": CpuProbe(self.redis.pids),
+                "store": RedisCounter(self.redis.port),
+            }
         rowdir = self.workdir / name
         rowdir.mkdir(exist_ok=True)
-        env = {
-            "SENDERS_FILE": str(self.senders_file),
-            "SMTP_SECURITY": "none",
-            "STATUS_STORE_URL": self.redis.url
-            if store == "redis" and self.redis
-            else args.memory_url,
-            "RATE_LIMIT": "",
-            "EMAIL_LOG": str(rowdir / "email_log.txt"),
-            "WORKERS": str(args.workers),
-            "GUNICORN_WORKERS": str(args.gunicorn_workers),
-            "DRAIN_SECONDS": "5",
-            **dict(WORKLOADS[workload].env),
-        }
+        store_url = self.redis.url if store == "redis" and self.redis else args.memory_url
+        env = {**self.base_env(rowdir, store_url), **dict(WORKLOADS[workload].env)}
         self.sink.reset()
         service = ServiceProcess(rowdir, env, kind=kind)
         try:
             start_settled(service)
-            pids_before = service.pids()
-            cpu_before = cpu_seconds(pids_before)
-            rss_before = memory_kb(pids_before, "VmRSS")
-            redis_pids = self.redis.pids() if store == "redis" and self.redis else []
-            redis_cpu_before = cpu_seconds(redis_pids)
-            sink_cpu_before = cpu_seconds(self.sink.pids())
-            load = self.fire(service, workload)
-            accepted = load.accepted * per_request
-            stats = wait_for_sink(self.sink, accepted, args.wait, args.stall)
-            pids = service.pids()
-            cpu = cpu_seconds(pids) - cpu_before
-            redis_cpu = cpu_seconds(redis_pids) - redis_cpu_before
-            sink_cpu = cpu_seconds(self.sink.pids()) - sink_cpu_before
-            peak_kb = memory_kb(pids, "VmHWM")
-            rss_after = memory_kb(pids, "VmRSS")
-            # Further bursts on the same processes: memory must come back to the same level
-            # once each is drained (bounded by QUEUE_MAX, no growth per message).
-            rss_after_each = [rss_after / 1024]
-            for _ in range(args.bursts - 1):
-                self.sink.reset()
-                more = self.fire(service, workload)
-                wait_for_sink(self.sink, more.accepted * per_request, args.wait, args.stall)
-                rss_after_each.append(memory_kb(service.pids(), "VmRSS") / 1024)
+            burst.measure(
+                row, args, self.sink, lambda: self.fire(service, workload),
+                WORKLOADS[workload].messages_per_request, service.pids, probes,
+            )  # fmt: skip
         except RuntimeError as exc:
             row.notes.append(f"failed: {exc}")
             return row
         finally:
             exit_code = service.stop()
-        self._fill(row, load, stats, per_request)
-        row.peak_rss_mb = peak_kb / 1024
-        row.cpu_us_per_msg = per_message(cpu, accepted)
-        if sorted(pids) != sorted(pids_before):
-            row.notes.append("the set of service processes changed during the run (a restart?)")
-        if exit_code:
-            row.notes.append(f"exit code {exit_code} on SIGTERM; its log's tail is in the JSON")
-            row.details["log_tail"] = service.log_tail(80)
-        row.details.update(
-            processes=len(pids),
-            rss_before_mb=rss_before / 1024,
-            rss_after_mb=rss_after / 1024,
-            rss_after_each_burst_mb=rss_after_each,
-            redis_cpu_us_per_msg=per_message(redis_cpu, accepted) if redis_pids else None,
-            sink_cpu_us_per_msg=per_message(sink_cpu, stats.messages),
-        )
-        if len(rss_after_each) > 1:
-            shown = ", ".join(f"{mb:.0f}" for mb in rss_after_each)
-            row.notes.append(f"RSS after each of {len(rss_after_each)} bursts: {shown} MB")
+        self.note_exit(row, service, exit_code)
         return row
 
     @staticmethod
-    def _fill(row: RowResult, load: LoadResult, stats: SinkStats, per_request: int) -> None:
-        """The row's figures; `accepted` counts messages (a batch's 202 accepts 100)."""
-        row.accepted = load.accepted * per_request
-        row.accepted_per_s = load.accepted_per_s and load.accepted_per_s * per_request
-        row.p50_ms, row.p99_ms = load.p50_ms, load.p99_ms
-        row.delivered = stats.messages
-        row.delivered_per_s = per_second(stats.messages, load.first_202, stats.last_message)
-        row.smtp_sessions = stats.sessions
-        other = {code: n for code, n in load.statuses.items() if code != "202"}
-        if other:
-            row.notes.append(f"answers other than 202: {other}")
-        if load.errors:
-            row.notes.append(f"load generator errors: {load.errors}")
-        row.notes.extend(load.notes)
-        row.details = {
-            "generator": load.generator,
-            "statuses": load.statuses,
-            "max_ms": load.max_ms,
-            "first_request": load.first_request,
-            "first_202": load.first_202,
-            "last_response": load.last_response,
-            "sink": {"first_message": stats.first_message, "last_message": stats.last_message},
-        }
+    def note_exit(row: RowResult, service: ServiceProcess, exit_code: int | None) -> None:
+        if exit_code:
+            row.notes.append(f"exit code {exit_code} on SIGTERM; its log's tail is in the JSON")
+            row.details["log_tail"] = service.log_tail(80)
 
     def row(self, name: str) -> Row:
         rowdir = self.workdir / name

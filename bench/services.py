@@ -3,14 +3,15 @@
 The processes themselves are the tests' own (mailservice/testing): `ServiceProcess` runs the
 service as production does, `RedisServer` a throw-away `redis-server`. Here: CPU time and
 memory read from /proc for a process and its children (gunicorn's workers), and
-`start_settled()`, which waits after start-up until the service is idle, so that what a row
-measures is the burst and not the import of the app.
+`start_settled()`, which waits after start-up until the service is idle (`settle()`, for any set
+of processes), so that what a row measures is the burst and not the import of the app.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mailservice.testing.service_process import ServiceProcess, stat_fields
@@ -51,11 +52,21 @@ def start_settled(
     CPU would count against the burst."""
     deadline = time.monotonic() + timeout
     service.start(timeout)
-    before = cpu_seconds(service.pids())
+    settle(service.pids, deadline - time.monotonic(), quiet, interval)
+    return service
+
+
+def settle(
+    pids: Callable[[], list[int]], timeout: float, quiet: float = 0.02, interval: float = 0.3
+) -> bool:
+    """Wait up to `timeout` s until these processes used less than `quiet` s of CPU in one
+    `interval`; whether they did."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pids())
     while time.monotonic() < deadline:
         time.sleep(interval)
-        now = cpu_seconds(service.pids())
+        now = cpu_seconds(pids())
         if now - before < quiet:
-            break
+            return True
         before = now
-    return service
+    return False

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import smtplib
+from pathlib import Path
 
 import pytest
+import redis
 
+from bench.counters import RedisCounter
 from bench.load import lua_script, percentile
 from bench.report import RowResult, format_markdown, format_table
 from bench.sink import SinkProcess
 from bench.workload import API_KEY, SEND_PATH, WORKLOADS, body_bytes
 from mailservice.testing.ports import free_port
+from mailservice.testing.redis_server import RedisServer
 from tests.conftest import API_KEY as TEST_KEY
 
 # What a run's summary is headed with; the same fake run for every report test.
@@ -91,3 +95,25 @@ def test_every_bench_workload_is_accepted_whole_by_the_service(client, smtp_serv
     accepted = answer.get_json().get("messages", [answer.get_json()])
     assert len(accepted) == workload.messages_per_request
     assert all(item.get("request_id") for item in accepted)
+
+
+@pytest.mark.redis
+def test_redis_counter_counts_round_trips_and_commands_per_message(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path).start()
+    client = redis.Redis(port=server.port)
+    try:
+        client.ping()  # connected before the count begins
+        counter = RedisCounter(server.port)
+        counter.begin()
+        for n in range(100):
+            client.set(f"k{n}", "v")  # one round trip
+            client.pipeline().incrby("n", 1).incrby("n", 2).execute()  # MULTI ... EXEC: one
+        figures = counter.end(100)
+    finally:
+        client.close()
+        server.stop()
+    by_name = figures["commands_by_name_per_msg"]
+    assert (by_name["set"], by_name["incrby"], by_name["multi"], by_name["exec"]) == (1, 2, 1, 1)
+    assert figures["commands_per_msg"] >= 5.0
+    # Two a message, and the counter's own few (its INFO calls) spread over 100 messages.
+    assert 2.0 <= figures["round_trips_per_msg"] <= 2.1
