@@ -26,10 +26,12 @@ COLUMNS = (
     ("delivered/s", "delivered_per_s"),
     ("/ceiling", "vs_ceiling"),
     ("/plain", "vs_plain"),
+    ("/thread", "vs_thread"),
     ("delivered", "delivered_of"),
     ("SMTP sessions", "smtp_sessions"),
     ("peak RSS MB", "peak_rss_mb"),
     ("CPU us/msg", "cpu_us_per_msg"),
+    ("broker RT/msg", "broker_rt_per_msg"),
 )
 
 
@@ -49,9 +51,11 @@ class RowResult:
     delivered_per_s: float | None = None
     vs_ceiling: float | None = None
     vs_plain: float | None = None  # delivered/s against gunicorn-memory of the same run
+    vs_thread: float | None = None  # a Celery row's against gunicorn-redis of the same run
     smtp_sessions: int | None = None
     peak_rss_mb: float | None = None
     cpu_us_per_msg: float | None = None
+    broker_rt_per_msg: float | None = None  # a Celery row's round trips to its broker
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 

@@ -5,10 +5,11 @@ or `python mail_server.py`) with the memory or the Redis store, fires `--message
 `--concurrency` from wrk (or the Python client when wrk is missing), waits (with a deadline) for
 the counting sink to receive every accepted message, reads CPU time and peak RSS from /proc,
 and stops the service. The first row is the ceiling: plain smtplib, same messages, no HTTP,
-no store. Then the stress rows (bench/stress_rows.py): normal calls while 100 clients send a
-byte at a time (slow-clients-*), and memory per MB of big messages queued while SMTP is down
-(big-messages-*). Every process it starts listens on 127.0.0.1 only and is stopped on the way
-out.
+no store. The Celery rows (bench/celery_rows.py) run the API with DISPATCHER=celery and Celery
+workers on a broker, beside the thread pool on the same store. Then the stress rows
+(bench/stress_rows.py): normal calls while 100 clients send a byte at a time (slow-clients-*),
+and memory per MB of big messages queued while SMTP is down (big-messages-*). Every process it
+starts listens on 127.0.0.1 only and is stopped on the way out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, stress_rows
+from bench import burst, celery_rows, stress_rows
 from bench.ceiling import run_ceiling
 from bench.counters import CpuProbe, Probe, RedisCounter
 from bench.load import LoadResult, lua_script, run_python, run_wrk
@@ -35,7 +36,10 @@ from mailservice.testing.ports import free_port
 from mailservice.testing.redis_server import RedisServer, find_redis_binary
 from mailservice.testing.service_process import ROOT, ServiceProcess
 
-THROUGHPUT_ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-redis")
+# The Celery rows come right after gunicorn-redis, the thread pool on their store: /thread.
+THROUGHPUT_ROWS = (
+    "gunicorn-memory", "gunicorn-redis", *celery_rows.CELERY_ROWS, "plain-memory", "plain-redis",
+)  # fmt: skip
 # gunicorn-memory with other content (bench/workload.py); /plain compares each with
 # gunicorn-memory of the same run. A batch row's --messages are sent 100 to a request.
 CONTENT_ROWS = ("gunicorn-memory-templated", "gunicorn-memory-attachment", "gunicorn-memory-batch")
@@ -53,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rows",
         default=",".join(DEFAULT_ROWS),
-        help=f"comma-separated, of {', '.join(ROWS)} (all but slow-clients-gthread)",
+        help=f"comma-separated, of {', '.join(ROWS)} (all but slow-clients-gthread); "
+        f"a Celery row brings {celery_rows.THREAD_ROW} along",
     )
     parser.add_argument("--workers", type=int, default=8, help="WORKERS sending threads (8)")
     parser.add_argument("--gunicorn-workers", type=int, default=2, help="GUNICORN_WORKERS (2)")
@@ -69,9 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--bursts", type=int, default=1, help="bursts per row; RSS is kept after each (1)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    celery_rows.add_arguments(parser)
     stress_rows.add_arguments(parser)
     args = parser.parse_args(argv)
     args.rows = [name.strip() for name in args.rows.split(",") if name.strip()]
+    args.rows = celery_rows.with_thread_row(args.rows)
     unknown = [name for name in args.rows if name not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
@@ -121,6 +128,7 @@ class Bench:
         self.workdir = workdir
         self.sink = SinkProcess(free_port())
         self.redis: RedisServer | None = None
+        self.celery = celery_rows.CeleryRows(self)
         self.senders_file = workdir / "data.csv"
         self.wrk = shutil.which("wrk") if args.generator != "python" else None
         if args.generator == "wrk" and self.wrk is None:
@@ -148,7 +156,7 @@ class Bench:
         )  # fmt: skip
 
     def base_env(self, rowdir: Path, store_url: str) -> dict[str, str]:
-        """The settings of every throughput row's service."""
+        """The settings of every throughput row's service (a Celery row's workers too)."""
         return {
             "SENDERS_FILE": str(self.senders_file),
             "SMTP_SECURITY": "none",
@@ -210,12 +218,16 @@ class Bench:
             )
         if name in stress_rows.BIG_ROWS:
             return stress_rows.big_messages_row(name, self.args, self.redis, rowdir)
+        if name in celery_rows.CELERY_ROWS:
+            self.sink.reset()
+            return self.celery.row(name)
         return self.service_row(name)
 
     def run(self) -> tuple[list[Row], str]:
         self.sink.start()
         write_senders_file(self.senders_file, self.sink.port)
         redis_binary = find_redis_binary()
+        # A Celery row brings gunicorn-redis (parse_args): its store is this Redis too.
         if any(name.endswith("-redis") for name in self.args.rows) and redis_binary:
             self.redis = RedisServer(self.workdir, binary=redis_binary).start()
         ceiling = ceiling_row(self.args, self.sink)
@@ -227,11 +239,14 @@ class Bench:
             if isinstance(row, RowResult) and row.delivered_per_s and ceiling.delivered_per_s:
                 row.vs_ceiling = row.delivered_per_s / ceiling.delivered_per_s
             row_vs_plain(row, rows)
+            if isinstance(row, RowResult):
+                celery_rows.row_vs_thread(row, [r for r in rows if isinstance(r, RowResult)])
             generator = row.details.get("generator", generator)
             rows.append(row)
         return rows, generator
 
     def close(self) -> None:
+        self.celery.close()
         if self.redis is not None:
             self.redis.stop()
         self.sink.stop()

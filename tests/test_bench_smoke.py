@@ -1,4 +1,5 @@
-"""The benchmark's parts work (a second or two); no speed is ever asserted here."""
+"""The benchmark's parts work (each a second or two), and its Celery rows run small beside the
+thread pool (tens of seconds: gunicorn and Celery workers start); no speed is ever asserted."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from pathlib import Path
 import pytest
 import redis
 
+from bench.celery_rows import with_thread_row
 from bench.counters import RedisCounter
 from bench.load import lua_script, percentile
 from bench.report import RowResult, format_markdown, format_table
+from bench.run import Bench, parse_args
 from bench.sink import SinkProcess
 from bench.workload import API_KEY, SEND_PATH, WORKLOADS, body_bytes
 from mailservice.testing.ports import free_port
+from mailservice.testing.rabbitmq import list_vhosts, require_rabbitmq
 from mailservice.testing.redis_server import RedisServer
 from tests.conftest import API_KEY as TEST_KEY
 
@@ -97,6 +101,16 @@ def test_every_bench_workload_is_accepted_whole_by_the_service(client, smtp_serv
     assert all(item.get("request_id") for item in accepted)
 
 
+def test_a_celery_row_brings_the_thread_pool_row_on_its_store_along() -> None:
+    assert with_thread_row(["plain-memory", "celery-redis-2"]) == [
+        "plain-memory", "gunicorn-redis", "celery-redis-2",
+    ]  # fmt: skip
+    assert with_thread_row(["celery-redis-1", "gunicorn-redis"]) == [
+        "celery-redis-1", "gunicorn-redis",
+    ]  # fmt: skip
+    assert with_thread_row(["gunicorn-memory"]) == ["gunicorn-memory"]
+
+
 @pytest.mark.redis
 def test_redis_counter_counts_round_trips_and_commands_per_message(tmp_path: Path) -> None:
     server = RedisServer(tmp_path).start()
@@ -117,3 +131,51 @@ def test_redis_counter_counts_round_trips_and_commands_per_message(tmp_path: Pat
     assert figures["commands_per_msg"] >= 5.0
     # Two a message, and the counter's own few (its INFO calls) spread over 100 messages.
     assert 2.0 <= figures["round_trips_per_msg"] <= 2.1
+
+
+def run_small(tmp_path: Path, rows: str) -> dict[str, RowResult]:
+    """A bench run of `rows` with 40 messages from the Python client; its rows by name."""
+    args = parse_args(
+        ["--rows", rows, "--messages", "40", "--concurrency", "4", "--generator", "python",
+         "--wait", "60", "--out", str(tmp_path / "results")]
+    )  # fmt: skip
+    bench = Bench(args, tmp_path)
+    try:
+        found, _ = bench.run()
+    finally:
+        bench.close()
+    return {row.name: row for row in found if isinstance(row, RowResult)}
+
+
+def assert_celery_row_beside_the_thread_pool(rows: dict[str, RowResult], name: str) -> RowResult:
+    thread, celery = rows["gunicorn-redis"], rows[name]
+    for row in (thread, celery):
+        assert (row.accepted, row.delivered, row.notes) == (40, 40, [])
+    assert thread.delivered_per_s and celery.delivered_per_s
+    assert celery.vs_thread == pytest.approx(celery.delivered_per_s / thread.delivered_per_s)
+    assert celery.cpu_us_per_msg and celery.details["worker_children_cpu_us_per_msg"] > 0
+    assert celery.broker_rt_per_msg and celery.broker_rt_per_msg > 1  # a publish, a fetch, ...
+    assert celery.details["store"]["round_trips_per_msg"] > 1
+    return celery
+
+
+@pytest.mark.redis
+def test_celery_rows_run_small_on_a_redis_broker(tmp_path: Path) -> None:
+    rows = run_small(tmp_path, "celery-redis-1")
+    assert list(rows) == ["ceiling (smtplib x8)", "gunicorn-redis", "celery-redis-1"]
+    celery = assert_celery_row_beside_the_thread_pool(rows, "celery-redis-1")
+    assert celery.details["layout"] == "prefork" and celery.details["worker_processes"] == 1
+    # Each task is pushed on the broker once and fetched once.
+    by_name = celery.details["broker_counts"]["commands_by_name_per_msg"]
+    assert by_name["lpush"] >= 1.0 and by_name["brpop"] >= 1.0
+
+
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+def test_the_celery_row_runs_small_on_rabbitmq_in_a_vhost_it_deletes(tmp_path: Path) -> None:
+    require_rabbitmq()
+    rows = run_small(tmp_path, "celery-rabbitmq-2")
+    celery = assert_celery_row_beside_the_thread_pool(rows, "celery-rabbitmq-2")
+    assert celery.details["broker_counts"]["connections"] >= 2  # the API's and the worker's
+    assert celery.details["vhost"].startswith("mailtest-")
+    assert celery.details["vhost"] not in list_vhosts()
