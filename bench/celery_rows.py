@@ -23,6 +23,7 @@ workers' main processes and their children; the JSON also has it per role.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +31,10 @@ from typing import TYPE_CHECKING
 
 from bench import burst
 from bench.counters import CpuProbe, Probe, RabbitCounter, RedisCounter
+from bench.profiles import format_summary, summarize
 from bench.report import RowResult
 from bench.services import settle, start_settled
-from mailservice.testing.celery_worker import CeleryWorker
+from mailservice.testing.celery_worker import DEFAULT_APP, CeleryWorker
 from mailservice.testing.rabbitmq import (
     RabbitVhost,
     find_rabbitmqctl,
@@ -59,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="prefork",
         help="N worker processes as one worker with --concurrency N (prefork, the default) "
         "or as N workers of --concurrency 1 (instances)",
+    )
+    group.add_argument(
+        "--celery-profile",
+        choices=("cpu", "wall"),
+        help="run the workers under a profiler (bench/celery_profiled.py): CPU samples, or "
+        "cProfile by the wall clock (much slower); the JSON and stdout get where the time goes",
     )
 
 
@@ -121,9 +129,17 @@ class CeleryRows:
         return self.broker
 
     def workers(self, rowdir: Path, env: dict[str, str], processes: int) -> list[CeleryWorker]:
-        if self.bench.args.celery_layout == "prefork":
-            return [CeleryWorker(rowdir, env, processes, "w1")]
-        return [CeleryWorker(rowdir, env, 1, f"w{n}") for n in range(processes)]
+        args = self.bench.args
+        module = "bench.celery_profiled" if args.celery_profile else DEFAULT_APP
+        if args.celery_profile:
+            env = {
+                **env,
+                "BENCH_PROFILE_DIR": str(rowdir),
+                "BENCH_PROFILE_CLOCK": args.celery_profile,
+            }
+        if args.celery_layout == "prefork":
+            return [CeleryWorker(rowdir, env, processes, "w1", app_module=module)]
+        return [CeleryWorker(rowdir, env, 1, f"w{n}", app_module=module) for n in range(processes)]
 
     def row(self, name: str) -> RowResult:
         bench, args = self.bench, self.bench.args
@@ -189,6 +205,10 @@ class CeleryRows:
         )
         if vhost is not None:
             row.details["vhost"] = vhost.name
+        if args.celery_profile:
+            row.details["profile"] = summarize(rowdir, row.delivered)
+            row.notes.append(f"workers ran under a profiler ({args.celery_profile}): slower")
+            print(format_summary(name, row.details["profile"]), file=sys.stderr)
         return row
 
     @staticmethod

@@ -3,8 +3,10 @@ thread pool (tens of seconds: gunicorn and Celery workers start); no speed is ev
 
 from __future__ import annotations
 
+import cProfile
 import json
 import smtplib
+import time
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,10 @@ import redis
 from bench.celery_rows import with_thread_row
 from bench.counters import RedisCounter
 from bench.load import lua_script, percentile
+from bench.profiles import summarize
 from bench.report import RowResult, format_markdown, format_table
 from bench.run import Bench, parse_args
+from bench.sampler import CpuSampler
 from bench.sink import SinkProcess
 from bench.workload import API_KEY, SEND_PATH, WORKLOADS, body_bytes
 from mailservice.testing.ports import free_port
@@ -131,6 +135,41 @@ def test_redis_counter_counts_round_trips_and_commands_per_message(tmp_path: Pat
     assert figures["commands_per_msg"] >= 5.0
     # Two a message, and the counter's own few (its INFO calls) spread over 100 messages.
     assert 2.0 <= figures["round_trips_per_msg"] <= 2.1
+
+
+def test_profile_summary_gives_the_costliest_functions_per_message(tmp_path: Path) -> None:
+    def costly() -> int:
+        return sum(n * n for n in range(20000))
+
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(5):
+        costly()
+    profile.disable()
+    profile.dump_stats(str(tmp_path / "child-1.pstats"))
+    summary = summarize(tmp_path, messages=5)
+    assert set(summary) == {"child"} and summary["child"]["processes"] == 1
+    top = next(r for r in summary["child"]["by_total"] if "costly" in r["function"])
+    assert top["calls_per_msg"] == 1.0 and top["total_us_per_msg"] > 0
+
+
+def test_cpu_samples_charge_the_busy_function(tmp_path: Path) -> None:
+    def spin(seconds: float) -> None:
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+
+    sampler = CpuSampler().start()
+    try:
+        spin(0.3)
+    finally:
+        sampler.stop()
+    sampler.dump(tmp_path / "main-1.samples.json")
+    assert sampler.samples > 0 and sampler.cpu_seconds >= 0.3
+    summary = summarize(tmp_path, messages=1)["main"]
+    assert summary["kind"] == "cpu samples"
+    busy = next(r for r in summary["by_own"] if "spin" in r["function"])
+    assert busy["own_us_per_msg"] > 0.5 * 0.3e6  # most of the CPU, whatever the tick
 
 
 def run_small(tmp_path: Path, rows: str) -> dict[str, RowResult]:
