@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
     assert pragma(path, "user_version") == 0
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 4
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 5
         assert store.get(REQUEST_ID) == record  # later columns read as their defaults
         assert store.get(REQUEST_ID).history == ()  # type: ignore[union-attr]
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
@@ -109,6 +110,49 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
         repeat = new_record("66666666-6666-4666-8666-000000000002")
         earlier = store.create(repeat, "{}", IdempotencyClaim(CLAIM.scope, "other", "x"))
         assert earlier == CLAIM, "the Idempotency-Key stored before the migration still holds"
+    finally:
+        store.close()
+
+
+def version_4_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file as the release of schema version 4 left it: a request sent, one queued."""
+    from mailservice.stores import sqlite_schema
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:4])
+        patch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+        store = SqliteStatusStore(str(path), ttl=60)
+        sent = new_record("66666666-6666-4666-8666-000000000004")
+        store.create(sent, "{}")
+        store.save(replace(sent, status=EmailStatus.SENT, pending=()))
+        store.create(new_record(), '{"subject": "kept"}')
+        store.close()
+    assert pragma(path, "user_version") == 4
+    return path
+
+
+def test_version_4_file_is_migrated_keeping_its_counts_and_its_triggers_take_every_final_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = version_4_file(tmp_path / "v4.db", monkeypatch)
+    store = SqliteStatusStore(str(path), ttl=60)
+    try:
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 5
+        counts = store.counts()
+        assert counts[EmailStatus.SENT] == 1 and counts[EmailStatus.QUEUED] == 1
+        assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
+        queued = store.get(REQUEST_ID)
+        assert queued is not None
+        canceled = replace(queued, status=EmailStatus.CANCELED, pending=())
+        assert store.save(canceled)
+        store.save(replace(canceled, attempts=1))  # final again, same status: counted once
+        counts = store.counts()
+        assert counts[EmailStatus.QUEUED] == 0, "the new trigger moved the count"
+        assert counts[EmailStatus.CANCELED] == 1 and counts[EmailStatus.SENT] == 1
+        minute = canceled.updated_at.strftime("%Y-%m-%dT%H:%M")
+        finished = store._finished_in([minute])
+        assert finished[(minute, EmailStatus.CANCELED)] == 1
+        assert store.payload(REQUEST_ID) is None
     finally:
         store.close()
 

@@ -1040,12 +1040,50 @@ def test_counts_follow_every_create_and_change_of_status(store: StatusStore) -> 
     store.save(replace(sending[2], status=EmailStatus.FAILED, pending=(), error="550"))
     store.save(replace(sending[3], attempts=2))  # saved again, same status: no change
     assert store.counts() == {
+        EmailStatus.SCHEDULED: 0,
         EmailStatus.QUEUED: 0,
         EmailStatus.SENDING: 1,
         EmailStatus.RETRYING: 1,
         EmailStatus.SENT: 1,
         EmailStatus.FAILED: 1,
+        EmailStatus.EXPIRED: 0,
+        EmailStatus.CANCELED: 0,
     }
+
+
+def test_final_statuses_are_sent_failed_expired_and_canceled() -> None:
+    assert {status for status in EmailStatus if status.final} == {
+        EmailStatus.SENT,
+        EmailStatus.FAILED,
+        EmailStatus.EXPIRED,
+        EmailStatus.CANCELED,
+    }
+
+
+def test_expired_and_canceled_are_counted_as_final_but_not_charted(store: StatusStore) -> None:
+    now = T0 + timedelta(hours=1)
+    records = [made_at(i, T0) for i in range(3)]
+    store.create_many([(r, "{}") for r in records])
+    ended = [
+        replace(records[0], status=EmailStatus.EXPIRED, pending=(), updated_at=now),
+        replace(records[1], status=EmailStatus.CANCELED, pending=(), updated_at=now),
+        replace(records[2], status=EmailStatus.SENT, pending=(), updated_at=now),
+    ]
+    for final in ended:
+        assert store.save(final) is True
+        assert store.payload(final.request_id) is None, "a final record drops its payload"
+        store.save(replace(final, webhook=WebhookState.DELIVERED))  # final again: not counted
+    counts = store.counts()
+    assert counts[EmailStatus.QUEUED] == 0, "each left queued once"
+    assert counts[EmailStatus.EXPIRED] == counts[EmailStatus.CANCELED] == 1
+    assert counts[EmailStatus.SENT] == 1
+    found = store._finished_in([minute_of(now)])  # type: ignore[attr-defined]
+    assert found == {
+        (minute_of(now), EmailStatus.EXPIRED): 1,
+        (minute_of(now), EmailStatus.CANCELED): 1,
+        (minute_of(now), EmailStatus.SENT): 1,
+    }
+    assert store.sends_per_minute(now)[-1] == MinuteSends(minute_of(now), 1, 0), "the chart"
 
 
 def test_a_refused_save_changes_no_count(durable_pair) -> None:

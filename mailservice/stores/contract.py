@@ -25,17 +25,28 @@ if TYPE_CHECKING:  # listing.py builds on the record defined here
 
 
 class EmailStatus(StrEnum):
-    """A request's state: queued -> sending -> (retrying -> sending ->) sent | failed."""
+    """A request's state: (scheduled ->) queued -> sending -> (retrying -> sending ->) sent |
+    failed; one not yet handed to the SMTP server may end expired or canceled instead."""
 
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
     @property
     def final(self) -> bool:
-        return self in (EmailStatus.SENT, EmailStatus.FAILED)
+        return self in FINAL_STATUSES
+
+
+# The statuses a request ends in: its payload goes (kept apart for a while when failed, see
+# StatusStore) and its status expires after the store's `ttl`.
+FINAL_STATUSES = frozenset(
+    {EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.EXPIRED, EmailStatus.CANCELED}
+)
 
 
 class WebhookState(StrEnum):
@@ -259,9 +270,10 @@ class StatusStore(ABC):
 
     @abstractmethod
     def counts(self) -> dict[EmailStatus, int]:
-        """Requests by status, every status present: how many are queued, sending or retrying
-        now, and how many ended sent or failed since the store's counters began. Kept as
-        counters changed in the same atomic step as `create` and `save`, read in one call."""
+        """Requests by status, every status present: how many are scheduled, queued, sending or
+        retrying now, and how many ended in each final status since the store's counters
+        began. Kept as counters changed in the same atomic step as each write, read in one
+        call."""
 
     def sends_per_minute(self, now: datetime | None = None) -> list[MinuteSends]:
         """How many requests ended sent and failed in each of the last `CHART_MINUTES` minutes
@@ -281,8 +293,9 @@ class StatusStore(ABC):
 
     @abstractmethod
     def _finished_in(self, minutes: Sequence[str]) -> dict[tuple[str, EmailStatus], int]:
-        """The per-minute counters of requests that became final, for the given minutes
-        (`listing.minute_of` keys), in one call; counters are kept `MINUTES_KEPT` minutes."""
+        """The per-minute counters of requests that became final (every final status), for the
+        given minutes (`listing.minute_of` keys), in one call; counters are kept `MINUTES_KEPT`
+        minutes."""
 
     def heartbeat(self, owner: str, lease_seconds: float) -> None:  # noqa: B027
         """Renew `owner`'s lease on its records; 0 gives them up at once."""

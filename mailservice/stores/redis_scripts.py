@@ -37,24 +37,27 @@ return false
 
 # KEYS: record, unfinished set, webhooks set, counts hash, this minute's counter of the new
 # status. ARGV: owner, final (0/1), ttl, request_id, webhook pending (0/1), the new status, the
-# two final statuses, the minute counter's TTL, field/value pairs. A final record with its
-# webhook pending joins the webhooks set; one whose webhook ended leaves it. A change of status
-# moves one count from the old status to the new (never below 0: counts begin at zero on a
-# store that held requests before them), and a request becoming final counts in its minute.
+# minute counter's TTL, how many final statuses there are, those statuses, field/value pairs.
+# A final record with its webhook pending joins the webhooks set; one whose webhook ended
+# leaves it. A change of status moves one count from the old status to the new (never below 0:
+# counts begin at zero on a store that held requests before them), and a request becoming
+# final counts in its minute.
 SAVE = """
 local found = redis.call('HMGET', KEYS[1], 'owner', 'status')
 if found[1] ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+local finals, count = {}, tonumber(ARGV[8])
+for i = 9, 8 + count do finals[ARGV[i]] = true end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9 + count))
 local old, new = found[2], ARGV[6]
 if old ~= new then
-  local old_final = old == ARGV[7] or old == ARGV[8]
+  local old_final = finals[old] or false
   if old and not old_final and tonumber(redis.call('HGET', KEYS[4], old) or '0') > 0 then
     redis.call('HINCRBY', KEYS[4], old, -1)
   end
   redis.call('HINCRBY', KEYS[4], new, 1)
   if ARGV[2] == '1' and not old_final then
     redis.call('INCR', KEYS[5])
-    redis.call('EXPIRE', KEYS[5], ARGV[9])
+    redis.call('EXPIRE', KEYS[5], ARGV[7])
   end
 end
 if ARGV[2] == '1' then

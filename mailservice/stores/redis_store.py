@@ -67,7 +67,7 @@ WEBHOOKS = "mail:webhooks"
 RECENT = "mail:recent"  # ids by creation time, the newest RECENT_WINDOW (the dashboard's list)
 COUNTS = "mail:counts"  # requests by status
 FINISHED_PREFIX = "mail:finished:"  # <minute>:<status>, final statuses per minute
-FINAL_STATUSES = tuple(str(status) for status in EmailStatus if status.final)
+FINAL = [str(status) for status in EmailStatus if status.final]  # the save script's ARGV
 WEBHOOK_SCAN_MAX = 1000  # members of the webhooks set one webhook_orphans() call looks at
 
 
@@ -161,7 +161,7 @@ class RedisStatusStore(StatusStore):
         pending = "1" if record.webhook is WebhookState.PENDING else "0"
         final = "1" if record.status.final else "0"
         args = [record.owner, final, self.ttl, record.request_id, pending, str(record.status)]
-        args += [*FINAL_STATUSES, MINUTES_KEPT * 60]
+        args += [MINUTES_KEPT * 60, len(FINAL), *FINAL]
         args += [item for pair in fields.items() for item in pair]
         minute = self._listing.finished_key(minute_of(record.updated_at), record.status)
         keys = [KEY_PREFIX + record.request_id, UNFINISHED, WEBHOOKS, COUNTS, minute]

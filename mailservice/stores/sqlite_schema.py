@@ -95,6 +95,32 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         END;
         """,
     ),
+    # Version 5: the statuses of issue 15 (scheduled, expired, canceled). The counters'
+    # triggers take all four final statuses (recreated: a trigger cannot be altered).
+    (
+        5,
+        """
+        DROP TRIGGER IF EXISTS requests_moved;
+        DROP TRIGGER IF EXISTS requests_finished;
+        CREATE TRIGGER requests_moved AFTER UPDATE OF status ON requests
+            WHEN OLD.status <> NEW.status BEGIN
+            UPDATE status_counts SET n = n - 1
+                WHERE status = OLD.status AND n > 0
+                AND OLD.status NOT IN ('sent', 'failed', 'expired', 'canceled');
+            INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER requests_finished AFTER UPDATE OF status ON requests
+            WHEN OLD.status NOT IN ('sent', 'failed', 'expired', 'canceled')
+            AND NEW.status IN ('sent', 'failed', 'expired', 'canceled') BEGIN
+            INSERT INTO finished_per_minute (minute, status, n)
+                VALUES (substr(NEW.updated_at, 1, 16), NEW.status, 1)
+                ON CONFLICT (minute, status) DO UPDATE SET n = n + 1;
+            DELETE FROM finished_per_minute
+                WHERE minute < strftime('%Y-%m-%dT%H:%M', NEW.updated_at, '-120 minutes');
+        END;
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
