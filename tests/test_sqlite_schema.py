@@ -40,8 +40,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
-# The record's columns as deployed (version 1: before `metadata`, version 3's and 4's columns).
-LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook", "history")
+# The record's columns as deployed (version 1: before `metadata`, version 3's, 4's and 5's
+# columns).
+LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook", "history", "send_at", "deliver_by")
 V1_FIELDS = tuple(name for name in RECORD_FIELDS if name not in LATER_FIELDS)
 INSERT_REQUEST = (
     f"INSERT INTO requests (request_id, {', '.join(V1_FIELDS)}, payload)"  # noqa: S608
@@ -114,19 +115,32 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
         store.close()
 
 
+V4_FIELDS = tuple(name for name in RECORD_FIELDS if name not in ("send_at", "deliver_by"))
+
+
 def version_4_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A file as the release of schema version 4 left it: a request sent, one queued."""
+    """A file as the release of schema version 4 left it: a request sent, one queued, written
+    through that version's columns and counted by its triggers."""
     from mailservice.stores import sqlite_schema
 
     with monkeypatch.context() as patch:
         patch.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:4])
         patch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
-        store = SqliteStatusStore(str(path), ttl=60)
-        sent = new_record("66666666-6666-4666-8666-000000000004")
-        store.create(sent, "{}")
-        store.save(replace(sent, status=EmailStatus.SENT, pending=()))
-        store.create(new_record(), '{"subject": "kept"}')
-        store.close()
+        db = sqlite_schema.open_database(str(path), timeout=10)
+    sent = new_record("66666666-6666-4666-8666-000000000004")
+    with contextlib.closing(db):
+        for record, payload in ((sent, "{}"), (new_record(), '{"subject": "kept"}')):
+            fields = record_to_fields(record)
+            db.execute(
+                f"INSERT INTO requests (request_id, {', '.join(V4_FIELDS)}, payload)"  # noqa: S608
+                f" VALUES ({', '.join('?' * (len(V4_FIELDS) + 2))})",
+                (record.request_id, *(fields[name] for name in V4_FIELDS), payload),
+            )
+        db.execute(
+            "UPDATE requests SET status = 'sent', payload = NULL, expires_at = ?"
+            " WHERE request_id = ?",
+            (time.time() + 60, sent.request_id),
+        )
     assert pragma(path, "user_version") == 4
     return path
 

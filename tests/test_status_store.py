@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -117,6 +117,29 @@ def test_client_fields_and_webhook_state_read_back_equal(store: StatusStore) -> 
     public = final.public()
     assert public["tags"] == ["invoice", "eu-west"] and public["webhook"] == "delivered"
     assert "hooks.example.com" not in str(public), "the callback URL is internal"
+
+
+def test_send_at_and_expires_at_read_back_equal_and_stay_out_of_the_public_view(
+    store: StatusStore,
+) -> None:
+    send_at = datetime(2026, 12, 1, 12, 0, 30, 123456, tzinfo=UTC)
+    record = replace(
+        new_record(), send_at=send_at, expires_at=send_at + timedelta(hours=1, microseconds=1)
+    )
+    store.create(record, "{}")
+    got = store.get(record.request_id)
+    assert got == record and got.send_at == send_at
+    assert got.expires_at is not None and got.expires_at.utcoffset() == timedelta(0)
+    assert set(got.public()) == STATUS_KEYS
+    # Given with another offset, the same moments read back (in UTC).
+    elsewhere = timezone(timedelta(hours=2))
+    moved = replace(record, send_at=send_at.astimezone(elsewhere), attempts=1)
+    assert store.save(moved)
+    assert store.get(record.request_id) == moved
+    final = replace(moved, status=EmailStatus.SENT, pending=(), expires_at=None)
+    assert store.save(final)
+    assert store.get(record.request_id) == final
+    assert store.get(record.request_id).expires_at is None  # type: ignore[union-attr]
 
 
 def test_unknown_id_reads_none(store: StatusStore) -> None:

@@ -102,6 +102,11 @@ class StatusRecord:
     # Its state changes, oldest first (shown on the dashboard, not in GET /email-status): a
     # record stored before the history existed has none.
     history: tuple[HistoryEntry, ...] = ()
+    # UTC, like created_at. `send_at`: when a `scheduled` request falls due (`due()`);
+    # `expires_at`: when a request not yet handed to the SMTP server ends `expired` instead.
+    # None: at once, and never. Not in public(): the API decides what it shows of them.
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
 
     def noted(self) -> StatusRecord:
         """This record with its current state appended to its history (once: a record whose

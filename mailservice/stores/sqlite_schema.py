@@ -96,10 +96,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     # Version 5: the statuses of issue 15 (scheduled, expired, canceled). The counters'
-    # triggers take all four final statuses (recreated: a trigger cannot be altered).
+    # triggers take all four final statuses (recreated: a trigger cannot be altered). A
+    # request's send_at and expires_at (stored as deliver_by: `expires_at` is the row's TTL).
     (
         5,
         """
+        ALTER TABLE requests ADD COLUMN send_at TEXT NOT NULL DEFAULT '';
+        ALTER TABLE requests ADD COLUMN deliver_by TEXT NOT NULL DEFAULT '';
         DROP TRIGGER IF EXISTS requests_moved;
         DROP TRIGGER IF EXISTS requests_finished;
         CREATE TRIGGER requests_moved AFTER UPDATE OF status ON requests
