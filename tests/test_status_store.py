@@ -173,6 +173,27 @@ def test_final_record_drops_payload_keeps_status(store: StatusStore) -> None:
     assert store.payload(record.request_id) is None
 
 
+@pytest.mark.parametrize("final_status", sorted(s for s in EmailStatus if s.final))
+def test_a_final_status_is_never_replaced_by_another_but_may_be_saved_again(
+    store: StatusStore, final_status: EmailStatus
+) -> None:
+    record = replace(new_record(), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "b"}')
+    final = replace(record, status=final_status, pending=(), error="ended")
+    assert store.save(final) is True
+    counts = store.counts()
+    for status in EmailStatus:
+        if status is not final_status:
+            later = replace(final, status=status, attempts=5, updated_at=utcnow())
+            assert store.save(later) is False, f"{final_status} -> {status}"
+    assert store.get(record.request_id) == final, "nothing written"
+    assert store.payload(record.request_id) is None
+    assert store.counts() == counts, "no count moved"
+    outcome = replace(final, webhook=WebhookState.DELIVERED)
+    assert store.save(outcome) is True, "the same final status again: a webhook's outcome"
+    assert store.get(record.request_id) == outcome
+
+
 def test_timestamps_are_utc(store: StatusStore) -> None:
     record = new_record()
     store.create(record, "{}")

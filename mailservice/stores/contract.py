@@ -246,8 +246,10 @@ class StatusStore(ABC):
     @abstractmethod
     def save(self, record: StatusRecord) -> bool:
         """Write a changed record if `record.owner` still owns it (False, writing nothing,
-        if another process took it over). A final record drops its payload and expires
-        after `ttl`."""
+        if another process took it over, or when the stored record is final and `record`'s
+        status another: a canceled or expired request never goes back to `sending`, a final
+        status is never replaced; saved again with the same status, as a webhook's outcome
+        is, it is written). A final record drops its payload and expires after `ttl`."""
 
     @abstractmethod
     def get(self, request_id: str) -> StatusRecord | None:

@@ -136,6 +136,8 @@ class MemoryStatusStore(StatusStore):
                 return False
             if earlier.owner != record.owner:
                 return False  # taken over (`take()`): the owner check of the durable stores
+            if earlier.status.final and record.status is not earlier.status:
+                return False  # canceled or expired meanwhile: a final status stays
             self._counted(earlier, record)
             self._records[record.request_id] = record
             if record.status.final:

@@ -38,15 +38,17 @@ return false
 # KEYS: record, unfinished set, webhooks set, counts hash, this minute's counter of the new
 # status. ARGV: owner, final (0/1), ttl, request_id, webhook pending (0/1), the new status, the
 # minute counter's TTL, how many final statuses there are, those statuses, field/value pairs.
-# A final record with its webhook pending joins the webhooks set; one whose webhook ended
-# leaves it. A change of status moves one count from the old status to the new (never below 0:
-# counts begin at zero on a store that held requests before them), and a request becoming
-# final counts in its minute.
+# Refused (0) unless `owner` owns it, and when it is final and the new status another: a final
+# status stays. A final record with its webhook pending joins the webhooks set; one whose
+# webhook ended leaves it. A change of status moves one count from the old status to the new
+# (never below 0: counts begin at zero on a store that held requests before them), and a
+# request becoming final counts in its minute.
 SAVE = """
 local found = redis.call('HMGET', KEYS[1], 'owner', 'status')
 if found[1] ~= ARGV[1] then return 0 end
 local finals, count = {}, tonumber(ARGV[8])
 for i = 9, 8 + count do finals[ARGV[i]] = true end
+if finals[found[2]] and found[2] ~= ARGV[6] then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 9 + count))
 local old, new = found[2], ARGV[6]
 if old ~= new then

@@ -27,6 +27,7 @@ import mailservice.stores.sqlite_listing as sqlite_listing
 from mailservice.errors import ConfigError, StoreError
 from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
 from mailservice.stores.contract import (
+    FINAL_STATUSES,
     IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
@@ -41,6 +42,10 @@ from mailservice.stores.sqlite_schema import open_database
 logger = logging.getLogger(__name__)
 
 COLUMNS = ", ".join(RECORD_FIELDS)
+# The final statuses as an SQL list (literals of the enum, never a caller's value).
+FINAL_LIST = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
+# A final status is never replaced by another (saving it again, its webhook's outcome, is).
+STAYS_FINAL = f"(status = :status OR status NOT IN ({FINAL_LIST}))"
 LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
 # Final (only a final save sets `expires_at`), unexpired, webhook pending, owner dead or the
 # asker, after the last call's last row (:after_at, :after_id). INDEXED BY: the planner, knowing
@@ -157,16 +162,15 @@ class SqliteStatusStore(StatusStore):
 
     def save(self, record: StatusRecord) -> bool:
         fields = record_to_fields(record)
-        assignments = ", ".join(f"{name} = ?" for name in fields)
+        assignments = ", ".join(f"{name} = :{name}" for name in fields)
         final = record.status.final
-        extra = ", payload = NULL, expires_at = ?" if final else ""
-        params: list[object] = list(fields.values())
-        if final:
-            params.append(self._clock() + self.ttl)
-        params += [record.request_id, record.owner]
+        extra = ", payload = NULL, expires_at = :expires" if final else ""
+        params: dict[str, object] = {**fields, "id": record.request_id, "owner": record.owner}
+        params["expires"] = self._clock() + self.ttl
         with self._transaction(writes=True) as db:
             cursor = db.execute(
-                f"UPDATE requests SET {assignments}{extra} WHERE request_id = ? AND owner = ?",
+                f"UPDATE requests SET {assignments}{extra}"
+                f" WHERE request_id = :id AND owner = :owner AND {STAYS_FINAL}",
                 params,
             )
             return cursor.rowcount == 1
