@@ -78,6 +78,7 @@ def test_redis_scripts_take_their_key_prefixes_from_the_constants(
         "RECENT",
         "COUNTS",
         "FINISHED_PREFIX",
+        "KEPT_PREFIX",
     ):
         monkeypatch.setattr(redis_store, name, "alt:" + getattr(redis_store, name))
     first, second = (store_from_url(redis_server.url, ttl=60) for _ in range(2))
@@ -92,7 +93,9 @@ def test_redis_scripts_take_their_key_prefixes_from_the_constants(
     assert second.claim(alive.request_id, "thief") is None
     claimed = second.claim(dead.request_id, "heir")
     assert claimed is not None
-    second.save(replace(claimed[0], status=EmailStatus.SENT, pending=()))  # a minute's counter
+    # A minute's counter and a failed request's kept content.
+    second.save(replace(claimed[0], status=EmailStatus.FAILED, pending=(), error="550"))
+    assert second.kept_payload(dead.request_id) == "{}"
     assert [r.request_id for r in second.recent(10).records] == [alive.request_id, dead.request_id]
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert all(key.startswith("alt:") for key in client.keys("*")), client.keys("*")
@@ -136,6 +139,7 @@ def test_redis_store_makes_one_round_trip_per_call(
         ),
         "save": trips(lambda: store.save(replace(record, attempts=1))),
         "get": trips(lambda: store.get(record.request_id)),
+        "kept_payload": trips(lambda: store.kept_payload(record.request_id)),
         "heartbeat": trips(lambda: store.heartbeat("p1", 30)),
         "orphans": trips(lambda: store.orphans(10)),
         "claim": trips(lambda: store.claim(record.request_id, "heir")),

@@ -44,22 +44,28 @@ class FakeClock:
         return self.now
 
 
-def clocked_store(kind: str, tmp_path, clock: FakeClock) -> StatusStore:
-    """A memory or SQLite store (a TTL of 60 s) that reads `clock`."""
+def clocked_store(
+    kind: str, tmp_path, clock: FakeClock, ttl: int = 60, failed_content_ttl: int = 30
+) -> StatusStore:
+    """A memory or SQLite store (a TTL of 60 s, failed content kept 30 s) that reads `clock`."""
     from mailservice.stores.sqlite_store import SqliteStatusStore
 
     if kind == "memory":
-        return MemoryStatusStore(ttl=60, clock=clock)
-    return SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+        return MemoryStatusStore(ttl=ttl, clock=clock, failed_content_ttl=failed_content_ttl)
+    path = str(tmp_path / "s.db")
+    return SqliteStatusStore(path, ttl=ttl, clock=clock, failed_content_ttl=failed_content_ttl)
 
 
-def open_store(kind: str, request: pytest.FixtureRequest, ttl: int = 60) -> StatusStore:
+def open_store(
+    kind: str, request: pytest.FixtureRequest, ttl: int = 60, failed_content_ttl: int = 3600
+) -> StatusStore:
     if kind == "memory":
-        return store_from_url("memory://", ttl=ttl)
-    if kind == "sqlite":
-        path = request.getfixturevalue("tmp_path") / "status.db"
-        return store_from_url(f"sqlite:///{path}", ttl=ttl)
-    return store_from_url(request.getfixturevalue("redis_server").url, ttl=ttl)
+        url = "memory://"
+    elif kind == "sqlite":
+        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'status.db'}"
+    else:
+        url = request.getfixturevalue("redis_server").url
+    return store_from_url(url, ttl=ttl, failed_content_ttl=failed_content_ttl)
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -1290,3 +1296,140 @@ def test_saving_a_record_the_store_does_not_have_writes_nothing(store: StatusSto
     assert store.save(record) is False
     assert store.get(record.request_id) is None
     assert store.counts()[EmailStatus.SENT] == 0
+
+
+# -- the content of failed requests, kept apart for a manual retry ------------------------------
+
+
+def test_a_failed_request_keeps_its_content_apart_from_the_unfinished(store: StatusStore) -> None:
+    record = replace(new_record(owner="api"), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "kept"}')
+    assert store.kept_payload(record.request_id) is None, "unfinished: nothing kept apart"
+    failed = replace(record, status=EmailStatus.FAILED, pending=(), error="550 5.1.1 no")
+    assert store.save(failed)
+    assert store.kept_payload(record.request_id) == '{"body": "kept"}'
+    assert store.payload(record.request_id) is None, "the payload says unfinished: gone"
+    assert store.take(record.request_id, "api", "worker") is None
+    assert store.orphans(10) == [] and store.claim(record.request_id, "heir") is None
+    # Saved failed again with its webhook's outcome: what was kept stays.
+    assert store.save(replace(failed, webhook=WebhookState.DELIVERED))
+    assert store.kept_payload(record.request_id) == '{"body": "kept"}'
+    assert store.get(record.request_id).webhook is WebhookState.DELIVERED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("ending", [EmailStatus.SENT, EmailStatus.EXPIRED, EmailStatus.CANCELED])
+def test_other_final_statuses_keep_no_content(store: StatusStore, ending: EmailStatus) -> None:
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    assert store.save(replace(record, status=ending, pending=()))
+    assert store.kept_payload(record.request_id) is None
+    assert store.payload(record.request_id) is None
+    assert store.kept_payload("00000000-0000-4000-8000-000000000000") is None, "unknown"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_failed_content_ttl_0_deletes_the_content_at_once(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    store = open_store(kind, request, failed_content_ttl=0)
+    try:
+        record = new_record()
+        store.create(record, '{"body": "b"}')
+        assert store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+        assert store.kept_payload(record.request_id) is None
+        assert store.payload(record.request_id) is None
+    finally:
+        store.close()
+
+
+def test_failed_content_ttl_may_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="failed_content_ttl"):
+        store_from_url("memory://", ttl=60, failed_content_ttl=-1)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_kept_content_expires_after_failed_content_ttl(kind: str, tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock)  # status 60 s, content 30 s
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    clock.now += 29
+    assert store.kept_payload(record.request_id) == '{"body": "b"}'
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550", attempts=2))
+    clock.now += 2  # 31 s after it failed: saved again since, its content is still gone
+    assert store.kept_payload(record.request_id) is None
+    assert store.get(record.request_id) is not None, "the status outlives its content"
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_kept_content_never_outlives_its_status(kind: str, tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock, ttl=60, failed_content_ttl=3600)
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    clock.now += 59
+    assert store.kept_payload(record.request_id) == '{"body": "b"}'
+    clock.now += 2
+    assert store.get(record.request_id) is None
+    assert store.kept_payload(record.request_id) is None
+    store.close()
+
+
+def kept_column(store: StatusStore, request_id: str) -> tuple[str | None, float | None]:
+    return store._db.execute(  # type: ignore[attr-defined]
+        "SELECT kept_payload, kept_until FROM requests WHERE request_id = ?", (request_id,)
+    ).fetchone()
+
+
+def test_sqlite_deletes_kept_content_on_purge_and_when_read_past_its_time(tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store("sqlite", tmp_path, clock)
+    first, second = new_record(), new_record("33333333-3333-4333-8333-000000000009")
+    for record in (first, second):
+        store.create(record, '{"body": "b"}')
+        store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    assert kept_column(store, first.request_id) == ('{"body": "b"}', clock.now + 30)
+    clock.now += 31
+    store.purge_expired()
+    assert kept_column(store, first.request_id) == (None, None)
+    assert kept_column(store, second.request_id) == (None, None)
+    third = new_record("33333333-3333-4333-8333-000000000010")
+    store.create(third, '{"body": "b"}')
+    store.save(replace(third, status=EmailStatus.FAILED, pending=(), error="550"))
+    clock.now += 31
+    assert kept_column(store, third.request_id)[0] == '{"body": "b"}'
+    assert store.kept_payload(third.request_id) is None
+    assert kept_column(store, third.request_id) == (None, None), "deleted once read past it"
+    plan = str(
+        store._db.execute(  # type: ignore[attr-defined]
+            "EXPLAIN QUERY PLAN UPDATE requests SET kept_payload = NULL WHERE kept_until <= 1"
+        ).fetchall()
+    )
+    assert "requests_kept" in plan, plan
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_kept_content_is_a_key_of_its_own_that_expires(redis_server) -> None:
+    from mailservice.stores.redis_store import KEPT_PREFIX, KEY_PREFIX
+
+    store = store_from_url(redis_server.url, ttl=60, failed_content_ttl=1)
+    try:
+        record = new_record()
+        store.create(record, '{"body": "b"}')
+        store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+        client = store.client  # type: ignore[attr-defined]
+        assert not client.hexists(KEY_PREFIX + record.request_id, "payload")
+        assert 0 < client.pttl(KEPT_PREFIX + record.request_id) <= 1000
+        assert store.kept_payload(record.request_id) == '{"body": "b"}'
+        wait_for(lambda: store.kept_payload(record.request_id) is None, timeout=5)
+        assert store.get(record.request_id) is not None, "the status stays"
+        sent = new_record("33333333-3333-4333-8333-000000000011")
+        store.create(sent, "{}")
+        store.save(replace(sent, status=EmailStatus.SENT, pending=()))
+        assert not client.exists(KEPT_PREFIX + sent.request_id)
+    finally:
+        store.close()

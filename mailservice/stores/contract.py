@@ -167,6 +167,7 @@ class IdempotencyClaim:
 
 
 IDEMPOTENCY_TTL = 24 * 3600
+FAILED_CONTENT_TTL = 24 * 3600  # seconds a failed request's content is kept (manual retry)
 
 
 class OutageLog:
@@ -214,8 +215,17 @@ class StatusStore(ABC):
 
     durable = False
 
-    def __init__(self, ttl: int) -> None:
+    def __init__(self, ttl: int, failed_content_ttl: int = FAILED_CONTENT_TTL) -> None:
+        if failed_content_ttl < 0:
+            raise ValueError("failed_content_ttl must be 0 or more seconds")
         self.ttl = ttl
+        self.failed_content_ttl = failed_content_ttl
+
+    @property
+    def kept_seconds(self) -> int:
+        """How long a failed request's content is kept: `failed_content_ttl`, never longer
+        than its status (whose `ttl` may be shorter)."""
+        return min(self.ttl, self.failed_content_ttl)
 
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
@@ -249,7 +259,8 @@ class StatusStore(ABC):
         if another process took it over, or when the stored record is final and `record`'s
         status another: a canceled or expired request never goes back to `sending`, a final
         status is never replaced; saved again with the same status, as a webhook's outcome
-        is, it is written). A final record drops its payload and expires after `ttl`."""
+        is, it is written). A final record drops its payload and expires after `ttl`; a
+        failed one keeps its payload apart for `kept_seconds` (`kept_payload()`)."""
 
     @abstractmethod
     def get(self, request_id: str) -> StatusRecord | None:
@@ -258,6 +269,12 @@ class StatusStore(ABC):
     @abstractmethod
     def payload(self, request_id: str) -> str | None:
         """The message of an unfinished request, or None."""
+
+    @abstractmethod
+    def kept_payload(self, request_id: str) -> str | None:
+        """The message of a failed request, kept apart for `kept_seconds` after it failed (so
+        that `payload()`, `claim()` and `take()` never see a failed request as unfinished), or
+        None: unknown, not failed, or kept no longer."""
 
     @abstractmethod
     def ping(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from mailservice.stores.contract import (
+    FAILED_CONTENT_TTL,
     IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
@@ -39,7 +40,8 @@ class MemoryStatusStore(StatusStore):
     oldest go first), and as many Idempotency-Keys, so that memory stays bounded however many
     requests a day brings; `memory://?max=N` sets it. The dashboard's reads have their own
     bounded structures, changed under the same lock as the records: the newest
-    RECENT_WINDOW ids sorted by creation, the counters by status and those per minute.
+    RECENT_WINDOW ids sorted by creation, the counters by status and those per minute. A
+    failed request's content waits apart from the payloads, with its deadline.
     """
 
     def __init__(
@@ -47,8 +49,9 @@ class MemoryStatusStore(StatusStore):
         ttl: int,
         clock: Callable[[], float] = time.monotonic,
         max_finished: int = MEMORY_MAX_FINISHED,
+        failed_content_ttl: int = FAILED_CONTENT_TTL,
     ) -> None:
-        super().__init__(ttl)
+        super().__init__(ttl, failed_content_ttl)
         self.max_finished = max_finished
         self._clock = clock
         self._lock = threading.Lock()
@@ -59,6 +62,8 @@ class MemoryStatusStore(StatusStore):
         # that `max_finished` counts statuses and a status expires `ttl` after its last save,
         # as on the durable stores.
         self._expiry: OrderedDict[str, float] = OrderedDict()
+        # Failed request id -> (deadline, its content), soonest first (one kept_seconds each).
+        self._kept: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._claims: dict[str, IdempotencyClaim] = {}
         self._claim_expiry: deque[tuple[float, str]] = deque()
         self._recent: list[tuple[int, str]] = []  # (created, id) ascending, RECENT_WINDOW at most
@@ -90,6 +95,9 @@ class MemoryStatusStore(StatusStore):
             record = self._records.get(request_id)
             if record is not None and record.status.final:
                 del self._records[request_id]
+                self._kept.pop(request_id, None)
+        while self._kept and next(iter(self._kept.values()))[0] <= now:
+            self._kept.popitem(last=False)
         while self._claim_expiry and (
             self._claim_expiry[0][0] <= now or len(self._claim_expiry) > self.max_finished
         ):
@@ -138,13 +146,23 @@ class MemoryStatusStore(StatusStore):
                 return False  # taken over (`take()`): the owner check of the durable stores
             if earlier.status.final and record.status is not earlier.status:
                 return False  # canceled or expired meanwhile: a final status stays
-            self._counted(earlier, record)
-            self._records[record.request_id] = record
-            if record.status.final:
-                self._payloads.pop(record.request_id, None)
-                self._expiry[record.request_id] = now + self.ttl
-                self._expiry.move_to_end(record.request_id)
+            self._write(earlier, record, now)
             return True
+
+    def _write(self, old: StatusRecord, new: StatusRecord, now: float) -> None:
+        """Store `new` in place of `old` with what follows from its status; under the lock."""
+        request_id = new.request_id
+        self._counted(old, new)
+        self._records[request_id] = new
+        if new.status.final:
+            payload = self._payloads.pop(request_id, None)
+            if new.status is not EmailStatus.FAILED or self.kept_seconds <= 0:
+                self._kept.pop(request_id, None)
+            elif payload is not None:  # saved failed again (a webhook's outcome): kept as it is
+                self._kept[request_id] = (now + self.kept_seconds, payload)
+                self._kept.move_to_end(request_id)
+            self._expiry[request_id] = now + self.ttl
+            self._expiry.move_to_end(request_id)
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._lock:
@@ -154,6 +172,12 @@ class MemoryStatusStore(StatusStore):
     def payload(self, request_id: str) -> str | None:
         with self._lock:
             return self._payloads.get(request_id)
+
+    def kept_payload(self, request_id: str) -> str | None:
+        with self._lock:
+            self._purge(self._clock())
+            kept = self._kept.get(request_id)
+            return None if kept is None else kept[1]
 
     def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
         with self._lock:

@@ -35,45 +35,65 @@ end
 return false
 """
 
-# KEYS: record, unfinished set, webhooks set, counts hash, this minute's counter of the new
-# status. ARGV: owner, final (0/1), ttl, request_id, webhook pending (0/1), the new status, the
-# minute counter's TTL, how many final statuses there are, those statuses, field/value pairs.
-# Refused (0) unless `owner` owns it, and when it is final and the new status another: a final
-# status stays. A final record with its webhook pending joins the webhooks set; one whose
-# webhook ended leaves it. A change of status moves one count from the old status to the new
-# (never below 0: counts begin at zero on a store that held requests before them), and a
-# request becoming final counts in its minute.
-SAVE = """
-local found = redis.call('HMGET', KEYS[1], 'owner', 'status')
-if found[1] ~= ARGV[1] then return 0 end
-local finals, count = {}, tonumber(ARGV[8])
-for i = 9, 8 + count do finals[ARGV[i]] = true end
-if finals[found[2]] and found[2] ~= ARGV[6] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9 + count))
-local old, new = found[2], ARGV[6]
+# What SAVE (and REPLACE) write once their check passed. KEYS: record, unfinished set, webhooks
+# set, counts hash, this minute's counter of the new status, the record's kept content. ARGV:
+# the check's two values, restore (0/1; see REPLACE), ttl, request_id, webhook pending (0/1),
+# the new status, the minute counter's TTL, how long failed content is kept, the failed status,
+# how many final statuses there are, those statuses, then field/value pairs. A final status
+# stays (0, nothing written, when the new status is another; restore alone brings a failed
+# request back). A final record drops its payload and expires after ttl; a failed one keeps its
+# payload in its own key for the time given (saved failed again, a webhook's outcome, what was
+# kept stays); any other final status deletes what was kept. A final record with its webhook
+# pending joins the webhooks set; one whose webhook ended leaves it. A change of status moves
+# one count from the old status to the new (never below 0: counts begin at zero on a store
+# that held requests before them), and a request becoming final counts in its minute.
+WRITE_HEAD = """
+local found = redis.call('HMGET', KEYS[1], 'owner', 'status', 'updated_at')
+local old, new = found[2], ARGV[7]
+if not old then return 0 end
+local finals, count = {}, tonumber(ARGV[11])
+for i = 12, 11 + count do finals[ARGV[i]] = true end
+"""
+WRITE_BODY = """
+local restored = false
+if ARGV[3] == '1' then
+  restored = redis.call('GET', KEYS[6])
+  if not restored then return 0 end
+elseif finals[old] and old ~= new then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 12 + count))
 if old ~= new then
-  local old_final = finals[old] or false
-  if old and not old_final and tonumber(redis.call('HGET', KEYS[4], old) or '0') > 0 then
+  if not finals[old] and tonumber(redis.call('HGET', KEYS[4], old) or '0') > 0 then
     redis.call('HINCRBY', KEYS[4], old, -1)
   end
   redis.call('HINCRBY', KEYS[4], new, 1)
-  if ARGV[2] == '1' and not old_final then
+  if finals[new] and not finals[old] then
     redis.call('INCR', KEYS[5])
-    redis.call('EXPIRE', KEYS[5], ARGV[7])
+    redis.call('EXPIRE', KEYS[5], ARGV[8])
   end
 end
-if ARGV[2] == '1' then
+if finals[new] then
+  local payload = redis.call('HGET', KEYS[1], 'payload')
+  if new ~= ARGV[10] or tonumber(ARGV[9]) <= 0 then
+    redis.call('DEL', KEYS[6])
+  elseif payload then
+    redis.call('SET', KEYS[6], payload, 'EX', ARGV[9])
+  end
   redis.call('HDEL', KEYS[1], 'payload')
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('SREM', KEYS[2], ARGV[4])
-  if ARGV[5] == '1' then
-    redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('SREM', KEYS[2], ARGV[5])
+  if ARGV[6] == '1' then
+    redis.call('SADD', KEYS[3], ARGV[5])
   else
-    redis.call('SREM', KEYS[3], ARGV[4])
+    redis.call('SREM', KEYS[3], ARGV[5])
   end
 end
 return 1
 """
+
+# The write of `save`: refused (0) unless the first check value, the owner, owns the record.
+SAVE = WRITE_HEAD + "if found[1] ~= ARGV[1] then return 0 end\n" + WRITE_BODY
 
 # KEYS: unfinished set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX. Unfinished ids whose owner holds
 # no lease. The record and lease keys are derived from ids read inside the script, so their

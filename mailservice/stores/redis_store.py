@@ -23,11 +23,13 @@ from contextlib import contextmanager
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from mailservice.errors import StoreError
 from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
 from mailservice.stores.contract import (
+    FAILED_CONTENT_TTL,
     IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
@@ -62,6 +64,7 @@ logger = logging.getLogger(__name__)
 KEY_PREFIX = "mail:req:"
 OWNER_PREFIX = "mail:owner:"
 IDEMPOTENCY_PREFIX = "mail:idem:"
+KEPT_PREFIX = "mail:kept:"  # a failed request's content, expiring after kept_seconds
 UNFINISHED = "mail:unfinished"
 WEBHOOKS = "mail:webhooks"
 RECENT = "mail:recent"  # ids by creation time, the newest RECENT_WINDOW (the dashboard's list)
@@ -85,8 +88,10 @@ class RedisStatusStore(StatusStore):
 
     durable = True
 
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
-        super().__init__(ttl)
+    def __init__(
+        self, client: redis.Redis, ttl: int, failed_content_ttl: int = FAILED_CONTENT_TTL
+    ) -> None:
+        super().__init__(ttl, failed_content_ttl)
         self.client = client
         self._create_many = client.register_script(CREATE_MANY)
         self._save = client.register_script(SAVE)
@@ -100,7 +105,13 @@ class RedisStatusStore(StatusStore):
         self._listing = RedisListing(client, KEY_PREFIX, RECENT, COUNTS, FINISHED_PREFIX)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int, timeout: float = 1.0) -> RedisStatusStore:
+    def from_url(
+        cls,
+        url: str,
+        ttl: int,
+        timeout: float = 1.0,
+        failed_content_ttl: int = FAILED_CONTENT_TTL,
+    ) -> RedisStatusStore:
         client = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -109,7 +120,7 @@ class RedisStatusStore(StatusStore):
             retry=Retry(NoBackoff(), 1),
             health_check_interval=30,
         )
-        return cls(client, ttl)
+        return cls(client, ttl, failed_content_ttl)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -157,16 +168,23 @@ class RedisStatusStore(StatusStore):
             return _claim_of(scope, self.client.get(IDEMPOTENCY_PREFIX + scope))
 
     def save(self, record: StatusRecord) -> bool:
-        fields = record_to_fields(record)
+        return self._write(self._save, record, (record.owner, ""), restore=False)
+
+    def _write(
+        self, script: Script, record: StatusRecord, check: tuple[str, str], restore: bool
+    ) -> bool:
+        """Run a script that ends in WRITE_BODY (redis_scripts.py) for `record`."""
+        request_id = record.request_id
         pending = "1" if record.webhook is WebhookState.PENDING else "0"
-        final = "1" if record.status.final else "0"
-        args = [record.owner, final, self.ttl, record.request_id, pending, str(record.status)]
-        args += [MINUTES_KEPT * 60, len(FINAL), *FINAL]
-        args += [item for pair in fields.items() for item in pair]
+        args: list[str | int] = [*check, "1" if restore else "0", self.ttl, request_id, pending]
+        args += [str(record.status), MINUTES_KEPT * 60, self.kept_seconds, str(EmailStatus.FAILED)]
+        args += [len(FINAL), *FINAL]
+        args += [item for pair in record_to_fields(record).items() for item in pair]
         minute = self._listing.finished_key(minute_of(record.updated_at), record.status)
-        keys = [KEY_PREFIX + record.request_id, UNFINISHED, WEBHOOKS, COUNTS, minute]
+        keys = [KEY_PREFIX + request_id, UNFINISHED, WEBHOOKS, COUNTS, minute]
+        keys.append(KEPT_PREFIX + request_id)
         with self._guard():
-            return bool(self._save(keys=keys, args=args))
+            return bool(script(keys=keys, args=args))
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._guard():
@@ -176,6 +194,11 @@ class RedisStatusStore(StatusStore):
     def payload(self, request_id: str) -> str | None:
         with self._guard():
             return self.client.hget(KEY_PREFIX + request_id, "payload")
+
+    def kept_payload(self, request_id: str) -> str | None:
+        # The key expires by itself, never after the status (kept_seconds <= ttl).
+        with self._guard():
+            return self.client.get(KEPT_PREFIX + request_id)
 
     def heartbeat(self, owner: str, lease_seconds: float) -> None:
         with self._guard():

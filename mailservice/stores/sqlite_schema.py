@@ -98,11 +98,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     # Version 5: the statuses of issue 15 (scheduled, expired, canceled). The counters'
     # triggers take all four final statuses (recreated: a trigger cannot be altered). A
     # request's send_at and expires_at (stored as deliver_by: `expires_at` is the row's TTL).
+    # A failed request's content, kept apart from `payload` (whose presence says unfinished)
+    # until `kept_until`, found by its index when it is deleted.
     (
         5,
         """
         ALTER TABLE requests ADD COLUMN send_at TEXT NOT NULL DEFAULT '';
         ALTER TABLE requests ADD COLUMN deliver_by TEXT NOT NULL DEFAULT '';
+        ALTER TABLE requests ADD COLUMN kept_payload TEXT;
+        ALTER TABLE requests ADD COLUMN kept_until REAL;
+        CREATE INDEX IF NOT EXISTS requests_kept ON requests (kept_until)
+            WHERE kept_until IS NOT NULL;
         DROP TRIGGER IF EXISTS requests_moved;
         DROP TRIGGER IF EXISTS requests_finished;
         CREATE TRIGGER requests_moved AFTER UPDATE OF status ON requests

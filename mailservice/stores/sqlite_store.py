@@ -27,6 +27,7 @@ import mailservice.stores.sqlite_listing as sqlite_listing
 from mailservice.errors import ConfigError, StoreError
 from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
 from mailservice.stores.contract import (
+    FAILED_CONTENT_TTL,
     FINAL_STATUSES,
     IDEMPOTENCY_TTL,
     EmailStatus,
@@ -68,8 +69,10 @@ class SqliteStatusStore(StatusStore):
 
     durable = True
 
-    def __init__(self, path: str, ttl: int, clock=time.time) -> None:
-        super().__init__(ttl)
+    def __init__(
+        self, path: str, ttl: int, clock=time.time, failed_content_ttl: int = FAILED_CONTENT_TTL
+    ) -> None:
+        super().__init__(ttl, failed_content_ttl)
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
@@ -84,12 +87,14 @@ class SqliteStatusStore(StatusStore):
             raise ConfigError(f"STATUS_STORE_URL: cannot open SQLite file {path}: {exc}") from exc
 
     @classmethod
-    def from_url(cls, url: str, ttl: int) -> SqliteStatusStore:
+    def from_url(
+        cls, url: str, ttl: int, failed_content_ttl: int = FAILED_CONTENT_TTL
+    ) -> SqliteStatusStore:
         """`sqlite:///relative.db` or `sqlite:////absolute/path.db`."""
         path = urlsplit(url).path.removeprefix("/")
         if not path:
             raise ConfigError("STATUS_STORE_URL: give a file, e.g. sqlite:///mail.db")
-        return cls(path, ttl)
+        return cls(path, ttl, failed_content_ttl=failed_content_ttl)
 
     @contextmanager
     def _transaction(
@@ -161,19 +166,37 @@ class SqliteStatusStore(StatusStore):
         return None if row is None else IdempotencyClaim(scope, row[0], row[1])
 
     def save(self, record: StatusRecord) -> bool:
-        fields = record_to_fields(record)
-        assignments = ", ".join(f"{name} = :{name}" for name in fields)
-        final = record.status.final
-        extra = ", payload = NULL, expires_at = :expires" if final else ""
-        params: dict[str, object] = {**fields, "id": record.request_id, "owner": record.owner}
-        params["expires"] = self._clock() + self.ttl
+        assignments, params = self._assignments(record)
         with self._transaction(writes=True) as db:
             cursor = db.execute(
-                f"UPDATE requests SET {assignments}{extra}"
+                f"UPDATE requests SET {assignments}"
                 f" WHERE request_id = :id AND owner = :owner AND {STAYS_FINAL}",
                 params,
             )
             return cursor.rowcount == 1
+
+    def _assignments(self, record: StatusRecord) -> tuple[str, dict[str, object]]:
+        """The SET clause writing `record` and what follows from its status, and its values
+        (`:id`, `:now` among them). A final record drops its payload and expires after
+        `ttl`; a failed one keeps its payload as `kept_payload` (saved failed again, a
+        webhook's outcome, what was kept stays), any other drops what was kept. The right-hand
+        sides read the row as it was: `kept_payload = payload` before `payload = NULL`."""
+        fields = record_to_fields(record)
+        now = self._clock()
+        params: dict[str, object] = {**fields, "id": record.request_id, "now": now}
+        assignments = [f"{name} = :{name}" for name in fields]
+        if record.status.final:
+            if record.status is EmailStatus.FAILED and self.kept_seconds > 0:
+                assignments += [
+                    "kept_payload = coalesce(payload, kept_payload)",
+                    "kept_until = CASE WHEN payload IS NULL THEN kept_until ELSE :kept_until END",
+                ]
+                params["kept_until"] = now + self.kept_seconds
+            else:
+                assignments += ["kept_payload = NULL", "kept_until = NULL"]
+            assignments += ["payload = NULL", "expires_at = :expires"]
+            params["expires"] = now + self.ttl
+        return ", ".join(assignments), params
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._transaction() as db:
@@ -190,6 +213,25 @@ class SqliteStatusStore(StatusStore):
                 "SELECT payload FROM requests WHERE request_id = ?", (request_id,)
             ).fetchone()
         return None if row is None else row[0]
+
+    def kept_payload(self, request_id: str) -> str | None:
+        now = self._clock()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT kept_payload, kept_until > :now AND (expires_at IS NULL"
+                " OR expires_at > :now) FROM requests WHERE request_id = :id"
+                " AND kept_payload IS NOT NULL",
+                {"id": request_id, "now": now},
+            ).fetchone()
+            if row is None or row[1]:
+                return None if row is None else row[0]
+            # Read past its time: deleted now rather than at the next purge_expired().
+            db.execute(
+                "UPDATE requests SET kept_payload = NULL, kept_until = NULL"
+                " WHERE request_id = ? AND kept_until <= ?",
+                (request_id, now),
+            )
+        return None
 
     def ping(self) -> None:
         with self._transaction() as db:
@@ -303,6 +345,10 @@ class SqliteStatusStore(StatusStore):
         now = self._clock()
         with self._transaction(writes=True) as db:
             db.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
+            db.execute(
+                "UPDATE requests SET kept_payload = NULL, kept_until = NULL WHERE kept_until <= ?",
+                (now,),
+            )
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
 
