@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mailservice.stores import store_from_url
-from mailservice.stores.contract import EmailStatus, IdempotencyClaim
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim, WebhookState
 from tests.conftest import wait_for
 from tests.test_status_store import new_record
 
@@ -145,6 +145,9 @@ def test_redis_store_makes_one_round_trip_per_call(
         "claim": trips(lambda: store.claim(record.request_id, "heir")),
         # Handed on to the same owner, so that both calls take it: the path that succeeds.
         "take": trips(lambda: taken.append(store.take(handed.request_id, "api", "api"))),
+        # Refused the second time (changed since): the same one script either way.
+        "replace": trips(lambda: store.replace(replace(record, attempts=7), record)),
+        "replace+restore": trips(lambda: store.replace(record, record, restore=True)),
     }
     # claim is a script then a read of the record taken over: two, as before; take returns
     # the record from its script.
@@ -165,4 +168,28 @@ def test_a_record_stored_before_metadata_existed_reads_with_none(redis_server: A
     client.hdel(f"mail:req:{record.request_id}", "metadata")  # as an older release wrote it
     client.close()
     assert store.get(record.request_id).metadata == {}
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_restore_makes_the_record_unfinished_again(redis_server: Any) -> None:
+    from mailservice.stores.redis_store import KEPT_PREFIX, KEY_PREFIX, UNFINISHED, WEBHOOKS
+
+    store = store_from_url(redis_server.url, ttl=120)
+    client = store.client  # type: ignore[attr-defined]
+    record = replace(new_record(), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "b"}')
+    failed = replace(record, status=EmailStatus.FAILED, pending=(), error="550")
+    store.save(failed)
+    key = KEY_PREFIX + record.request_id
+    assert 0 < client.ttl(key) <= 120 and client.exists(KEPT_PREFIX + record.request_id)
+    assert not client.sismember(UNFINISHED, record.request_id)
+    assert client.sismember(WEBHOOKS, record.request_id)
+    queued = replace(failed, status=EmailStatus.QUEUED, error=None, owner="retrier")
+    assert store.replace(queued, failed, restore=True)
+    assert client.ttl(key) == -1, "unfinished: no expiry"
+    assert client.hget(key, "payload") == '{"body": "b"}'
+    assert not client.exists(KEPT_PREFIX + record.request_id)
+    assert client.sismember(UNFINISHED, record.request_id)
+    assert not client.sismember(WEBHOOKS, record.request_id)
     store.close()

@@ -1433,3 +1433,227 @@ def test_redis_kept_content_is_a_key_of_its_own_that_expires(redis_server) -> No
         assert not client.exists(KEPT_PREFIX + sent.request_id)
     finally:
         store.close()
+
+
+# -- replace: compare and set, whoever owns the record (cancel, manual retry, the due scheduler)
+
+
+def later(record: StatusRecord, **changes) -> StatusRecord:
+    """`record` changed, a second later: each change of a record moves its updated_at."""
+    return replace(record, updated_at=record.updated_at + timedelta(seconds=1), **changes)
+
+
+def test_replace_writes_only_over_the_record_as_it_was_read(store: StatusStore) -> None:
+    record = new_record(owner="worker")
+    store.create(record, '{"body": "b"}')
+    read = store.get(record.request_id)
+    assert read == record
+    canceled = later(read, status=EmailStatus.CANCELED, pending=(), owner="api")
+    assert store.replace(canceled, read) is True, "whoever owns it"
+    assert store.get(record.request_id) == canceled
+    assert store.payload(record.request_id) is None
+    assert store.kept_payload(record.request_id) is None
+    counts = store.counts()
+    assert counts[EmailStatus.QUEUED] == 0 and counts[EmailStatus.CANCELED] == 1
+    assert store.replace(later(canceled, error="again"), read) is False, "changed since read"
+    assert store.get(record.request_id) == canceled
+    unknown = new_record("00000000-0000-4000-8000-000000000000")
+    assert store.replace(later(unknown), unknown) is False
+    assert store.get(unknown.request_id) is None, "nothing created"
+
+
+def test_replace_fails_once_the_record_changed_in_its_status_or_time(store: StatusStore) -> None:
+    record = new_record(owner="worker")
+    store.create(record, "{}")
+    saved = later(record, attempts=1)  # the same status, saved since: updated_at moved
+    assert store.save(saved)
+    assert store.replace(later(record, status=EmailStatus.CANCELED, pending=()), record) is False
+    assert store.save(later(saved, status=EmailStatus.RETRYING))
+    retrying = store.get(record.request_id)
+    assert store.replace(later(saved, status=EmailStatus.CANCELED), saved) is False
+    assert store.get(record.request_id) == retrying
+    assert store.payload(record.request_id) == "{}"
+    assert store.replace(later(retrying, status=EmailStatus.CANCELED, pending=()), retrying)
+
+
+def test_replace_keeps_a_final_status_and_checks_its_arguments(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    sent = later(record, status=EmailStatus.SENT, pending=())
+    assert store.save(sent)
+    assert store.replace(later(sent, status=EmailStatus.CANCELED), sent) is False
+    assert store.replace(later(sent, status=EmailStatus.QUEUED), sent) is False
+    assert store.get(record.request_id) == sent
+    outcome = replace(sent, webhook=WebhookState.DELIVERED)
+    assert store.replace(outcome, sent) is True, "the same final status may be written again"
+    other = new_record("00000000-0000-4000-8000-000000000001")
+    with pytest.raises(ValueError, match="same record"):
+        store.replace(other, sent)
+    with pytest.raises(ValueError, match="unfinished"):
+        store.replace(later(sent, status=EmailStatus.FAILED), sent, restore=True)
+
+
+def race(*calls) -> list[bool]:
+    """Run the calls in threads started together; what each returned, in order."""
+    start = threading.Barrier(len(calls))
+    results: list[bool | None] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        start.wait(timeout=30)
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(result is not None for result in results), "a call hung or raised"
+    return results  # type: ignore[return-value]
+
+
+def assert_one_replace_of_two_wins(first: StatusStore, second: StatusStore, prefix: str) -> None:
+    ids = [f"{prefix}-eeee-4eee-8eee-{i:012d}" for i in range(30)]
+    first.create_many([(new_record(request_id, owner="worker"), "{}") for request_id in ids])
+    for request_id in ids:
+        read = first.get(request_id)
+        assert read is not None
+        a = later(read, status=EmailStatus.CANCELED, pending=(), owner="api-a")
+        b = later(read, status=EmailStatus.CANCELED, pending=(), owner="api-b", error="b")
+        won = race(
+            lambda a=a, r=read: first.replace(a, r), lambda b=b, r=read: second.replace(b, r)
+        )
+        assert sorted(won) == [False, True], request_id
+        assert first.get(request_id) == (a if won[0] else b)
+    assert first.counts()[EmailStatus.CANCELED] == len(ids), "each counted once"
+
+
+def test_of_two_replaces_with_one_expected_one_wins(store: StatusStore) -> None:
+    assert_one_replace_of_two_wins(store, store, "eeeeeee1")
+
+
+def test_of_two_processes_replacing_one_record_one_wins(durable_pair) -> None:
+    first, second = durable_pair
+    assert_one_replace_of_two_wins(first, second, "eeeeeee2")
+
+
+def assert_cancel_or_send_never_both(canceler: StatusStore, sender: StatusStore) -> None:
+    """The owner saves `sending` while another process cancels what it read as queued:
+    exactly one of the two writes, and the record says which."""
+    ids = [f"ffffffff-ffff-4fff-8fff-{i:012d}" for i in range(40)]
+    sender.create_many([(new_record(request_id, owner="worker"), "{}") for request_id in ids])
+    outcomes = {"canceled": 0, "sending": 0}
+    for request_id in ids:
+        read = canceler.get(request_id)
+        assert read is not None
+        cancel = later(read, status=EmailStatus.CANCELED, pending=())
+        sending = later(read, status=EmailStatus.SENDING, attempts=1)
+        canceled, sent = race(
+            lambda c=cancel, r=read: canceler.replace(c, r), lambda s=sending: sender.save(s)
+        )
+        assert canceled != sent, f"{request_id}: canceled={canceled} sending={sent}"
+        stored = sender.get(request_id)
+        assert stored == (cancel if canceled else sending)
+        outcomes["canceled" if canceled else "sending"] += 1
+        # The loser's next step fails too: a sender that lost never saves an outcome over it.
+        if canceled:
+            assert sender.save(later(sending, status=EmailStatus.SENT, pending=())) is False
+            assert sender.payload(request_id) is None
+    counts = sender.counts()
+    assert counts[EmailStatus.CANCELED] == outcomes["canceled"]
+    assert counts[EmailStatus.SENDING] == outcomes["sending"]
+    assert counts[EmailStatus.QUEUED] == 0 and counts[EmailStatus.SENT] == 0
+
+
+def test_cancel_raced_against_the_owner_s_save_of_sending_one_wins(store: StatusStore) -> None:
+    assert_cancel_or_send_never_both(store, store)
+
+
+def test_cancel_by_another_process_raced_against_the_owner_one_wins(durable_pair) -> None:
+    first, second = durable_pair
+    assert_cancel_or_send_never_both(first, second)
+
+
+def failed_with_content(
+    store: StatusStore, owner: str = "dead", request_id: str = new_record().request_id
+) -> StatusRecord:
+    """A request that failed with its webhook pending, its content kept."""
+    record = replace(new_record(request_id, owner=owner), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "kept"}')
+    failed = later(record, status=EmailStatus.FAILED, attempts=3, pending=(), error="550 no")
+    assert store.save(failed)
+    return failed
+
+
+def test_restore_brings_a_failed_request_back_with_its_content(store: StatusStore) -> None:
+    failed = failed_with_content(store)
+    assert store.replace(later(failed, status=EmailStatus.QUEUED), failed) is False, (
+        "without restore a final status stays"
+    )
+    queued = later(failed, status=EmailStatus.QUEUED, attempts=0, error=None, owner="retrier")
+    assert store.replace(queued, failed, restore=True) is True
+    assert store.get(failed.request_id) == queued
+    assert store.payload(failed.request_id) == '{"body": "kept"}'
+    assert store.kept_payload(failed.request_id) is None, "moved, not copied"
+    counts = store.counts()
+    assert counts[EmailStatus.QUEUED] == 1 and counts[EmailStatus.FAILED] == 1, "ended once"
+    assert store.webhook_orphans(10, "other") == [], "unfinished: no webhook to deliver yet"
+    assert store.replace(later(queued), failed, restore=True) is False, "spent"
+    # Unfinished again: it is sent, or fails again and keeps its content again.
+    sending = later(queued, status=EmailStatus.SENDING, attempts=1)
+    assert store.save(sending)
+    again = later(sending, status=EmailStatus.FAILED, pending=(), error="550 still")
+    assert store.save(again)
+    assert store.kept_payload(failed.request_id) == '{"body": "kept"}'
+    assert store.counts()[EmailStatus.FAILED] == 2
+
+
+def test_restore_fails_when_no_content_is_kept(
+    store: StatusStore, request: pytest.FixtureRequest
+) -> None:
+    record = new_record()
+    store.create(record, "{}")
+    sent = later(record, status=EmailStatus.SENT, pending=())
+    store.save(sent)
+    assert store.replace(later(sent, status=EmailStatus.QUEUED), sent, restore=True) is False
+    queued = new_record("00000000-0000-4000-8000-000000000002")
+    store.create(queued, "{}")
+    assert store.replace(later(queued), queued, restore=True) is False, "nothing kept"
+    assert store.get(queued.request_id) == queued
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_restore_fails_once_the_content_expired_and_a_restored_status_no_longer_expires(
+    kind: str, tmp_path
+) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock)  # status 60 s, content 30 s
+    gone = failed_with_content(store)
+    back = failed_with_content(store, request_id="00000000-0000-4000-8000-000000000003")
+    clock.now += 20
+    queued = later(back, status=EmailStatus.QUEUED, owner="retrier")
+    assert store.replace(queued, back, restore=True)
+    clock.now += 11
+    assert store.replace(later(gone, status=EmailStatus.QUEUED), gone, restore=True) is False
+    assert store.get(gone.request_id) == gone
+    clock.now += 100  # long past the failed status's TTL
+    store.purge_expired()
+    assert store.get(back.request_id) == queued, "unfinished again: it expires no more"
+    assert store.payload(back.request_id) == '{"body": "kept"}'
+    assert store.get(gone.request_id) is None
+    store.close()
+
+
+def test_a_restored_request_is_unfinished_work_again(durable_pair) -> None:
+    first, second = durable_pair
+    failed = failed_with_content(first)  # its owner, "dead", holds no lease
+    assert second.orphans(10) == [] and second.webhook_orphans(10, "p2") == [failed.request_id]
+    queued = later(failed, status=EmailStatus.QUEUED, attempts=0, owner="retrier")
+    assert second.replace(queued, failed, restore=True)
+    assert second.webhook_orphans(10, "p2") == [], "not final: no webhook owed"
+    assert first.orphans(10) == [failed.request_id], "the retrier holds no lease either"
+    first.heartbeat("retrier", 30)
+    assert first.orphans(10) == []
+    assert second.take(failed.request_id, "retrier", "worker") == (
+        replace(queued, owner="worker"),
+        '{"body": "kept"}',
+    )

@@ -262,6 +262,27 @@ class StatusStore(ABC):
         is, it is written). A final record drops its payload and expires after `ttl`; a
         failed one keeps its payload apart for `kept_seconds` (`kept_payload()`)."""
 
+    def replace(self, record: StatusRecord, expected: StatusRecord, restore: bool = False) -> bool:
+        """Compare and set, whoever owns the record: write `record` (its owner as given) only
+        if the stored record still has `expected`'s status and updated_at, that is if nothing
+        changed it since `expected` was read; False, writing nothing, otherwise or when it is
+        unknown. What follows from the new status is as in `save()`, a final status staying.
+        `restore` is the one way back from `failed` (a manual retry): the content that
+        `kept_payload()` holds becomes the payload again in the same atomic step; False when
+        none is kept any more. It is how a request is canceled (by any process), retried by
+        hand (failed -> queued, owned by the retrying process) and taken up when due
+        (scheduled -> queued, owned by the taker). ValueError for a `record` of another id, or
+        one to restore to a final status."""
+        if record.request_id != expected.request_id:
+            raise ValueError("replace() takes a record and what was read of that same record")
+        if restore and record.status.final:
+            raise ValueError("restore brings a request back to an unfinished status")
+        return self._replace(record, expected, restore)
+
+    @abstractmethod
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        """`replace()` once its arguments are checked: one atomic step, one round trip."""
+
     @abstractmethod
     def get(self, request_id: str) -> StatusRecord | None:
         """The record, or None when unknown or expired."""

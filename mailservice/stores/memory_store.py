@@ -149,6 +149,28 @@ class MemoryStatusStore(StatusStore):
             self._write(earlier, record, now)
             return True
 
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        request_id = record.request_id
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            stored = self._records.get(request_id)
+            if stored is None or (stored.status, stored.updated_at) != (
+                expected.status,
+                expected.updated_at,
+            ):
+                return False
+            if restore:
+                kept = self._kept.pop(request_id, None)
+                if kept is None:
+                    return False
+                self._payloads[request_id] = kept[1]
+                self._expiry.pop(request_id, None)  # unfinished again: it expires no more
+            elif stored.status.final and record.status is not stored.status:
+                return False
+            self._write(stored, record, now)
+            return True
+
     def _write(self, old: StatusRecord, new: StatusRecord, now: float) -> None:
         """Store `new` in place of `old` with what follows from its status; under the lock."""
         request_id = new.request_id

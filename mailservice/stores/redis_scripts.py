@@ -37,7 +37,7 @@ return false
 
 # What SAVE (and REPLACE) write once their check passed. KEYS: record, unfinished set, webhooks
 # set, counts hash, this minute's counter of the new status, the record's kept content. ARGV:
-# the check's two values, restore (0/1; see REPLACE), ttl, request_id, webhook pending (0/1),
+# the check's two values, restore (0/1, see REPLACE), ttl, request_id, webhook pending (0/1),
 # the new status, the minute counter's TTL, how long failed content is kept, the failed status,
 # how many final statuses there are, those statuses, then field/value pairs. A final status
 # stays (0, nothing written, when the new status is another; restore alone brings a failed
@@ -88,12 +88,24 @@ if finals[new] then
   else
     redis.call('SREM', KEYS[3], ARGV[5])
   end
+elseif restored then
+  redis.call('HSET', KEYS[1], 'payload', restored)
+  redis.call('DEL', KEYS[6])
+  redis.call('PERSIST', KEYS[1])
+  redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('SADD', KEYS[2], ARGV[5])
 end
 return 1
 """
 
 # The write of `save`: refused (0) unless the first check value, the owner, owns the record.
 SAVE = WRITE_HEAD + "if found[1] ~= ARGV[1] then return 0 end\n" + WRITE_BODY
+
+# The write of `replace`, whoever owns the record: refused (0) unless it still has the status
+# and updated_at given as the check values. With restore, the kept content becomes the payload
+# again (0 when there is none any more): the record is unfinished again, without a TTL, out
+# of the webhooks set and back in the unfinished set.
+REPLACE = WRITE_HEAD + "if old ~= ARGV[1] or found[3] ~= ARGV[2] then return 0 end\n" + WRITE_BODY
 
 # KEYS: unfinished set. ARGV: limit, KEY_PREFIX, OWNER_PREFIX. Unfinished ids whose owner holds
 # no lease. The record and lease keys are derived from ids read inside the script, so their

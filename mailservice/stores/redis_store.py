@@ -54,6 +54,7 @@ from mailservice.stores.redis_scripts import (
     CLAIM_WEBHOOK,
     CREATE_MANY,
     ORPHANS,
+    REPLACE,
     SAVE,
     TAKE,
     WEBHOOK_ORPHANS,
@@ -95,6 +96,7 @@ class RedisStatusStore(StatusStore):
         self.client = client
         self._create_many = client.register_script(CREATE_MANY)
         self._save = client.register_script(SAVE)
+        self._replace_script = client.register_script(REPLACE)
         self._orphans = client.register_script(ORPHANS)
         self._claim = client.register_script(CLAIM)
         self._take = client.register_script(TAKE)
@@ -169,6 +171,11 @@ class RedisStatusStore(StatusStore):
 
     def save(self, record: StatusRecord) -> bool:
         return self._write(self._save, record, (record.owner, ""), restore=False)
+
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        # updated_at as the codec stores it (record_to_fields): compared as text.
+        check = (str(expected.status), expected.updated_at.isoformat())
+        return self._write(self._replace_script, record, check, restore)
 
     def _write(
         self, script: Script, record: StatusRecord, check: tuple[str, str], restore: bool

@@ -175,6 +175,27 @@ class SqliteStatusStore(StatusStore):
             )
             return cursor.rowcount == 1
 
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        assignments, params = self._assignments(record)
+        # updated_at as the codec stores it (record_to_fields): compared as text.
+        params["expected_status"] = str(expected.status)
+        params["expected_at"] = expected.updated_at.isoformat()
+        where = (
+            "request_id = :id AND status = :expected_status AND updated_at = :expected_at"
+            " AND (expires_at IS NULL OR expires_at > :now)"
+        )
+        if restore:  # back from failed: unfinished again, so no TTL and its payload back
+            assignments += (
+                ", payload = kept_payload, kept_payload = NULL, kept_until = NULL"
+                ", expires_at = NULL"
+            )
+            where += " AND kept_payload IS NOT NULL AND kept_until > :now"
+        else:
+            where += f" AND {STAYS_FINAL}"
+        with self._transaction(writes=True) as db:
+            cursor = db.execute(f"UPDATE requests SET {assignments} WHERE {where}", params)
+            return cursor.rowcount == 1
+
     def _assignments(self, record: StatusRecord) -> tuple[str, dict[str, object]]:
         """The SET clause writing `record` and what follows from its status, and its values
         (`:id`, `:now` among them). A final record drops its payload and expires after
