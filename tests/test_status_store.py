@@ -190,8 +190,8 @@ def test_a_final_status_is_never_replaced_by_another_but_may_be_saved_again(
     counts = store.counts()
     for status in EmailStatus:
         if status is not final_status:
-            later = replace(final, status=status, attempts=5, updated_at=utcnow())
-            assert store.save(later) is False, f"{final_status} -> {status}"
+            other = replace(final, status=status, attempts=5, updated_at=utcnow(), send_at=T0)
+            assert store.save(other) is False, f"{final_status} -> {status}"
     assert store.get(record.request_id) == final, "nothing written"
     assert store.payload(record.request_id) is None
     assert store.counts() == counts, "no count moved"
@@ -1657,3 +1657,111 @@ def test_a_restored_request_is_unfinished_work_again(durable_pair) -> None:
         replace(queued, owner="worker"),
         '{"body": "kept"}',
     )
+
+
+# -- scheduled requests: an index by send_at, never an orphan ----------------------------------
+
+
+def scheduled(index: int, send_at: datetime, owner: str = "api") -> StatusRecord:
+    """A request accepted as scheduled for `send_at`, its id ordered by `index`."""
+    return replace(
+        new_record(f"abababab-abab-4bab-8bab-{index:012d}", owner=owner),
+        status=EmailStatus.SCHEDULED,
+        send_at=send_at,
+    )
+
+
+def test_a_scheduled_request_is_due_at_its_send_at_not_before(store: StatusStore) -> None:
+    record = scheduled(1, T0)
+    store.create(record, '{"body": "later"}')
+    assert store.get(record.request_id) == record
+    assert store.payload(record.request_id) == '{"body": "later"}', "unfinished: it has one"
+    assert store.due(T0 - timedelta(microseconds=1), 10) == []
+    assert store.due(T0 - timedelta(hours=1), 10) == []
+    assert store.due(T0, 10) == [record.request_id], "due at its send_at"
+    assert store.due(T0 + timedelta(days=40), 10) == [record.request_id]
+    assert store.due(T0.astimezone(timezone(timedelta(hours=-5))), 10) == [record.request_id]
+    assert store.due(T0, 0) == []
+    assert store.counts()[EmailStatus.SCHEDULED] == 1
+    assert store.counts()[EmailStatus.QUEUED] == 0
+
+
+def test_due_lists_the_earliest_first_and_at_most_limit(store: StatusStore) -> None:
+    # Created out of order, in one batch and one by one; two share a send_at (then by id).
+    times = [T0 + timedelta(seconds=s) for s in (30, 10, 20, 10, 50, 40)]
+    records = [scheduled(i, at) for i, at in enumerate(times)]
+    queued = new_record("abababab-abab-4bab-8bab-999999999999")
+    store.create_many([(r, "{}") for r in records[:3]] + [(queued, "{}")])
+    for record in records[3:]:
+        store.create(record, "{}")
+    in_order = [r.request_id for r in sorted(records, key=lambda r: (r.send_at, r.request_id))]
+    assert store.due(T0 + timedelta(minutes=5), 100) == in_order
+    assert store.due(T0 + timedelta(minutes=5), 3) == in_order[:3]
+    assert store.due(T0 + timedelta(seconds=25), 100) == in_order[:3], "only what is due"
+    assert queued.request_id not in store.due(T0 + timedelta(days=1), 100), "queued: not due"
+    assert store.counts()[EmailStatus.SCHEDULED] == 6
+
+
+def test_a_scheduled_request_leaves_the_index_when_queued_or_canceled(store: StatusStore) -> None:
+    due, canceled, saved = (scheduled(i, T0) for i in range(3))
+    store.create_many([(due, "{}"), (canceled, "{}"), (saved, "{}")])
+    taken = later(due, status=EmailStatus.QUEUED, owner="taker")
+    assert store.replace(taken, due) is True
+    assert store.replace(later(canceled, status=EmailStatus.CANCELED, pending=()), canceled)
+    assert store.save(later(saved, status=EmailStatus.QUEUED)), "its owner may queue it too"
+    assert store.due(T0 + timedelta(days=1), 10) == []
+    assert store.replace(later(due, status=EmailStatus.QUEUED), due) is False, "taken once"
+    assert store.get(due.request_id) == taken and store.payload(due.request_id) == "{}"
+    counts = store.counts()
+    assert counts[EmailStatus.SCHEDULED] == 0
+    assert counts[EmailStatus.QUEUED] == 2 and counts[EmailStatus.CANCELED] == 1
+
+
+def test_a_rescheduled_request_is_due_at_its_new_time(store: StatusStore) -> None:
+    record = scheduled(1, T0)
+    store.create(record, "{}")
+    moved = later(record, send_at=T0 + timedelta(hours=1))
+    assert store.replace(moved, record)
+    assert store.due(T0 + timedelta(minutes=30), 10) == []
+    assert store.due(T0 + timedelta(hours=1), 10) == [record.request_id]
+
+
+def test_a_scheduled_request_needs_its_send_at(store: StatusStore) -> None:
+    bad = replace(scheduled(1, T0), send_at=None)
+    fine = scheduled(2, T0)
+    with pytest.raises(ValueError, match="send_at"):
+        store.create_many([(fine, "{}"), (bad, "{}")])
+    assert store.get(fine.request_id) is None, "nothing of the batch"
+    store.create(fine, "{}")
+    with pytest.raises(ValueError, match="send_at"):
+        store.save(replace(fine, send_at=None))
+    with pytest.raises(ValueError, match="send_at"):
+        store.replace(later(fine, send_at=None), fine)
+    assert store.get(fine.request_id) == fine
+
+
+def test_a_scheduled_request_is_never_an_orphan(durable_pair) -> None:
+    first, second = durable_pair
+    record = scheduled(1, T0, owner="dead")  # its owner holds no lease
+    first.create(record, "{}")
+    assert second.orphans(10) == [], "recovery would send it before its time"
+    assert second.claim(record.request_id, "recovery") is None
+    assert second.due(T0, 10) == [record.request_id], "the due scheduler finds it instead"
+    taken = later(record, status=EmailStatus.QUEUED, owner="taker")
+    assert second.replace(taken, record)
+    second.heartbeat("taker", 30)
+    assert first.orphans(10) == [], "its taker's lease covers it"
+    second.heartbeat("taker", 0)
+    assert first.orphans(10) == [record.request_id], "queued: an orphan like any other"
+    claimed = first.claim(record.request_id, "heir")
+    assert claimed == (replace(taken, owner="heir"), "{}")
+
+
+def test_sqlite_due_walks_its_partial_index_and_never_sorts(tmp_path) -> None:
+    from mailservice.stores.sqlite_store import DUE
+
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=60)
+    db = store._db  # type: ignore[attr-defined]
+    plan = str(db.execute(f"EXPLAIN QUERY PLAN {DUE}", {"now": "~", "limit": 5}).fetchall())
+    store.close()
+    assert "requests_scheduled" in plan and "TEMP B-TREE" not in plan, plan

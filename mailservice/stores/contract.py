@@ -3,10 +3,12 @@
 A record is created when a request is accepted (with the message `payload`, the stored message
 spec, kept until the request is final; a batch's records all in one step, `create_many`) and
 saved again at every state change; it carries its own `history` of those changes. Once final the
-payload is dropped and the status is kept for `ttl` seconds. The store knows nothing of SMTP or
-HTTP. What the operator's dashboard reads (the recent list, the counts by status, the sends per
-minute) are bounded queries whose value types live in `stores/listing.py`.
-`tests/test_status_store.py` is the contract's test suite, run on every backend.
+payload is dropped (a failed request's is kept apart for `failed_content_ttl`, for a manual
+retry) and the status is kept for `ttl` seconds. A request accepted for later is `scheduled`
+until `due()` lists it. The store knows nothing of SMTP or HTTP. What the operator's dashboard
+reads (the recent list, the counts by status, the sends per minute) are bounded queries whose
+value types live in `stores/listing.py`. `tests/test_status_store.py` is the contract's test
+suite, run on every backend.
 """
 
 from __future__ import annotations
@@ -170,6 +172,19 @@ IDEMPOTENCY_TTL = 24 * 3600
 FAILED_CONTENT_TTL = 24 * 3600  # seconds a failed request's content is kept (manual retry)
 
 
+def due_at(record: StatusRecord) -> datetime:
+    """When a scheduled record falls due: its send_at; ValueError when it has none."""
+    if record.send_at is None:
+        raise ValueError(f"scheduled request {record.request_id} has no send_at")
+    return record.send_at
+
+
+def check_schedule(record: StatusRecord) -> None:
+    """ValueError for a scheduled record without send_at (before a backend writes anything)."""
+    if record.status is EmailStatus.SCHEDULED:
+        due_at(record)
+
+
 class OutageLog:
     """Logs a backend's outage once when it starts and once when it ends, not once a call.
     The lines name the status store unless told otherwise (the broker's hand-over uses it)."""
@@ -203,10 +218,16 @@ class StatusStore(ABC):
     """The interface every backend implements; `tests/test_status_store.py` is its contract.
 
     `durable` says whether an accepted request outlives this process in the store. A durable
-    store also keeps leases: each record names its `owner`, each owner renews its lease with
+    store keeps, across restarts: every record with its payload while unfinished; the
+    scheduled requests' index by send_at (`due()`); a failed request's content for
+    `kept_seconds` (`kept_payload()`); final statuses for `ttl`; Idempotency-Keys; counters;
+    and leases: each record names its `owner`, each owner renews its lease with
     `heartbeat()`, and unfinished records whose owner's lease ran out can be `claim()`ed by
-    another process. `save()` writes only while the record's owner still holds it, so two
-    processes never both send one request; `take()` hands an unfinished request on from the
+    another process (never a scheduled one: it waits for `due()`). `save()` writes only while
+    the record's owner still holds it, so two processes never both send one request;
+    `replace()` writes over what its caller read, whoever owns it (cancel, manual retry, the
+    due scheduler), so that of a cancel and the owner's save of `sending` one wins; a final
+    status is never replaced by another. `take()` hands an unfinished request on from the
     owner named in a hand-over (a task on a broker) to the one that received it, whether that
     owner's lease is alive or not. A final record whose webhook is still `pending` is
     found by `webhook_orphans()` and taken over by `claim_webhook()` in the same way, so that a
@@ -260,7 +281,8 @@ class StatusStore(ABC):
         status another: a canceled or expired request never goes back to `sending`, a final
         status is never replaced; saved again with the same status, as a webhook's outcome
         is, it is written). A final record drops its payload and expires after `ttl`; a
-        failed one keeps its payload apart for `kept_seconds` (`kept_payload()`)."""
+        failed one keeps its payload apart for `kept_seconds` (`kept_payload()`). ValueError
+        for a scheduled record without send_at, as in `create()`."""
 
     def replace(self, record: StatusRecord, expected: StatusRecord, restore: bool = False) -> bool:
         """Compare and set, whoever owns the record: write `record` (its owner as given) only
@@ -277,6 +299,7 @@ class StatusStore(ABC):
             raise ValueError("replace() takes a record and what was read of that same record")
         if restore and record.status.final:
             raise ValueError("restore brings a request back to an unfinished status")
+        check_schedule(record)
         return self._replace(record, expected, restore)
 
     @abstractmethod
@@ -347,13 +370,19 @@ class StatusStore(ABC):
 
     def orphans(self, limit: int) -> list[str]:
         """Unfinished requests whose owner's lease ran out (none where nothing outlives a
-        process)."""
+        process), scheduled ones never: recovery would send them before their time."""
         return []
 
     def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
         """Take over an orphaned request: its record (now owned by `owner`) and payload, or
-        None if it is finished or someone else holds it."""
+        None if it is finished, scheduled or someone else holds it."""
         return None
+
+    @abstractmethod
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of the `scheduled` requests whose send_at is `now` or earlier, earliest first
+        (then by id), at most `limit`, in one round trip through an index by send_at. Only
+        listed: a request leaves the index when `replace()` (or `save()`) changes its status."""
 
     @abstractmethod
     def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:

@@ -8,7 +8,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from mailservice.stores.contract import (
     FAILED_CONTENT_TTL,
@@ -17,6 +17,8 @@ from mailservice.stores.contract import (
     IdempotencyClaim,
     StatusRecord,
     StatusStore,
+    check_schedule,
+    due_at,
 )
 from mailservice.stores.listing import (
     MINUTES_KEPT,
@@ -24,6 +26,7 @@ from mailservice.stores.listing import (
     RecentPage,
     Search,
     check_limit,
+    created_micros,
     minute_of,
     page_of,
     parse_cursor,
@@ -41,7 +44,8 @@ class MemoryStatusStore(StatusStore):
     requests a day brings; `memory://?max=N` sets it. The dashboard's reads have their own
     bounded structures, changed under the same lock as the records: the newest
     RECENT_WINDOW ids sorted by creation, the counters by status and those per minute. A
-    failed request's content waits apart from the payloads, with its deadline.
+    failed request's content waits apart from the payloads, with its deadline; scheduled
+    requests are a list sorted by send_at.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class MemoryStatusStore(StatusStore):
         self._claims: dict[str, IdempotencyClaim] = {}
         self._claim_expiry: deque[tuple[float, str]] = deque()
         self._recent: list[tuple[int, str]] = []  # (created, id) ascending, RECENT_WINDOW at most
+        self._scheduled: list[tuple[int, str]] = []  # (send_at, id) ascending, scheduled ones
         self._counts: Counter[EmailStatus] = Counter()
         self._finished: dict[str, Counter[EmailStatus]] = {}  # minute -> final statuses
 
@@ -117,8 +122,12 @@ class MemoryStatusStore(StatusStore):
                     return earlier
                 self._claims[idempotency.scope] = idempotency
                 self._claim_expiry.append((now + IDEMPOTENCY_TTL, idempotency.scope))
+            for record, _ in items:
+                check_schedule(record)  # ValueError before anything is written
             for record, payload in items:
                 old = self._records.get(record.request_id)
+                self._unscheduled(old)
+                self._scheduled_in(record)
                 self._counted(old, record)
                 self._records[record.request_id] = record
                 self._payloads[record.request_id] = payload
@@ -133,6 +142,7 @@ class MemoryStatusStore(StatusStore):
             return self._claims.get(scope)
 
     def save(self, record: StatusRecord) -> bool:
+        check_schedule(record)
         with self._lock:
             now = self._clock()
             self._purge(now)
@@ -174,6 +184,8 @@ class MemoryStatusStore(StatusStore):
     def _write(self, old: StatusRecord, new: StatusRecord, now: float) -> None:
         """Store `new` in place of `old` with what follows from its status; under the lock."""
         request_id = new.request_id
+        self._unscheduled(old)
+        self._scheduled_in(new)
         self._counted(old, new)
         self._records[request_id] = new
         if new.status.final:
@@ -185,6 +197,24 @@ class MemoryStatusStore(StatusStore):
                 self._kept.move_to_end(request_id)
             self._expiry[request_id] = now + self.ttl
             self._expiry.move_to_end(request_id)
+
+    def _scheduled_in(self, record: StatusRecord) -> None:
+        if record.status is EmailStatus.SCHEDULED:
+            bisect.insort(self._scheduled, (created_micros(due_at(record)), record.request_id))
+
+    def _unscheduled(self, record: StatusRecord | None) -> None:
+        if record is None or record.status is not EmailStatus.SCHEDULED or record.send_at is None:
+            return
+        key = (created_micros(record.send_at), record.request_id)
+        at = bisect.bisect_left(self._scheduled, key)
+        if at < len(self._scheduled) and self._scheduled[at] == key:
+            del self._scheduled[at]
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        micros = created_micros(now)
+        with self._lock:
+            # Sorted: the first `limit` entries, less those not yet due (a tail of them).
+            return [i for at, i in self._scheduled[: max(0, limit)] if at <= micros]
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._lock:

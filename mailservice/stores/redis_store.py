@@ -1,17 +1,21 @@
 """The Redis status store: one hash per request, shared by every process of a deployment.
 
 Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its payload),
-`mail:unfinished` (a set of unfinished ids), `mail:webhooks` (a set of final ids whose webhook
-is still pending, kept by the save script and walked with SSCAN, a bounded part per call),
-`mail:recent`, `mail:counts` and `mail:finished:<minute>:<status>` (the dashboard's index and
-counters, changed by the create and save scripts; read by `redis_listing.py`),
-`mail:owner:<owner>` (a process's lease, expiring unless renewed) and `mail:idem:<scope>`
-(Idempotency-Keys, 24 h). Each write is one round trip:
-a short Lua script that checks and writes atomically (the owner check of `save`, the hand-over
-of `take` with the record it returns, the set-if-absent of an Idempotency-Key with the create,
-and every record of a batch in one script). Reads fetch only the status fields.
-Socket time-outs are short and retries few, so an outage is a quick
-StoreError (the API's 503), logged once when it starts and once when it ends.
+`mail:unfinished` (a set of unfinished ids but the scheduled ones: what recovery looks at),
+`mail:scheduled` (scheduled ids scored by send_at in epoch seconds: what `due()` reads),
+`mail:kept:<request_id>` (a failed request's content, expiring after `kept_seconds`),
+`mail:webhooks` (a set of final ids whose webhook is still pending, kept by the save script and
+walked with SSCAN, a bounded part per call), `mail:recent`, `mail:counts` and
+`mail:finished:<minute>:<status>` (the dashboard's index and counters, changed by the create
+and save scripts; read by `redis_listing.py`), `mail:owner:<owner>` (a process's lease,
+expiring unless renewed) and `mail:idem:<scope>` (Idempotency-Keys, 24 h). Each write is one
+round trip: a short Lua script that checks and writes atomically (the owner check of `save`,
+the compare-and-set of `replace` with its restore, the hand-over of `take` with the record it
+returns, the set-if-absent of an Idempotency-Key with the create, and every record of a batch
+in one script); the sets, the scheduled index and the kept content change in the same script
+as the record. Reads fetch only the status fields. Socket time-outs are short and retries
+few, so an outage is a quick StoreError (the API's 503), logged once when it starts and once
+when it ends.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
 import redis
 from redis.backoff import NoBackoff
@@ -37,6 +42,8 @@ from mailservice.stores.contract import (
     StatusRecord,
     StatusStore,
     WebhookState,
+    check_schedule,
+    due_at,
 )
 from mailservice.stores.listing import (
     MINUTES_KEPT,
@@ -53,6 +60,7 @@ from mailservice.stores.redis_scripts import (
     CLAIM,
     CLAIM_WEBHOOK,
     CREATE_MANY,
+    DUE,
     ORPHANS,
     REPLACE,
     SAVE,
@@ -66,17 +74,26 @@ KEY_PREFIX = "mail:req:"
 OWNER_PREFIX = "mail:owner:"
 IDEMPOTENCY_PREFIX = "mail:idem:"
 KEPT_PREFIX = "mail:kept:"  # a failed request's content, expiring after kept_seconds
-UNFINISHED = "mail:unfinished"
+UNFINISHED = "mail:unfinished"  # unfinished ids but the scheduled: what recovery looks at
+SCHEDULED = "mail:scheduled"  # scheduled ids by send_at (epoch seconds): what due() reads
 WEBHOOKS = "mail:webhooks"
 RECENT = "mail:recent"  # ids by creation time, the newest RECENT_WINDOW (the dashboard's list)
 COUNTS = "mail:counts"  # requests by status
 FINISHED_PREFIX = "mail:finished:"  # <minute>:<status>, final statuses per minute
 FINAL = [str(status) for status in EmailStatus if status.final]  # the save script's ARGV
 WEBHOOK_SCAN_MAX = 1000  # members of the webhooks set one webhook_orphans() call looks at
+DUE_SCAN_MAX = 1000  # ids of the scheduled set one due() call looks at, at most (stale ones go)
 
 
 def _claim_json(claim: IdempotencyClaim) -> str:
     return json.dumps([claim.fingerprint, claim.request_id])
+
+
+def _due_score(record: StatusRecord) -> str:
+    """A scheduled record's score in the scheduled set ('' for any other record)."""
+    if record.status is not EmailStatus.SCHEDULED:
+        return ""
+    return repr(due_at(record).timestamp())
 
 
 def _claim_of(scope: str, text: str | None) -> IdempotencyClaim | None:
@@ -98,6 +115,7 @@ class RedisStatusStore(StatusStore):
         self._save = client.register_script(SAVE)
         self._replace_script = client.register_script(REPLACE)
         self._orphans = client.register_script(ORPHANS)
+        self._due = client.register_script(DUE)
         self._claim = client.register_script(CLAIM)
         self._take = client.register_script(TAKE)
         self._webhook_orphans = client.register_script(WEBHOOK_ORPHANS)
@@ -143,6 +161,7 @@ class RedisStatusStore(StatusStore):
             UNFINISHED,
             RECENT,
             COUNTS,
+            SCHEDULED,
             *(KEY_PREFIX + record.request_id for record, _ in items),
         ]
         claim_json = ""
@@ -153,11 +172,13 @@ class RedisStatusStore(StatusStore):
             len(items),
             claim_json,
             IDEMPOTENCY_TTL,
-            2 * len(RECORD_FIELDS) + 5,
+            2 * len(RECORD_FIELDS) + 6,
             RECENT_WINDOW,
+            str(EmailStatus.SCHEDULED),
         ]
         for record, payload in items:
             args += [record.request_id, created_micros(record.created_at), str(record.status)]
+            args.append(_due_score(record))
             for name, value in record_to_fields(record).items():
                 args += [name, value]
             args += ["payload", payload]
@@ -170,6 +191,7 @@ class RedisStatusStore(StatusStore):
             return _claim_of(scope, self.client.get(IDEMPOTENCY_PREFIX + scope))
 
     def save(self, record: StatusRecord) -> bool:
+        check_schedule(record)
         return self._write(self._save, record, (record.owner, ""), restore=False)
 
     def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
@@ -185,11 +207,11 @@ class RedisStatusStore(StatusStore):
         pending = "1" if record.webhook is WebhookState.PENDING else "0"
         args: list[str | int] = [*check, "1" if restore else "0", self.ttl, request_id, pending]
         args += [str(record.status), MINUTES_KEPT * 60, self.kept_seconds, str(EmailStatus.FAILED)]
-        args += [len(FINAL), *FINAL]
+        args += [str(EmailStatus.SCHEDULED), _due_score(record), len(FINAL), *FINAL]
         args += [item for pair in record_to_fields(record).items() for item in pair]
         minute = self._listing.finished_key(minute_of(record.updated_at), record.status)
         keys = [KEY_PREFIX + request_id, UNFINISHED, WEBHOOKS, COUNTS, minute]
-        keys.append(KEPT_PREFIX + request_id)
+        keys += [KEPT_PREFIX + request_id, SCHEDULED]
         with self._guard():
             return bool(script(keys=keys, args=args))
 
@@ -218,12 +240,24 @@ class RedisStatusStore(StatusStore):
         if limit <= 0:
             return []
         with self._guard():
-            return list(self._orphans(keys=[UNFINISHED], args=[limit, KEY_PREFIX, OWNER_PREFIX]))
+            return list(
+                self._orphans(
+                    keys=[UNFINISHED],
+                    args=[limit, KEY_PREFIX, OWNER_PREFIX, str(EmailStatus.SCHEDULED)],
+                )
+            )
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        args = [repr(now.timestamp()), limit, KEY_PREFIX, str(EmailStatus.SCHEDULED)]
+        with self._guard():
+            return list(self._due(keys=[SCHEDULED], args=[*args, max(limit, DUE_SCAN_MAX)]))
 
     def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
         key = KEY_PREFIX + request_id
         with self._guard():
-            if not self._claim(keys=[key], args=[owner, OWNER_PREFIX]):
+            if not self._claim(keys=[key], args=[owner, OWNER_PREFIX, str(EmailStatus.SCHEDULED)]):
                 return None
             values = self.client.hmget(key, [*RECORD_FIELDS, "payload"])
         record = record_from_fields(request_id, values[:-1])

@@ -99,7 +99,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     # triggers take all four final statuses (recreated: a trigger cannot be altered). A
     # request's send_at and expires_at (stored as deliver_by: `expires_at` is the row's TTL).
     # A failed request's content, kept apart from `payload` (whose presence says unfinished)
-    # until `kept_until`, found by its index when it is deleted.
+    # until `kept_until`, found by its index when it is deleted. The scheduled requests by
+    # send_at (ISO text in UTC, which sorts in time order), for due().
     (
         5,
         """
@@ -109,6 +110,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE requests ADD COLUMN kept_until REAL;
         CREATE INDEX IF NOT EXISTS requests_kept ON requests (kept_until)
             WHERE kept_until IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS requests_scheduled ON requests (send_at, request_id)
+            WHERE status = 'scheduled';
         DROP TRIGGER IF EXISTS requests_moved;
         DROP TRIGGER IF EXISTS requests_finished;
         CREATE TRIGGER requests_moved AFTER UPDATE OF status ON requests

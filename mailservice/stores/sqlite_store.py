@@ -3,11 +3,13 @@
 Standard library sqlite3 in WAL mode with `synchronous=NORMAL`: a committed request survives a
 crash or `kill -9` of the process (not a power cut in the last moments before a checkpoint).
 Several processes on the machine may share the file: leases live in the `owners` table, and
-every check-and-write (owner check, take-over, Idempotency-Key) is one SQL statement or one
-`BEGIN IMMEDIATE` transaction; a final request's pending webhook is found through the partial
-index `requests_webhook_pending` (each call going on after the last one's last row, in
-`updated_at` order) and taken over like an unfinished request. Expired statuses
-are deleted by `purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
+every check-and-write (owner check, compare-and-set of `replace`, take-over, Idempotency-Key)
+is one SQL statement or one `BEGIN IMMEDIATE` transaction; a final request's pending webhook is
+found through the partial index `requests_webhook_pending` (each call going on after the last
+one's last row, in `updated_at` order) and taken over like an unfinished request, and the
+scheduled requests through `requests_scheduled` (by send_at). A failed request's content waits
+in `kept_payload` until `kept_until`. Expired statuses and kept content are deleted by
+`purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
 index and the counters that the schema's triggers keep in the same statement as each write.
 The file's schema version and its migrations live in `sqlite_schema.py`.
 """
@@ -20,12 +22,18 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import mailservice.stores.sqlite_listing as sqlite_listing
 from mailservice.errors import ConfigError, StoreError
-from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
+from mailservice.stores.codec import (
+    RECORD_FIELDS,
+    moment_to_text,
+    record_from_fields,
+    record_to_fields,
+)
 from mailservice.stores.contract import (
     FAILED_CONTENT_TTL,
     FINAL_STATUSES,
@@ -36,6 +44,7 @@ from mailservice.stores.contract import (
     StatusRecord,
     StatusStore,
     WebhookState,
+    check_schedule,
 )
 from mailservice.stores.listing import RecentPage, Search, check_limit, parse_cursor
 from mailservice.stores.sqlite_schema import open_database
@@ -60,6 +69,14 @@ WEBHOOK_ORPHANS = (
     " ORDER BY updated_at, request_id LIMIT :limit"
 )
 CLAIM_OF = "SELECT fingerprint, request_id FROM idempotency WHERE scope = ? AND expires_at > ?"
+# The scheduled requests due by :now (codec.moment_to_text), earliest first, through the
+# partial index of schema version 5 (INDEXED BY: no plan may sort or scan the table instead).
+DUE = (
+    "SELECT request_id FROM requests INDEXED BY requests_scheduled"
+    f" WHERE status = '{EmailStatus.SCHEDULED}' AND send_at <= :now"
+    " ORDER BY send_at, request_id LIMIT :limit"
+)
+NOT_SCHEDULED = f"status <> '{EmailStatus.SCHEDULED}'"  # what recovery may claim
 SCAN_START = ("", "")  # before every row: updated_at is never empty
 BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
@@ -135,6 +152,8 @@ class SqliteStatusStore(StatusStore):
         idempotency: IdempotencyClaim | None = None,
     ) -> IdempotencyClaim | None:
         now = self._clock()
+        for record, _ in items:
+            check_schedule(record)
         rows = [
             (record.request_id, *record_to_fields(record).values(), payload)
             for record, payload in items
@@ -166,6 +185,7 @@ class SqliteStatusStore(StatusStore):
         return None if row is None else IdempotencyClaim(scope, row[0], row[1])
 
     def save(self, record: StatusRecord) -> bool:
+        check_schedule(record)
         assignments, params = self._assignments(record)
         with self._transaction(writes=True) as db:
             cursor = db.execute(
@@ -271,7 +291,7 @@ class SqliteStatusStore(StatusStore):
             return []
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT request_id FROM requests WHERE payload IS NOT NULL"
+                f"SELECT request_id FROM requests WHERE payload IS NOT NULL AND {NOT_SCHEDULED}"
                 f" AND owner NOT IN ({LIVE_OWNERS}) ORDER BY created_at LIMIT :limit",
                 {"now": self._clock(), "limit": limit},
             ).fetchall()
@@ -281,7 +301,7 @@ class SqliteStatusStore(StatusStore):
         with self._transaction(immediate=True) as db:
             cursor = db.execute(
                 "UPDATE requests SET owner = :owner WHERE request_id = :id"
-                " AND payload IS NOT NULL"
+                f" AND payload IS NOT NULL AND {NOT_SCHEDULED}"
                 f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS}))",
                 {"owner": owner, "id": request_id, "now": self._clock()},
             )
@@ -311,6 +331,13 @@ class SqliteStatusStore(StatusStore):
             ).fetchone()
         record = record_from_fields(request_id, row[:-1])
         return None if record is None else (record, row[-1])
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._transaction() as db:
+            rows = db.execute(DUE, {"now": moment_to_text(now), "limit": limit}).fetchall()
+        return [row[0] for row in rows]
 
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         if limit <= 0:
