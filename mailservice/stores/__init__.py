@@ -7,6 +7,7 @@
     sqlite_store.py  sqlite:///  durable, one machine
     sqlite_schema.py             its file's schema version and migrations
     sqlite_listing.py            its reads for the dashboard
+    sqlite_writes.py             its UPDATEs of save() and replace()
     redis_store.py   redis://    durable, several processes and hosts
     redis_scripts.py             its Lua scripts
     redis_listing.py             its reads for the dashboard

@@ -11,7 +11,8 @@ scheduled requests through `requests_scheduled` (by send_at). A failed request's
 in `kept_payload` until `kept_until`. Expired statuses and kept content are deleted by
 `purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
 index and the counters that the schema's triggers keep in the same statement as each write.
-The file's schema version and its migrations live in `sqlite_schema.py`.
+The file's schema version and its migrations live in `sqlite_schema.py`, the UPDATE statements
+of `save()` and `replace()` in `sqlite_writes.py`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from mailservice.stores.codec import (
 )
 from mailservice.stores.contract import (
     FAILED_CONTENT_TTL,
-    FINAL_STATUSES,
     IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
@@ -48,14 +48,11 @@ from mailservice.stores.contract import (
 )
 from mailservice.stores.listing import RecentPage, Search, check_limit, parse_cursor
 from mailservice.stores.sqlite_schema import open_database
+from mailservice.stores.sqlite_writes import FORGET_KEPT, KEPT_OF, replace_update, save_update
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ", ".join(RECORD_FIELDS)
-# The final statuses as an SQL list (literals of the enum, never a caller's value).
-FINAL_LIST = ", ".join(f"'{status}'" for status in sorted(FINAL_STATUSES))
-# A final status is never replaced by another (saving it again, its webhook's outcome, is).
-STAYS_FINAL = f"(status = :status OR status NOT IN ({FINAL_LIST}))"
 LIVE_OWNERS = "SELECT owner FROM owners WHERE lease_until > :now"
 # Final (only a final save sets `expires_at`), unexpired, webhook pending, owner dead or the
 # asker, after the last call's last row (:after_at, :after_id). INDEXED BY: the planner, knowing
@@ -186,58 +183,16 @@ class SqliteStatusStore(StatusStore):
 
     def save(self, record: StatusRecord) -> bool:
         check_schedule(record)
-        assignments, params = self._assignments(record)
+        now, ttl, kept = self._clock(), self.ttl, self.kept_seconds
+        sql, params = save_update(record, now, ttl=ttl, kept_seconds=kept)
         with self._transaction(writes=True) as db:
-            cursor = db.execute(
-                f"UPDATE requests SET {assignments}"
-                f" WHERE request_id = :id AND owner = :owner AND {STAYS_FINAL}",
-                params,
-            )
-            return cursor.rowcount == 1
+            return db.execute(sql, params).rowcount == 1
 
     def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
-        assignments, params = self._assignments(record)
-        # updated_at as the codec stores it (record_to_fields): compared as text.
-        params["expected_status"] = str(expected.status)
-        params["expected_at"] = expected.updated_at.isoformat()
-        where = (
-            "request_id = :id AND status = :expected_status AND updated_at = :expected_at"
-            " AND (expires_at IS NULL OR expires_at > :now)"
-        )
-        if restore:  # back from failed: unfinished again, so no TTL and its payload back
-            assignments += (
-                ", payload = kept_payload, kept_payload = NULL, kept_until = NULL"
-                ", expires_at = NULL"
-            )
-            where += " AND kept_payload IS NOT NULL AND kept_until > :now"
-        else:
-            where += f" AND {STAYS_FINAL}"
+        now, ttl, kept = self._clock(), self.ttl, self.kept_seconds
+        sql, params = replace_update(record, expected, restore, now, ttl=ttl, kept_seconds=kept)
         with self._transaction(writes=True) as db:
-            cursor = db.execute(f"UPDATE requests SET {assignments} WHERE {where}", params)
-            return cursor.rowcount == 1
-
-    def _assignments(self, record: StatusRecord) -> tuple[str, dict[str, object]]:
-        """The SET clause writing `record` and what follows from its status, and its values
-        (`:id`, `:now` among them). A final record drops its payload and expires after
-        `ttl`; a failed one keeps its payload as `kept_payload` (saved failed again, a
-        webhook's outcome, what was kept stays), any other drops what was kept. The right-hand
-        sides read the row as it was: `kept_payload = payload` before `payload = NULL`."""
-        fields = record_to_fields(record)
-        now = self._clock()
-        params: dict[str, object] = {**fields, "id": record.request_id, "now": now}
-        assignments = [f"{name} = :{name}" for name in fields]
-        if record.status.final:
-            if record.status is EmailStatus.FAILED and self.kept_seconds > 0:
-                assignments += [
-                    "kept_payload = coalesce(payload, kept_payload)",
-                    "kept_until = CASE WHEN payload IS NULL THEN kept_until ELSE :kept_until END",
-                ]
-                params["kept_until"] = now + self.kept_seconds
-            else:
-                assignments += ["kept_payload = NULL", "kept_until = NULL"]
-            assignments += ["payload = NULL", "expires_at = :expires"]
-            params["expires"] = now + self.ttl
-        return ", ".join(assignments), params
+            return db.execute(sql, params).rowcount == 1
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._transaction() as db:
@@ -256,22 +211,13 @@ class SqliteStatusStore(StatusStore):
         return None if row is None else row[0]
 
     def kept_payload(self, request_id: str) -> str | None:
-        now = self._clock()
+        params = {"id": request_id, "now": self._clock()}
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT kept_payload, kept_until > :now AND (expires_at IS NULL"
-                " OR expires_at > :now) FROM requests WHERE request_id = :id"
-                " AND kept_payload IS NOT NULL",
-                {"id": request_id, "now": now},
-            ).fetchone()
+            row = db.execute(KEPT_OF, params).fetchone()
             if row is None or row[1]:
                 return None if row is None else row[0]
             # Read past its time: deleted now rather than at the next purge_expired().
-            db.execute(
-                "UPDATE requests SET kept_payload = NULL, kept_until = NULL"
-                " WHERE request_id = ? AND kept_until <= ?",
-                (request_id, now),
-            )
+            db.execute(f"{FORGET_KEPT} AND request_id = :id", params)
         return None
 
     def ping(self) -> None:
@@ -393,10 +339,7 @@ class SqliteStatusStore(StatusStore):
         now = self._clock()
         with self._transaction(writes=True) as db:
             db.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
-            db.execute(
-                "UPDATE requests SET kept_payload = NULL, kept_until = NULL WHERE kept_until <= ?",
-                (now,),
-            )
+            db.execute(FORGET_KEPT, {"now": now})
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
 
