@@ -154,6 +154,11 @@ def test_version_4_file_is_migrated_keeping_its_counts_and_its_triggers_take_eve
         assert pragma(path, "user_version") == SCHEMA_VERSION == 5
         counts = store.counts()
         assert counts[EmailStatus.SENT] == 1 and counts[EmailStatus.QUEUED] == 1
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert {"requests_scheduled", "requests_kept"} <= names
+        migrated = store.get(REQUEST_ID)
+        assert migrated is not None and migrated.send_at is migrated.expires_at is None
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
         queued = store.get(REQUEST_ID)
         assert queued is not None

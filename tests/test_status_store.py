@@ -1742,8 +1742,10 @@ def test_a_scheduled_request_needs_its_send_at(store: StatusStore) -> None:
 
 def test_a_scheduled_request_is_never_an_orphan(durable_pair) -> None:
     first, second = durable_pair
-    record = scheduled(1, T0, owner="dead")  # its owner holds no lease
+    first.heartbeat("api", 30)
+    record = scheduled(1, T0, owner="api")
     first.create(record, "{}")
+    first.heartbeat("api", 0)  # its owner's lease is gone
     assert second.orphans(10) == [], "recovery would send it before its time"
     assert second.claim(record.request_id, "recovery") is None
     assert second.due(T0, 10) == [record.request_id], "the due scheduler finds it instead"
