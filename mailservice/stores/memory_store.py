@@ -165,11 +165,10 @@ class MemoryStatusStore(StatusStore):
             now = self._clock()
             self._purge(now)
             stored = self._records.get(request_id)
-            if stored is None or (stored.status, stored.updated_at) != (
-                expected.status,
-                expected.updated_at,
-            ):
+            if stored is None or stored.status is not expected.status:
                 return False
+            if stored.updated_at != expected.updated_at:
+                return False  # changed since it was read
             if restore:
                 kept = self._kept.pop(request_id, None)
                 if kept is None:
