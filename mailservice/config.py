@@ -71,6 +71,7 @@ class Settings:
     max_attachment_bytes: int = 10 * 1024 * 1024  # decoded, all of a message's attachments
     templates_dir: str = ""  # empty: only the shipped templates
     batch_max: int = 100
+    max_schedule_days: int = 30  # how far ahead a `send_at` may be
     webhook_url: str = ""  # empty: no deployment-wide webhook
     webhook_secret: str = field(default="", repr=False)
     webhook_allow_private: bool = False
@@ -262,6 +263,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_ATTACHMENT_BYTES": ("max_attachment_bytes", _positive(int, allow_zero=True)),
     "TEMPLATES_DIR": ("templates_dir", str.strip),
     "BATCH_MAX": ("batch_max", _positive(int)),
+    "MAX_SCHEDULE_DAYS": ("max_schedule_days", _positive(int)),
     "WEBHOOK_URL": ("webhook_url", _http_url),
     "WEBHOOK_SECRET": ("webhook_secret", str),
     "WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _off_switch),
