@@ -93,6 +93,28 @@ def test_a_store_that_refuses_sending_gets_a_wait_and_nothing_is_sent(smtp_serve
     assert smtp_server.handler.transactions == 0
 
 
+def test_an_attempt_past_the_expiry_ends_expired_before_recording_or_sending(smtp_server):
+    store = MemoryStatusStore(60)
+    record = replace(queued("r1", "me"), expires_at=utcnow())
+    store.create(record, SPEC.to_json())
+    events, seen = EventBus(), []
+    events.subscribe(seen.append)
+    attempt, sender = attempt_for(store, smtp_server.port, events)
+    outcome = attempt.run(AttemptState(record, SPEC.to_json()), sender)
+    assert isinstance(outcome.next, Final) and outcome.answered is None
+    final = outcome.next.record
+    assert (final.status, final.error, final.attempts) == (
+        EmailStatus.EXPIRED,
+        "expired before it could be sent",
+        0,
+    )
+    assert store.get("r1").status is EmailStatus.QUEUED, "no `sending` was recorded"
+    assert smtp_server.handler.transactions == 0 and seen == []
+    attempt.save_final(final)
+    assert store.get("r1").status is EmailStatus.EXPIRED and store.payload("r1") is None
+    assert [type(e) for e in seen] == [Finished]
+
+
 def test_final_is_announced_only_once_saved_by_the_owner(tmp_path: Path):
     store = SqliteStatusStore(str(tmp_path / "s.db"), 60)
     events, seen = EventBus(), []

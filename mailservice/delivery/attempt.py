@@ -3,13 +3,14 @@
 `DeliveryAttempt.run(state, sender)` records `sending` under this process's ownership (nothing
 is handed to a server that the store does not know is being sent), builds the message from the
 stored `MessageSpec`, runs one SMTP transaction and returns what comes next: another attempt
-after a delay (`Retry`), the end (`Final`), a wait for the store that refused `sending`
-(`WaitForStore`, no attempt spent), or nothing more for this process (`Dropped`: another one
-owns the request now). A dispatcher (the thread pool, later a Celery task) acts on that answer;
-`save_retry()` and `save_final()` record the statuses it carries, and `save_final()` announces
-the end (the `Finished` event) once the store has it. Each SMTP transaction is announced too
-(`Attempted`: its time, what the server made of it, whether a retry follows), here, the one
-place that knows.
+after a delay (`Retry`), the end (`Final`: also `expired`, before `sending` is recorded, for a
+request whose `expires_at` has come, and instead of a retry that would start after it), a wait
+for the store that refused `sending` (`WaitForStore`, no attempt spent), or nothing more for
+this process (`Dropped`: another one owns the request now, or it ended elsewhere). A
+dispatcher (the thread pool, a Celery task) acts on that answer; `save_retry()` and
+`save_final()` record the statuses it carries, and `save_final()` announces the end (the
+`Finished` event) once the store has it. Each SMTP transaction is announced too (`Attempted`:
+its time, what the server made of it, whether a retry follows), here, the one place that knows.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from mailservice.delivery.message import build_message, wire_bytes
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
@@ -30,6 +32,8 @@ from mailservice.delivery.transitions import (
     after_failure,
     begin,
     delivered,
+    expire,
+    expired,
     finish,
 )
 from mailservice.errors import (
@@ -126,14 +130,20 @@ class DeliveryAttempt:
         self._clock = clock
 
     def run(self, state: AttemptState, sender: Sender) -> Outcome:
-        """One attempt: record `sending`, build, send; what comes next."""
+        """One attempt: record `sending`, build, send; what comes next. A request whose
+        `expires_at` has come ends `expired` instead, before anything is recorded or sent."""
         try:
             payload = state.payload or self.store.payload(state.request_id)
-            record = begin(state.record, utcnow())
-            owned = payload is not None and self.store.save(record)
+            if payload is None:
+                return Outcome(Dropped("taken over by another process"), None)
+            now = utcnow()
+            if expired(state.record, now):
+                return Outcome(Final(self._expire(state, now)), None)
+            record = begin(state.record, now)
+            owned = self.store.save(record)
         except StoreError:
             return Outcome(self._wait_for_store(state), None)
-        if not owned or payload is None:
+        if not owned:
             return Outcome(Dropped("taken over by another process"), None)
         state.record, state.store_waits, state.deferred = record, 0, {}
         try:
@@ -184,6 +194,14 @@ class DeliveryAttempt:
                 deferred=state.deferred,
                 possibly_delivered=state.possibly_delivered,
             )
+        )
+
+    def _expire(self, state: AttemptState, now: datetime) -> StatusRecord:
+        return expire(
+            state.record,
+            now=now,
+            deferred=state.deferred,
+            possibly_delivered=state.possibly_delivered,
         )
 
     def _after_failure(self, state: AttemptState, reason: str) -> Retry | Final:

@@ -42,6 +42,7 @@ class TaskResult(StrEnum):
     SKIPPED = "skipped"  # taken by another process already, or final: nothing done
     SENT = "sent"
     FAILED = "failed"
+    EXPIRED = "expired"  # its expires_at came before it could be sent
     RETRY = "retry"  # handed over again, for a later attempt
     DROPPED = "dropped"  # another process took it over during the attempt
 
