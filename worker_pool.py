@@ -134,6 +134,10 @@ class WorkerPool(Dispatcher):
                 return 0
             return self.queue_max - len(self._jobs)
 
+    def check_open(self) -> None:
+        if not self._accepting:  # a flag set once, under the lock, read without it
+            raise Unavailable("the service is shutting down")
+
     def check_room(self, size: int = 0) -> None:
         with self._cond:
             if not self._accepting:

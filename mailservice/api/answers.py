@@ -72,12 +72,18 @@ class FailedProblem(InvalidProblem):
 # -- sending -----------------------------------------------------------------------------------
 
 
+AcceptedStatus = Literal["queued", "scheduled"]
+ACCEPTED_STATUS = Field(
+    description="queued, or scheduled: recorded to be sent at its send_at (API.md section 3)."
+)
+
+
 class Accepted(Answer):
-    """202: the request is recorded and queued; `Location` names its status."""
+    """202: the request is recorded and queued (or scheduled); `Location` names its status."""
 
     message: Literal["Email request is being processed"]
     request_id: str = RequestId
-    status: Literal["queued"]
+    status: AcceptedStatus = ACCEPTED_STATUS
 
 
 class AcceptedWithResult(Accepted):
@@ -90,7 +96,7 @@ class Queued(Answer):
     """A batch's accepted message."""
 
     request_id: str = RequestId
-    status: Literal["queued"]
+    status: AcceptedStatus = ACCEPTED_STATUS
 
 
 BatchItem = Queued | InvalidProblem | Problem
@@ -128,6 +134,14 @@ class StatusAnswer(Answer):
     )
     created_at: str = Timestamp
     updated_at: str = Timestamp
+    send_at: str | None = Field(
+        description="Null, or when it is (or was) to be sent, as given, in UTC with a Z.",
+        json_schema_extra={"format": "date-time"},
+    )
+    expires_at: str | None = Field(
+        description="Null, or when it ends expired if not yet sent, as given, in UTC with a Z.",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class TemplateInfo(Answer):

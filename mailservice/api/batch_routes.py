@@ -1,7 +1,8 @@
 """Batches (API.md section 3, "Batches") as one blueprint:
 
     POST /send-email/batch   {"messages": [<section 3's body>, ...]}: one answer per message,
-                             in order; 202 all accepted, 207 some, 400 none
+                             in order (an accepted one `queued`, or `scheduled` for its
+                             send_at); 202 all accepted, 207 some, 400 none
 
 Each message is validated on its own by the single route's own steps (`validate_send`, then
 `prepared`), so whatever a message of `/send-email` may hold, a batch's message may too, and
@@ -33,6 +34,7 @@ from mailservice.api.request_path import (
     service,
     validate_send,
 )
+from mailservice.api.schedule_fields import repeat_status
 from mailservice.delivery.accepting import RequestExtras
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.errors import ApiError, FieldError
@@ -133,19 +135,23 @@ def answer(items: list[dict[str, Any]]) -> Response:
     return response
 
 
-def queued(request_id: str) -> dict[str, Any]:
-    return {"request_id": request_id, "status": str(EmailStatus.QUEUED)}
+def accepted(request_id: str, status: EmailStatus) -> dict[str, Any]:
+    """An accepted message's item: `queued`, or `scheduled` for its send_at."""
+    return {"request_id": request_id, "status": str(status)}
 
 
-def repeated(claim: IdempotencyClaim, checked: list[Prepared | Refused]) -> list[dict[str, Any]]:
-    """The first answer again, from the claim's places and the refused messages' problems."""
+def repeated(
+    claim: IdempotencyClaim, checked: list[Prepared | Refused], messages: list[Any]
+) -> list[dict[str, Any]]:
+    """The first answer again, from the claim's places and the refused messages' problems
+    (an accepted one's status from its body, `repeat_status`)."""
     places = claim.places
     if len(places) != len(checked):  # the same fingerprint, another batch: cannot happen
         raise ApiError(409, "This Idempotency-Key was used for a different request.")
     items = []
-    for place, outcome in zip(places, checked, strict=True):
+    for place, outcome, message in zip(places, checked, messages, strict=True):
         if place is not None:
-            items.append(queued(place))
+            items.append(accepted(place, repeat_status(message)))
         elif isinstance(outcome, Refused):
             items.append(outcome.body())
         else:
@@ -157,14 +163,15 @@ def accept_batch() -> Response:
     """The route's steps, in the order of API.md section 3."""
     body = json_body()
     sender = authenticate(body)
-    checked = [check_message(message, sender) for message in batch_messages(body)]
+    messages = batch_messages(body)
+    checked = [check_message(message, sender) for message in messages]
     if all(isinstance(outcome, Refused) for outcome in checked):
         # Nothing to create, so the store is not asked to: unless this repeats a batch that
         # was accepted under its Idempotency-Key (the settings changed since), which gets the
         # first answer again.
         earlier = repeat_of(body)
         if earlier is not None:
-            return answer(repeated(earlier, checked))
+            return answer(repeated(earlier, checked, messages))
         return answer([outcome.body() for outcome in checked if isinstance(outcome, Refused)])
     value = idempotency_key()
     claim = None
@@ -179,10 +186,12 @@ def accept_batch() -> Response:
     if isinstance(result, IdempotencyClaim):
         if claim is None or result.fingerprint != claim[1]:
             raise ApiError(409, "This Idempotency-Key was used for a different request.")
-        return answer(repeated(result, checked))
+        return answer(repeated(result, checked, messages))
     return answer(
         [
-            queued(record.request_id) if record is not None else refused_body(outcome)
+            accepted(record.request_id, record.status)
+            if record is not None
+            else refused_body(outcome)
             for record, outcome in zip(result, checked, strict=True)
         ]
     )

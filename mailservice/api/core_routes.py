@@ -1,7 +1,8 @@
 """The core routes (API.md sections 3, 4 and 8) as one blueprint: send, status, health.
 
-    POST /send-email[/]       202: recorded and queued (the older FastAPI services' `email_to`
-                              body is told apart and answered in their shape)
+    POST /send-email[/]       202: recorded and queued, or scheduled for its send_at (the older
+                              FastAPI services' `email_to` body is told apart and answered in
+                              their shape)
     GET  /email-status/<id>   the status; no message content, ever
     GET  /healthz, /readyz    alive; store reachable and room for more
 
@@ -19,7 +20,7 @@ from flask import Blueprint, Response, jsonify
 from mailservice.api.http_input import json_body
 from mailservice.api.legacy_routes import is_email_to_shape, send_email_to
 from mailservice.api.request_path import (
-    accept,
+    accept_send,
     accepted_answer,
     authenticate,
     problem,
@@ -40,7 +41,7 @@ def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
         sender = authenticate(body)
         if is_email_to_shape(body):  # the FastAPI and Celery services' body (API.md section 7)
             return send_email_to(body, sender)
-        return accepted_answer(accept(body, lambda: validate_send(body, sender), sender))
+        return accepted_answer(*accept_send(body, lambda: validate_send(body, sender), sender))
 
     @core.get("/email-status/<request_id>")
     def email_status(request_id: str) -> Response:

@@ -77,6 +77,14 @@ SEND_FIELDS: dict[str, dict[str, Any]] = {
         "description": "An http:// or https:// URL that gets a signed POST of the final status.",
         "anyOf": [{"type": "string", "format": "uri", "maxLength": 2048}, {"type": "null"}],
     },
+    "send_at": {
+        "description": "When to send it: an ISO 8601 date-time with an offset, at most "
+        "MAX_SCHEDULE_DAYS ahead; now or past sends at once.",
+    },
+    "expires_at": {
+        "description": "When it is too late to send: an ISO 8601 date-time with an offset, "
+        "after now and after send_at; not handed to the SMTP server by then, it ends expired.",
+    },
     "key": {"description": KEY_DOC},
 }
 SEND_EXAMPLES = [

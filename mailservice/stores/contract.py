@@ -106,7 +106,7 @@ class StatusRecord:
     history: tuple[HistoryEntry, ...] = ()
     # UTC, like created_at. `send_at`: when a `scheduled` request falls due (`due()`);
     # `expires_at`: when a request not yet handed to the SMTP server ends `expired` instead.
-    # None: at once, and never. Not in public(): the API decides what it shows of them.
+    # None: at once, and never. Both in public(), as the client gave them (in UTC).
     send_at: datetime | None = None
     expires_at: datetime | None = None
 
@@ -134,9 +134,16 @@ class StatusRecord:
             "metadata": dict(self.metadata),
             "tags": list(self.tags),
             "webhook": None if self.webhook is None else str(self.webhook),
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "updated_at": self.updated_at.isoformat().replace("+00:00", "Z"),
+            "created_at": shown_moment(self.created_at),
+            "updated_at": shown_moment(self.updated_at),
+            "send_at": None if self.send_at is None else shown_moment(self.send_at),
+            "expires_at": None if self.expires_at is None else shown_moment(self.expires_at),
         }
+
+
+def shown_moment(moment: datetime) -> str:
+    """A time as the API writes it: ISO 8601 in UTC with a Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
