@@ -1,5 +1,5 @@
 """The delivery side of one process, wired: store, request log, events, SMTP client, attempt,
-dispatcher, webhooks, leases, acceptor and failure notices.
+dispatcher, webhooks, leases, acceptor, failure notices and the due scheduler.
 
 Every process that accepts or sends builds the same stack with `build_stack()`: an API process
 (`mail_server.create_app()`, which adds the HTTP side) and a Celery worker process
@@ -22,6 +22,7 @@ from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.failure_notices import FailureNotifier
 from mailservice.delivery.notice_policy import reason_class
 from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.delivery.scheduler import DueScheduler
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
@@ -39,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DeliveryStack:
-    """One process's delivery parts; `start()` begins the lease upkeep, `shutdown()` ends all."""
+    """One process's delivery parts; `start()` begins the lease upkeep and the due scheduler,
+    `shutdown()` ends all."""
 
     store: StatusStore
     request_log: RequestLog
@@ -52,13 +54,18 @@ class DeliveryStack:
     leases: LeaseKeeper
     acceptor: Acceptor
     notices: FailureNotifier | None
+    scheduler: DueScheduler
 
     def start(self) -> None:
-        """Take up what stopped processes left on a durable store, and keep the lease."""
+        """Take up what stopped processes left on a durable store, and keep the lease; take
+        scheduled requests as they fall due (those already due first)."""
         self.leases.start()
+        self.scheduler.start()
 
     def shutdown(self, drain_seconds: float) -> int:
-        """Stop accepting, send for up to `drain_seconds`, give up the lease; requests left."""
+        """Stop accepting, send for up to `drain_seconds`, give up the lease; requests left.
+        Scheduled requests not yet taken stay in the store (the memory store's are lost)."""
+        self.scheduler.stop()  # first: nothing more is handed to the draining dispatcher
         left = self.dispatcher.drain(drain_seconds)
         self.webhooks.close()  # before the lease goes: what it leaves is for the next process
         self.leases.stop()
@@ -117,7 +124,8 @@ def build_stack(
         events.subscribe(notices.on_event)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
+    scheduler = DueScheduler(store, dispatcher, senders, events)
     return DeliveryStack(
         store, request_log, metrics, events, smtp, attempt, dispatcher, webhooks, leases,
-        acceptor, notices,
+        acceptor, notices, scheduler,
     )  # fmt: skip
