@@ -88,7 +88,11 @@ WAIT_TIMEOUT = problem(
     "OutcomeProblem",
     "Location",
 )
-ACCEPTED = json("Recorded and queued.", ("Accepted", "AcceptedWithResult"), "Location")
+ACCEPTED = json(
+    "Recorded and queued, or scheduled for its send_at.",
+    ("Accepted", "AcceptedWithResult"),
+    "Location",
+)
 SENDING = "Sending"
 OLDER = "Older services (drop-in)"
 V1_CREATED = json("Sent or queued; `result` is the older service's text.", "V1Result", "Location")
