@@ -5,11 +5,11 @@ is handed to a server that the store does not know is being sent), builds the me
 envelope from the stored `MessageSpec` (`outgoing()`, which a dry run answers with), runs one
 SMTP transaction and returns what comes next: another attempt after a delay (`Retry`), the
 end (`Final`), a wait for the store that refused `sending` (`WaitForStore`, no attempt spent),
-or nothing more for this process (`Dropped`: another one owns the request now). A dispatcher (the thread pool, later a Celery task) acts on that answer;
-`save_retry()` and `save_final()` record the statuses it carries, and `save_final()` announces
-the end (the `Finished` event) once the store has it. Each SMTP transaction is announced too
-(`Attempted`: its time, what the server made of it, whether a retry follows), here, the one
-place that knows.
+or nothing more for this process (`Dropped`: another one owns the request now). A dispatcher
+(the thread pool, later a Celery task) acts on that answer; `save_retry()` and `save_final()`
+record the statuses it carries, and `save_final()` announces the end (the `Finished` event)
+once the store has it. Each SMTP transaction is announced too (`Attempted`: its time, what the
+server made of it, whether a retry follows), here, the one place that knows.
 """
 
 from __future__ import annotations
