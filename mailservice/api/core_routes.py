@@ -1,7 +1,8 @@
 """The core routes (API.md sections 3, 4 and 8) as one blueprint: send, status, health.
 
     POST /send-email[/]       202: recorded and queued (the older FastAPI services' `email_to`
-                              body is told apart and answered in their shape)
+                              body is told apart and answered in their shape); with
+                              "dry_run": true, 200 and what would be sent (api/dry_run.py)
     GET  /email-status/<id>   the status; no message content, ever
     GET  /healthz, /readyz    alive; store reachable and room for more
 
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify
 
+from mailservice.api import dry_run
 from mailservice.api.http_input import json_body
 from mailservice.api.legacy_routes import is_email_to_shape, send_email_to
 from mailservice.api.request_path import (
@@ -40,6 +42,8 @@ def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
         sender = authenticate(body)
         if is_email_to_shape(body):  # the FastAPI and Celery services' body (API.md section 7)
             return send_email_to(body, sender)
+        if dry_run.requested(body):
+            return dry_run.answer(validate_send(body, sender), sender)
         return accepted_answer(accept(body, lambda: validate_send(body, sender), sender))
 
     @core.get("/email-status/<request_id>")

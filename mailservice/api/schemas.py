@@ -184,6 +184,8 @@ class SendRequest(BaseModel):
     metadata: Metadata = Field(default_factory=dict)  # the same (client_fields)
     callback_url: CallbackUrl | None = None  # its target is checked with the settings (400)
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
+    # A dry run (api/dry_run.py, which reads it from the body before validation): not content.
+    dry_run: StrictBool = Field(default=False, exclude=True)
 
     @field_validator("recipient", mode="after")
     @classmethod
