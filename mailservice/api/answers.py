@@ -114,6 +114,36 @@ class BatchProblem(InvalidProblem):
     messages: list[InvalidProblem | Problem]
 
 
+class Envelope(Answer):
+    """The SMTP envelope a send would use."""
+
+    mail_from: str = Field(description="MAIL FROM: the key's sender address.")
+    rcpt_to: list[str] = Field(description="RCPT TO: every recipient, bcc included, each once.")
+
+
+class DryRun(Answer):
+    """200 to a send with `"dry_run": true`: what would be sent; nothing was recorded or sent."""
+
+    dry_run: Literal[True]
+    request_id: str = Field(
+        description="The id this dry run made for the Message-ID; no request has it.",
+        json_schema_extra={"format": "uuid"},
+    )
+    envelope: Envelope
+    message: str = Field(
+        description="The message exactly as DATA would send it (CRLF line ends, before "
+        "dot-stuffing), decoded as UTF-8."
+    )
+
+
+class DryRunBatch(Answer):
+    """200 (every message passed) or 207 (some did) to a batch with `"dry_run": true`: one
+    item per message, in order."""
+
+    dry_run: Literal[True]
+    messages: list[DryRun | InvalidProblem | Problem]
+
+
 # -- status, templates, health ----------------------------------------------------------------
 
 
@@ -230,6 +260,9 @@ ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     Queued,
     BatchAnswer,
     BatchProblem,
+    Envelope,
+    DryRun,
+    DryRunBatch,
     StatusAnswer,
     TemplateInfo,
     TemplateList,

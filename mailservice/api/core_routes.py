@@ -2,7 +2,8 @@
 
     POST /send-email[/]       202: recorded and queued, or scheduled for its send_at (the older
                               FastAPI services' `email_to` body is told apart and answered in
-                              their shape)
+                              their shape); with "dry_run": true, 200 and what would be sent
+                              (api/dry_run.py)
     GET  /email-status/<id>   the status; no message content, ever
     GET  /healthz, /readyz    alive; store reachable and room for more
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify
 
+from mailservice.api import dry_run
 from mailservice.api.http_input import json_body
 from mailservice.api.legacy_routes import is_email_to_shape, send_email_to
 from mailservice.api.request_path import (
@@ -41,6 +43,8 @@ def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
         sender = authenticate(body)
         if is_email_to_shape(body):  # the FastAPI and Celery services' body (API.md section 7)
             return send_email_to(body, sender)
+        if dry_run.requested(body):
+            return dry_run.answer(validate_send(body, sender), sender)
         return accepted_answer(*accept_send(body, lambda: validate_send(body, sender), sender))
 
     @core.get("/email-status/<request_id>")

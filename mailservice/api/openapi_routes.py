@@ -96,16 +96,21 @@ ACCEPTED = json(
 SENDING = "Sending"
 OLDER = "Older services (drop-in)"
 V1_CREATED = json("Sent or queued; `result` is the older service's text.", "V1Result", "Location")
+DRY_RUN = json("A dry run: what would be sent; nothing was recorded or sent.", "DryRun")
+DRY_RUN_DOC = ' With `"dry_run": true`, 200 and what would be sent, at once.'
+# The /api/v1 routes that wait for the outcome.
+V1_WAITING = {200: DRY_RUN, 201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT,
+              **SENDER_ERRORS}  # fmt: skip
 
 
 def send_email(rule: str, operation_id: str) -> Operation:
     return Operation(
         rule, "POST", operation_id, "Send one message", SENDING,
-        {202: ACCEPTED, 400: INVALID, **SENDER_ERRORS},
+        {200: DRY_RUN, 202: ACCEPTED, 400: INVALID, **SENDER_ERRORS},
         body={"application/json": ("SendRequest", "EmailToBody")},
         auth="sender", rate_limited=True, idempotent=True, links=(202,),
         description="The core body (API.md section 3), or the FastAPI and Celery services' "
-        "`email_to` body, which is answered with `result` as well.",
+        "`email_to` body, which is answered with `result` as well." + DRY_RUN_DOC,
     )  # fmt: skip
 
 
@@ -119,9 +124,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "Send up to BATCH_MAX messages",
         SENDING,
         {
+            200: json("A dry run of which every message passed.", "DryRunBatch"),
             202: json("Every message was accepted.", "BatchAnswer"),
             207: json(
-                "Some messages were accepted; the others' items are problems.", "BatchAnswer"
+                "Some messages were accepted (or passed, in a dry run); the others' items are "
+                "problems.",
+                ("BatchAnswer", "DryRunBatch"),
             ),
             400: problem(
                 "No message was accepted (`messages` lists their problems), or the "
@@ -135,7 +143,8 @@ OPERATIONS: tuple[Operation, ...] = (
         rate_limited=True,
         idempotent=True,
         description="Each message is a SendRequest body, validated on its own. The batch "
-        "counts against RATE_LIMIT once per message.",
+        'counts against RATE_LIMIT once per message. A top-level `"dry_run": true` makes '
+        "the whole batch a dry run: 200 (or 207) with each message's preview.",
     ),
     Operation(
         "/email-status/<request_id>",
@@ -195,8 +204,9 @@ OPERATIONS: tuple[Operation, ...] = (
         OLDER,
         {
             200: Reply(
-                "Sent: the text `message Sent`, or JSON when Accept prefers it.",
-                {"text/plain": "MailSentText", "application/json": "MailSent"},
+                "Sent: the text `message Sent`, or JSON when Accept prefers it; a dry run: "
+                "its JSON, whatever Accept says.",
+                {"text/plain": "MailSentText", "application/json": ("MailSent", "DryRun")},
                 ("X-Request-Id", "Vary"),
             ),
             400: INVALID,
@@ -208,7 +218,7 @@ OPERATIONS: tuple[Operation, ...] = (
         auth="sender",
         rate_limited=True,
         idempotent=True,
-        description="Waits for the outcome.",
+        description="Waits for the outcome." + DRY_RUN_DOC,
     ),
     Operation(
         "/smtp/send-email",
@@ -217,7 +227,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "The FastAPI OAuth2 service's send",
         OLDER,
         {
-            200: json("Sent.", "SmtpSent"),
+            200: json("Sent, or a dry run's answer.", ("SmtpSent", "DryRun")),
             400: NOT_SENT_OR_INVALID,
             504: WAIT_TIMEOUT,
             **SENDER_ERRORS,
@@ -226,7 +236,7 @@ OPERATIONS: tuple[Operation, ...] = (
         auth="sender",
         rate_limited=True,
         idempotent=True,
-        description="Waits for the outcome; a /token token authenticates it.",
+        description="Waits for the outcome; a /token token authenticates it." + DRY_RUN_DOC,
     ),
     Operation(
         "/token",
@@ -261,7 +271,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "v1SendEmail",
         "email-service-v2: queue a message",
         OLDER,
-        {201: V1_CREATED, 400: INVALID, **SENDER_ERRORS},
+        {200: DRY_RUN, 201: V1_CREATED, 400: INVALID, **SENDER_ERRORS},
         body={"application/json": "V1MailBody"},
         auth="sender",
         rate_limited=True,
@@ -274,7 +284,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "v1SendAsync",
         "email-service-v2: send and wait",
         OLDER,
-        {201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT, **SENDER_ERRORS},
+        V1_WAITING,
         body={"application/json": "V1MailBody"},
         auth="sender",
         rate_limited=True,
@@ -287,7 +297,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "v1SendSms",
         "email-service-v2: a text through the carrier's email-to-SMS gateway",
         OLDER,
-        {201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT, **SENDER_ERRORS},
+        V1_WAITING,
         body={"application/json": "V1SmsBody"},
         auth="sender",
         rate_limited=True,

@@ -196,6 +196,8 @@ class SendRequest(BaseModel):
     send_at: OffsetDateTime | None = None
     expires_at: OffsetDateTime | None = None
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
+    # A dry run (api/dry_run.py, which reads it from the body before validation): not content.
+    dry_run: StrictBool = Field(default=False, exclude=True)
 
     @field_validator("recipient", mode="after")
     @classmethod

@@ -1,16 +1,17 @@
 """One delivery attempt of one request, as plain code: no threads, no queue, no Flask.
 
 `DeliveryAttempt.run(state, sender)` records `sending` under this process's ownership (nothing
-is handed to a server that the store does not know is being sent), builds the message from the
-stored `MessageSpec`, runs one SMTP transaction and returns what comes next: another attempt
-after a delay (`Retry`), the end (`Final`: also `expired`, before `sending` is recorded, for a
-request whose `expires_at` has come, and instead of a retry that would start after it), a wait
-for the store that refused `sending` (`WaitForStore`, no attempt spent), or nothing more for
-this process (`Dropped`: another one owns the request now, or it ended elsewhere). A
-dispatcher (the thread pool, a Celery task) acts on that answer; `save_retry()` and
-`save_final()` record the statuses it carries, and `save_final()` announces the end (the
-`Finished` event) once the store has it. Each SMTP transaction is announced too (`Attempted`:
-its time, what the server made of it, whether a retry follows), here, the one place that knows.
+is handed to a server that the store does not know is being sent), builds the message and its
+envelope from the stored `MessageSpec` (`outgoing()`, which a dry run answers with), runs one
+SMTP transaction and returns what comes next: another attempt after a delay (`Retry`), the end
+(`Final`: also `expired`, before `sending` is recorded, for a request whose `expires_at` has
+come, and instead of a retry that would start after it), a wait for the store that refused
+`sending` (`WaitForStore`, no attempt spent), or nothing more for this process (`Dropped`:
+another one owns the request now, or it ended elsewhere). A dispatcher (the thread pool, a
+Celery task) acts on that answer; `save_retry()` and `save_final()` record the statuses it
+carries, and `save_final()` announces the end (the `Finished` event) once the store has it.
+Each SMTP transaction is announced too (`Attempted`: its time, what the server made of it,
+whether a retry follows), here, the one place that knows.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailservice.delivery.message import build_message, wire_bytes
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
+from mailservice.delivery.outgoing import outgoing
 from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
 from mailservice.delivery.transitions import (
     JITTER,
@@ -150,15 +151,16 @@ class DeliveryAttempt:
             spec = MessageSpec.from_json(payload)
         except PayloadError as exc:
             return Outcome(self.failed(state, f"the stored request cannot be read: {exc}"), None)
-        msg = build_message(spec, sender, state.request_id, record.created_at)
+        # The same transaction a dry run shows (delivery/outgoing.py).
+        out = outgoing(spec, sender, state.request_id, record.created_at, record.pending)
         started = self._clock()
         try:
             outcome = self.smtp.send(
                 SmtpTarget.for_sender(sender),
-                sender.email,
-                list(record.pending),
-                wire_bytes(msg),
-                bool(msg.policy.utf8),  # UTF-8 headers need SMTPUTF8 on the wire
+                out.mail_from,
+                list(out.rcpt_to),
+                out.data,
+                out.smtputf8,
             )
         except PermanentDelivery as exc:
             return self._attempted(started, "permanent", self.failed(state, exc.reason), True)
