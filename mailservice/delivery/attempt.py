@@ -75,9 +75,12 @@ class WaitForStore:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Nothing more to do here: another process owns the request, or it ended elsewhere."""
+    """Nothing more to do here: another process owns the request, or it ended elsewhere
+    (`ended`: its final record as the store has it, canceled or expired by whoever announced
+    it; nothing alarming, nothing to announce again)."""
 
     reason: str
+    ended: StatusRecord | None = None
 
 
 Next = Retry | Final | WaitForStore | Dropped
@@ -134,7 +137,7 @@ class DeliveryAttempt:
         except StoreError:
             return Outcome(self._wait_for_store(state), None)
         if not owned or payload is None:
-            return Outcome(Dropped("taken over by another process"), None)
+            return Outcome(self._dropped(state), None)
         state.record, state.store_waits, state.deferred = record, 0, {}
         try:
             spec = MessageSpec.from_json(payload)
@@ -166,6 +169,17 @@ class DeliveryAttempt:
             return self._attempted(started, kind, self._after_failure(state, reason), True)
         final = Final(finish(state.record, EmailStatus.SENT, None, now=utcnow()))
         return self._attempted(started, kind, final, True)
+
+    def _dropped(self, state: AttemptState) -> Dropped:
+        """Why the store would not let this attempt begin: the request ended meanwhile (a
+        cancel wins over `sending` in the store), or another process owns it now."""
+        try:
+            stored = self.store.get(state.request_id)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.status.final:
+            return Dropped(f"{stored.status} before it was sent", stored)
+        return Dropped("taken over by another process")
 
     def _attempted(self, started: float, kind: str, step: Retry | Final, answered: bool) -> Outcome:
         """Announce the SMTP transaction that ended (`Attempted`); what comes next."""
