@@ -35,7 +35,8 @@ WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A request was recorded as `queued`; `source` says where it came in: the API route's
-    rule (`/send-email`), or `failure-notice` for an ADMIN_EMAIL notice."""
+    rule (`/send-email`), `failure-notice` for an ADMIN_EMAIL notice, or `retry` for a failed
+    request sent again by hand (delivery/lifecycle.py)."""
 
     record: StatusRecord
     source: str = ""
