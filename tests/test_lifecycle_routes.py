@@ -6,6 +6,7 @@ retried, the content kept for FAILED_CONTENT_TTL, and who may ask (404 for anoth
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -413,6 +414,38 @@ def test_a_failed_request_whose_content_is_gone_cannot_be_retried(
     assert "FAILED_CONTENT_TTL" in answer.get_json()["detail"]
     assert status(client, request_id)["status"] == "failed"
     assert smtp_server.received == []
+
+
+def test_a_retry_waits_for_the_failures_webhook_and_reports_its_new_end(
+    make_app: Callable[..., Flask], smtp_server: SmtpServer, store_url: str
+) -> None:
+    gate = threading.Event()
+    hooks = WebhookReceiver(SECRET, gate=gate).start()
+    try:
+        app = make_app(
+            smtp_server.port,
+            status_store_url=store_url,
+            webhook_secret=SECRET,
+            webhook_allow_private=True,
+        )
+        client = app.test_client()
+        smtp_server.handler.script("RCPT", "550 5.1.1 no such user")
+        request_id = accepted(client, callback_url=hooks.url())
+        assert wait_final(client, request_id)["status"] == "failed"
+        wait_for(lambda: hooks.arrived >= 1)  # the failure's webhook, held by the receiver
+        answer = retry(client, request_id)
+        assert answer.status_code == 409 and "webhook" in answer.get_json()["detail"]
+        gate.set()
+        wait_for(lambda: status(client, request_id)["webhook"] == "delivered")
+        answer = retry(client, request_id)
+        assert answer.status_code == 202 and answer.get_json()["webhook"] == "pending"
+        assert wait_final(client, request_id)["status"] == "sent"
+        wait_for(lambda: status(client, request_id)["webhook"] == "delivered")
+        assert [hit.json["status"] for hit in hooks.hits] == ["failed", "sent"]
+        assert message_ids(smtp_server) == [message_id(request_id)]
+    finally:
+        gate.set()
+        hooks.stop()
 
 
 def test_a_request_that_is_not_failed_is_not_retried(
