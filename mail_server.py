@@ -30,6 +30,7 @@ from mailservice.api.dashboard_routes import dashboard_blueprint
 from mailservice.api.docs_routes import docs_blueprint
 from mailservice.api.http_metrics import init_http_metrics
 from mailservice.api.legacy_routes import legacy_blueprint
+from mailservice.api.lifecycle_routes import lifecycle_blueprint
 from mailservice.api.metrics_routes import EXTENSION as METRICS
 from mailservice.api.metrics_routes import metrics_blueprint
 from mailservice.api.problems import register_error_handlers
@@ -89,6 +90,7 @@ def create_app(
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     app.register_blueprint(core_blueprint(rate_limited))
     app.register_blueprint(batch_blueprint(rate_limited))  # POST /send-email/batch
+    app.register_blueprint(lifecycle_blueprint(rate_limited))  # cancel, retry
     app.register_blueprint(legacy_blueprint(rate_limited))
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     app.register_blueprint(template_blueprint())

@@ -54,6 +54,7 @@ class Settings:
     retry_backoff: float = 2.0
     status_store_url: str = "memory://"
     status_ttl: int = 604800
+    failed_content_ttl: int = 86400  # a failed request's content, for a manual retry; 0: none
     rate_limit: str = "600/minute"
     rate_limit_storage_url: str = "memory://"
     auth_fail_limit: str = "20/minute"
@@ -246,6 +247,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "RETRY_BACKOFF": ("retry_backoff", _positive(float, allow_zero=True)),
     "STATUS_STORE_URL": ("status_store_url", str.strip),
     "STATUS_TTL": ("status_ttl", _positive(int)),
+    "FAILED_CONTENT_TTL": ("failed_content_ttl", _positive(int, allow_zero=True)),
     "RATE_LIMIT": ("rate_limit", _rate_limit),
     "RATE_LIMIT_STORAGE_URL": ("rate_limit_storage_url", str.strip),
     "AUTH_FAIL_LIMIT": ("auth_fail_limit", _rate_limit),

@@ -93,6 +93,35 @@ ACCEPTED = json(
     ("Accepted", "AcceptedWithResult"),
     "Location",
 )
+# Cancel and retry: the key's own requests only; no body is read.
+LIFECYCLE_ERRORS = {
+    400: problem("A key in the URL."),
+    401: UNAUTHORIZED,
+    404: problem("No request of this key has this id, or its status has expired."),
+    429: TOO_MANY,
+    500: INTERNAL,
+    503: UNAVAILABLE,
+}
+REQUEST_ID: dict[str, dict[str, object]] = {"request_id": {"type": "string", "format": "uuid"}}
+CANCEL = Operation(
+    "/email-status/<request_id>", "DELETE", "cancelEmail", "Cancel a request", "Status",
+    {200: json("Canceled: the status, `canceled`.", "StatusAnswer"), **LIFECYCLE_ERRORS,
+     409: problem("It is sending or has ended (`detail` names its status).")},
+    auth="sender", rate_limited=True, path_schemas=REQUEST_ID,
+    description="A scheduled, queued or retrying request of the key's sender ends "
+    "canceled and is never sent.",
+)  # fmt: skip
+RETRY = Operation(
+    "/email-status/<request_id>/retry", "POST", "retryEmail", "Send a failed request again",
+    "Status",
+    {202: json("Queued again: the status, `queued`.", "StatusAnswer", "Location"),
+     **LIFECYCLE_ERRORS,
+     409: problem("It is not failed, its content is no longer kept (FAILED_CONTENT_TTL), "
+                  "or the webhook of its failure is still pending.")},
+    auth="sender", rate_limited=True, path_schemas=REQUEST_ID,
+    description="A failed request of the key's sender whose content is still kept goes "
+    "back to queued with its attempts reset.",
+)  # fmt: skip
 SENDING = "Sending"
 OLDER = "Older services (drop-in)"
 V1_CREATED = json("Sent or queued; `result` is the older service's text.", "V1Result", "Location")
@@ -161,6 +190,8 @@ OPERATIONS: tuple[Operation, ...] = (
         path_schemas={"request_id": {"type": "string", "format": "uuid"}},
         description="Needs no key: the id is a random UUID and the answer holds no content.",
     ),
+    CANCEL,
+    RETRY,
     Operation(
         "/templates",
         "GET",

@@ -80,9 +80,12 @@ class WaitForStore:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Nothing more to do here: another process owns the request, or it ended elsewhere."""
+    """Nothing more to do here: another process owns the request, or it ended elsewhere
+    (`ended`: its final record as the store has it, canceled or expired by whoever announced
+    it; nothing alarming, nothing to announce again)."""
 
     reason: str
+    ended: StatusRecord | None = None
 
 
 Next = Retry | Final | WaitForStore | Dropped
@@ -135,8 +138,8 @@ class DeliveryAttempt:
         `expires_at` has come ends `expired` instead, before anything is recorded or sent."""
         try:
             payload = state.payload or self.store.payload(state.request_id)
-            if payload is None:
-                return Outcome(Dropped("taken over by another process"), None)
+            if payload is None:  # ended (canceled, say) or taken over: nothing to send
+                return Outcome(self._dropped(state), None)
             now = utcnow()
             if expired(state.record, now):
                 return Outcome(Final(self._expire(state, now)), None)
@@ -145,7 +148,7 @@ class DeliveryAttempt:
         except StoreError:
             return Outcome(self._wait_for_store(state), None)
         if not owned:
-            return Outcome(Dropped("taken over by another process"), None)
+            return Outcome(self._dropped(state), None)
         state.record, state.store_waits, state.deferred = record, 0, {}
         try:
             spec = MessageSpec.from_json(payload)
@@ -178,6 +181,17 @@ class DeliveryAttempt:
             return self._attempted(started, kind, self._after_failure(state, reason), True)
         final = Final(finish(state.record, EmailStatus.SENT, None, now=utcnow()))
         return self._attempted(started, kind, final, True)
+
+    def _dropped(self, state: AttemptState) -> Dropped:
+        """Why the store would not let this attempt begin: the request ended meanwhile (a
+        cancel wins over `sending` in the store), or another process owns it now."""
+        try:
+            stored = self.store.get(state.request_id)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.status.final:
+            return Dropped(f"{stored.status} before it was sent", stored)
+        return Dropped("taken over by another process")
 
     def _attempted(self, started: float, kind: str, step: Retry | Final, answered: bool) -> Outcome:
         """Announce the SMTP transaction that ended (`Attempted`); what comes next."""

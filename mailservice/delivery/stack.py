@@ -79,7 +79,11 @@ def build_stack(
     make_dispatcher: Callable[[DeliveryAttempt], Dispatcher],
 ) -> DeliveryStack:
     """Open the store and the request log, and wire the rest; nothing is started."""
-    store = store_from_url(settings.status_store_url, settings.status_ttl)
+    store = store_from_url(
+        settings.status_store_url,
+        settings.status_ttl,
+        failed_content_ttl=settings.failed_content_ttl,
+    )
     try:
         request_log = RequestLog(
             settings.email_log, settings.email_log_max_bytes, settings.email_log_backups

@@ -90,7 +90,10 @@ class TaskRunner:
         if isinstance(step, WaitForStore):  # `sending` not recorded: it is still ours, unsent
             self.dispatcher.later(state.request_id, step.delay, state.possibly_delivered)
             return TaskResult.RETRY
-        logger.warning("request_id=%s: %s", state.request_id, step.reason)
+        if step.ended is not None:  # canceled or expired meanwhile: nothing was sent
+            logger.info("request_id=%s: %s", state.request_id, step.reason)
+        else:
+            logger.warning("request_id=%s: %s", state.request_id, step.reason)
         return TaskResult.DROPPED
 
     def _end(self, final: Final) -> TaskResult:

@@ -35,8 +35,8 @@ WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A request was recorded as `queued` (or `scheduled`, for its send_at); `source` says
-    where it came in: the API route's rule (`/send-email`), or `failure-notice` for an
-    ADMIN_EMAIL notice."""
+    where it came in: the API route's rule (`/send-email`), `failure-notice` for an ADMIN_EMAIL
+    notice, or `retry` for a failed request sent again by hand (delivery/lifecycle.py)."""
 
     record: StatusRecord
     source: str = ""
