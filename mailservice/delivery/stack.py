@@ -1,12 +1,13 @@
 """The delivery side of one process, wired: store, request log, events, SMTP client, attempt,
-dispatcher, webhooks, leases, acceptor and failure notices.
+dispatcher, webhooks, leases, acceptor, failure notices and the long poll's status watch.
 
 Every process that accepts or sends builds the same stack with `build_stack()`: an API process
 (`mail_server.create_app()`, which adds the HTTP side) and a Celery worker process
 (`mailservice.celery_worker`, which adds the task). They differ only in their dispatcher,
 which the caller makes from the stack's `DeliveryAttempt` (`make_dispatcher`): the thread
 pool, or the Celery dispatcher that hands requests to the broker. The subscribers' order is the
-log's: the request log first, so that a failure's line comes before its notice's.
+log's: the request log first, so that a failure's line comes before its notice's; the status
+watch last, so that a long poll answered `sent` finds its line, counts and webhook there.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mailservice.events.bus import EventBus
 from mailservice.events.metrics import DeliveryMetrics, state_gauges
 from mailservice.events.metrics_registry import MetricsRegistry
 from mailservice.events.request_log import RequestLog
+from mailservice.events.status_watch import StatusWatch
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import SenderDirectory
@@ -52,6 +54,7 @@ class DeliveryStack:
     leases: LeaseKeeper
     acceptor: Acceptor
     notices: FailureNotifier | None
+    watch: StatusWatch
 
     def start(self) -> None:
         """Take up what stopped processes left on a durable store, and keep the lease."""
@@ -59,6 +62,7 @@ class DeliveryStack:
 
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; requests left."""
+        self.watch.close()  # long polls answer their current status now, not after the drain
         left = self.dispatcher.drain(drain_seconds)
         self.webhooks.close()  # before the lease goes: what it leaves is for the next process
         self.leases.stop()
@@ -115,9 +119,11 @@ def build_stack(
     if settings.admin_email:  # after the request log: a failure's line comes before its notice's
         notices = FailureNotifier(settings.admin_email, senders, acceptor)
         events.subscribe(notices.on_event)
+    watch = StatusWatch(store)  # the last subscriber: see the docstring
+    events.subscribe(watch.on_event)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
     return DeliveryStack(
         store, request_log, metrics, events, smtp, attempt, dispatcher, webhooks, leases,
-        acceptor, notices,
+        acceptor, notices, watch,
     )  # fmt: skip
