@@ -1,8 +1,12 @@
-"""GET /email-status/<id>?wait=N (API.md section 4): the parameter's bounds, and an answer as
-soon as the request is final (in this process or another on the same store)."""
+"""GET /email-status/<id>?wait=N (API.md section 4): the parameter's bounds, an answer as soon as
+the request is final (in this process or another on the same store), and under gunicorn 50
+waiters that hold no thread the sends need, answered at once when the worker stops."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +17,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from mail_server import EXTENSION
+from mailservice.serving.long_poll import is_long_poll
+from mailservice.testing.service_process import ServiceProcess, children
 from mailservice.testing.smtp_servers import SmtpServer
-from tests.conftest import STATUS_KEYS, send, wait_final, wait_for
+from tests.conftest import API_KEY, STATUS_KEYS, send, wait_final, wait_for
+from tests.test_durability import message, service_env
 
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
 
 
@@ -116,3 +124,88 @@ def test_a_waiter_answers_its_current_status_when_time_is_up(
     answer = client.get(f"/email-status/{request_id}?wait=0.5")
     assert answer.status_code == 200
     assert answer.get_json()["status"] in ("queued", "sending")
+
+
+def test_the_worker_tells_long_polls_from_other_requests() -> None:
+    assert is_long_poll(b"GET /email-status/" + UNKNOWN.encode() + b"?wait=5 HTTP/1.1\r\n\r\n")
+    assert is_long_poll(b"\r\nHEAD /email-status/x?a=1&wait= HTTP/1.1\r\nHost: h\r\n\r\n")
+    for head in (
+        b"GET /email-status/x HTTP/1.1\r\n\r\n",
+        b"GET /email-status/x?waiting=5 HTTP/1.1\r\n\r\n",
+        b"POST /email-status/x?wait=5 HTTP/1.1\r\n\r\n",
+        b"GET /send-email?wait=5 HTTP/1.1\r\n\r\n",
+        b"GET /email-status/x?wait=5\r\n\r\n",  # not an HTTP/1.x request line
+    ):
+        assert not is_long_poll(head), head
+
+
+# -- under gunicorn: waiters on their own threads ----------------------------------------------
+
+
+def get_status(port: int, request_id: str, wait: float) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=wait + 30)
+    try:
+        conn.request("GET", f"/email-status/{request_id}?wait={wait}")
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())["status"]
+    finally:
+        conn.close()
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def test_under_gunicorn_50_waiters_hold_no_thread_that_serves_sends(tmp_path: Path) -> None:
+    # Every message is held at DATA (kept, its 250 delayed far past the test), so that the
+    # requests waited on stay unfinished; 2 HTTP threads, which 2 waiters would otherwise hold.
+    smtp = SmtpServer().start()
+    smtp.handler.script("DATA", *[("KEEP", 120)] * 200)
+    env = {
+        **service_env(tmp_path, smtp.port, "memory://", DRAIN_SECONDS="1"),
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_THREADS": "2",
+        "WORKERS": "2",
+    }
+    service = ServiceProcess(tmp_path, env, kind="gunicorn").start()
+    answers: list[tuple[int, str]] = []
+    pollers: list[threading.Thread] = []
+    try:
+        (worker,) = children(service.process.pid)  # type: ignore[union-attr]
+        ids = []
+        for i in range(50):
+            status, _, body = service.request("POST", "/send-email", message(i), AUTH)
+            assert status == 202
+            ids.append(body["request_id"])
+        threads_before = thread_count(worker)
+        lock = threading.Lock()
+
+        def poll(request_id: str) -> None:
+            try:
+                outcome = get_status(service.port, request_id, 30)
+            except (OSError, http.client.HTTPException) as exc:
+                outcome = (0, type(exc).__name__)
+            with lock:
+                answers.append(outcome)
+
+        pollers += [threading.Thread(target=poll, args=(i,)) for i in ids]
+        for thread in pollers:
+            thread.start()
+        # Each waiter holds a long-poll thread of the worker: 50 more threads than before.
+        wait_for(lambda: thread_count(worker) >= threads_before + 50, timeout=20)
+        for i in range(30):
+            status, _, body = service.request("POST", "/send-email", message(100 + i), AUTH)
+            assert status == 202, body
+            got, _, read = service.request("GET", f"/email-status/{body['request_id']}")
+            assert (got, read["status"]) in ((200, "queued"), (200, "sending"))
+        with lock:
+            assert answers == [], "every send was answered while all 50 still waited"
+    finally:
+        code = service.stop()  # SIGTERM: the waiters answer their current status at once
+        for thread in pollers:
+            thread.join(30)
+        smtp.stop()
+    assert code == 0, service.log_tail(40)
+    assert len(answers) == 50
+    assert {status for status, _ in answers} == {200}, answers
+    assert {state for _, state in answers} <= {"queued", "sending"}
