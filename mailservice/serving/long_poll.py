@@ -6,8 +6,9 @@ GUNICORN_THREADS (8) threads, eight waiters would hold them all and every send w
 request line first: `is_long_poll()` tells it apart, and the worker gives it a thread of a
 second pool of up to WAIT_THREADS (256), made as they are needed, so that waiters never hold
 the threads that serve sends. Past WAIT_THREADS the long polls queue in that pool (each waits
-its N seconds once it has a thread); the app's own bound, WAITERS_MAX (1,000) waiting at once,
-answers the rest at once (events/status_watch.py).
+its N seconds once it has a thread), so that the app's own bound, WAITERS_MAX (1,000) waiting at
+once per process (events/status_watch.py), is not reached here; every connection, a waiting one
+too, counts against gunicorn's `worker_connections` (1,000), past which a worker stops accepting.
 
 A stopping worker (SIGTERM) calls the app's stop hooks before it waits for the requests in
 progress: `app.extensions[STOP_HOOKS]`, callables the app registers (mail_server.create_app
