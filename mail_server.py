@@ -52,6 +52,7 @@ from mailservice.outbox import Outbox
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
+from mailservice.serving.long_poll import STOP_HOOKS
 from mailservice.templating import TemplateLibrary
 from worker_pool import WorkerPool, server_threads
 
@@ -84,6 +85,9 @@ def create_app(
     app.extensions[EXTENSION] = Service(settings, senders, stack, tokens, templates)
     app.extensions[ADMIN] = AdminAuth(settings.admin_token)  # the operator's pages
     app.extensions[METRICS] = stack.metrics
+    # A gunicorn worker that starts to stop calls these before it waits for the requests in
+    # progress: long polls answer their current status at once (serving/long_poll.py).
+    app.extensions[STOP_HOOKS] = [stack.watch.close]
 
     init_http_metrics(app, stack.metrics)  # the first before_request hook: its clock starts first
     rate_limited = init_rate_limit(app, settings, credential_digest)

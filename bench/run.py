@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import stress_rows
+from bench import longpoll_rows, stress_rows
 from bench.ceiling import run_ceiling
 from bench.load import LoadResult, lua_script, run_python, run_wrk
 from bench.measure import per_message, per_second, wait_for_sink
@@ -40,6 +40,7 @@ THROUGHPUT_ROWS = ("gunicorn-memory", "gunicorn-redis", "plain-memory", "plain-r
 CONTENT_ROWS = ("gunicorn-memory-templated", "gunicorn-memory-attachment", "gunicorn-memory-batch")
 PLAIN_ROW = "gunicorn-memory"
 ROWS = (*THROUGHPUT_ROWS, *CONTENT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
+ROWS += longpoll_rows.ROWS  # one gunicorn worker, with and without 200 long polls
 # slow-clients-gthread (stock gthread, the worker class before http_worker.py) is for a
 # comparison on request: its normal calls time out, which takes the whole --slow-seconds.
 DEFAULT_ROWS = tuple(name for name in ROWS if name != "slow-clients-gthread")
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     stress_rows.add_arguments(parser)
+    longpoll_rows.add_arguments(parser)
     args = parser.parse_args(argv)
     args.rows = [name.strip() for name in args.rows.split(",") if name.strip()]
     unknown = [name for name in args.rows if name not in ROWS]
@@ -259,6 +261,8 @@ class Bench:
             )
         if name in stress_rows.BIG_ROWS:
             return stress_rows.big_messages_row(name, self.args, self.redis, rowdir)
+        if name in longpoll_rows.ROWS:
+            return longpoll_rows.waiters_row(name, self, rowdir)
         return self.service_row(name)
 
     def run(self) -> tuple[list[Row], str]:
@@ -276,6 +280,7 @@ class Bench:
             if isinstance(row, RowResult) and row.delivered_per_s and ceiling.delivered_per_s:
                 row.vs_ceiling = row.delivered_per_s / ceiling.delivered_per_s
             row_vs_plain(row, rows)
+            longpoll_rows.vs_baseline(row, rows)
             generator = row.details.get("generator", generator)
             rows.append(row)
         return rows, generator

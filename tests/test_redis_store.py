@@ -143,6 +143,7 @@ def test_redis_store_makes_one_round_trip_per_call(
         ),
         "save": trips(lambda: store.save(replace(record, attempts=1))),
         "get": trips(lambda: store.get(record.request_id)),
+        "get_many": trips(lambda: store.get_many([record.request_id, handed.request_id])),
         "kept_payload": trips(lambda: store.kept_payload(record.request_id)),
         "heartbeat": trips(lambda: store.heartbeat("p1", 30)),
         "orphans": trips(lambda: store.orphans(10)),
@@ -158,6 +159,7 @@ def test_redis_store_makes_one_round_trip_per_call(
     # the record from its script.
     assert counts == {name: 2 if name == "claim" else 1 for name in counts}
     assert len(taken) == 2 and all(taken), "both takes succeeded"
+    assert trips(lambda: store.get_many([])) == 0
     store.close()
 
 

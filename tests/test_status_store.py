@@ -153,6 +153,38 @@ def test_unknown_id_reads_none(store: StatusStore) -> None:
     assert store.payload("00000000-0000-4000-8000-000000000000") is None
 
 
+def test_get_many_reads_the_known_records_and_leaves_out_the_others(store: StatusStore) -> None:
+    queued, finished = new_record(), new_record("22222222-2222-4222-8222-222222222222")
+    store.create_many([(queued, "{}"), (finished, "{}")])
+    sent = replace(finished, status=EmailStatus.SENT, pending=())
+    assert store.save(sent)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    asked = [finished.request_id, unknown, queued.request_id, finished.request_id]
+    assert store.get_many(asked) == {queued.request_id: queued, finished.request_id: sent}
+    assert store.get_many([unknown]) == {}
+    assert store.get_many([]) == {}
+
+
+def test_get_many_reads_more_ids_than_one_sqlite_statement_takes(store: StatusStore) -> None:
+    records = batch_records(1200)  # more than two of SQLite's chunks of 500
+    store.create_many([(record, "{}") for record in records])
+    found = store.get_many([record.request_id for record in records])
+    assert found == {record.request_id: record for record in records}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_get_many_leaves_out_an_expired_status(kind: str, tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock)
+    record = new_record()
+    store.create(record, "{}")
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    assert set(store.get_many([record.request_id])) == {record.request_id}
+    clock.now += 61  # past the TTL of 60 s
+    assert store.get_many([record.request_id]) == {}
+    store.close()
+
+
 def test_saved_changes_read_back(store: StatusStore) -> None:
     record = new_record()
     store.create(record, "{}")

@@ -4,7 +4,8 @@
                               FastAPI services' `email_to` body is told apart and answered in
                               their shape); with "dry_run": true, 200 and what would be sent
                               (api/dry_run.py)
-    GET  /email-status/<id>   the status; no message content, ever
+    GET  /email-status/<id>   the status; no message content, ever; `?wait=N` answers once it is
+                              final or N seconds passed (the long poll, events/status_watch.py)
     GET  /healthz, /readyz    alive; store reachable and room for more
 
 The blueprint is made per app (`core_blueprint(rate_limited)`), because the rate limit's
@@ -13,10 +14,12 @@ decorator belongs to that app's Limiter.
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Callable
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from mailservice.api import dry_run
 from mailservice.api.http_input import json_body
@@ -29,6 +32,12 @@ from mailservice.api.request_path import (
     service,
     validate_send,
 )
+from mailservice.errors import ApiError, FieldError
+from mailservice.events.status_watch import WAIT_MAX
+
+# What `?wait=` takes: an unsigned decimal number, an exponent allowed ("2", "0.5", "1e1");
+# float() alone would also take "nan", "inf", " 2" and "1_0".
+NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
@@ -49,11 +58,14 @@ def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
 
     @core.get("/email-status/<request_id>")
     def email_status(request_id: str) -> Response:
+        wait = wait_seconds()
         try:
             canonical = str(uuid.UUID(request_id))
         except ValueError:
             return problem(404, "No request has this id.")
-        record = service().store.get(canonical)
+        stack = service().stack
+        # A long poll waits in this HTTP thread, never in the sending pool.
+        record = stack.store.get(canonical) if wait is None else stack.watch.wait(canonical, wait)
         if record is None:
             return problem(404, "No request has this id (or its status has expired).")
         return jsonify(record.public())
@@ -70,3 +82,19 @@ def core_blueprint(rate_limited: Callable[[Callable], Callable]) -> Blueprint:
         return jsonify(status="ready", unfinished=svc.pool.unfinished())
 
     return core
+
+
+def wait_seconds() -> float | None:
+    """`?wait=N`: N seconds, a number more than 0 and at most WAIT_MAX; None when absent."""
+    given = request.args.getlist("wait")
+    if not given:
+        return None
+    raw = given[0]
+    seconds = float(raw) if len(given) == 1 and NUMBER.fullmatch(raw) else math.nan
+    if not 0 < seconds <= WAIT_MAX:  # nan (not a number, or given twice) fails both
+        raise ApiError(
+            400,
+            "The request has invalid fields.",
+            [FieldError("wait", f"must be a number of seconds, more than 0, at most {WAIT_MAX:g}")],
+        )
+    return seconds

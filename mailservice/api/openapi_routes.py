@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailservice.events.status_watch import WAIT_MAX, WAITERS_MAX
+
 Auth = Literal["sender", "operator", "none"]
 # A reply's content: media type -> schema name, or several names (one of them).
 Content = dict[str, str | tuple[str, ...]]
@@ -182,13 +184,30 @@ OPERATIONS: tuple[Operation, ...] = (
         "A request's status",
         "Status",
         {
-            200: json("The status; never any message content.", "StatusAnswer"),
+            200: json(
+                "The status; never any message content. With `wait`: once it is final, or "
+                "the current one when the wait is over.",
+                "StatusAnswer",
+            ),
+            400: problem(
+                f"`wait` is not a number more than 0, at most {WAIT_MAX:g}.", "InvalidProblem"
+            ),
             404: problem("No request has this id, or its status has expired."),
             500: INTERNAL,
             503: problem("The status store is unreachable.", "Problem", "Retry-After"),
         },
         path_schemas={"request_id": {"type": "string", "format": "uuid"}},
-        description="Needs no key: the id is a random UUID and the answer holds no content.",
+        description="Needs no key: the id is a random UUID and the answer holds no content. "
+        "`wait` makes it a long poll (API.md section 4).",
+        query=(
+            {
+                "name": "wait",
+                "description": "Seconds to wait for a final status (sent, failed, expired, "
+                "canceled) before answering; answered at once when it is final already, or "
+                f"when {WAITERS_MAX:,} requests wait in the process. Absent: answered at once.",
+                "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": WAIT_MAX},
+            },
+        ),
     ),
     CANCEL,
     RETRY,

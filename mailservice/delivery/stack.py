@@ -1,12 +1,14 @@
 """The delivery side of one process, wired: store, request log, events, SMTP client, attempt,
-dispatcher, webhooks, leases, acceptor, failure notices and the due scheduler.
+dispatcher, webhooks, leases, acceptor, failure notices, the due scheduler and the long
+poll's status watch.
 
 Every process that accepts or sends builds the same stack with `build_stack()`: an API process
 (`mail_server.create_app()`, which adds the HTTP side) and a Celery worker process
 (`mailservice.celery_worker`, which adds the task). They differ only in their dispatcher,
 which the caller makes from the stack's `DeliveryAttempt` (`make_dispatcher`): the thread
 pool, or the Celery dispatcher that hands requests to the broker. The subscribers' order is the
-log's: the request log first, so that a failure's line comes before its notice's.
+log's: the request log first, so that a failure's line comes before its notice's; the status
+watch last, so that a long poll answered `sent` finds its line, counts and webhook there.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mailservice.events.bus import EventBus
 from mailservice.events.metrics import DeliveryMetrics, state_gauges
 from mailservice.events.metrics_registry import MetricsRegistry
 from mailservice.events.request_log import RequestLog
+from mailservice.events.status_watch import StatusWatch
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import SenderDirectory
@@ -55,6 +58,7 @@ class DeliveryStack:
     acceptor: Acceptor
     notices: FailureNotifier | None
     scheduler: DueScheduler
+    watch: StatusWatch
 
     def start(self) -> None:
         """Take up what stopped processes left on a durable store, and keep the lease; take
@@ -65,7 +69,8 @@ class DeliveryStack:
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; requests left.
         Scheduled requests not yet taken stay in the store (the memory store's are lost)."""
-        self.scheduler.stop()  # first: nothing more is handed to the draining dispatcher
+        self.watch.close()  # long polls answer their current status now, not after the drain
+        self.scheduler.stop()  # nothing more is handed to the draining dispatcher
         left = self.dispatcher.drain(drain_seconds)
         self.webhooks.close()  # before the lease goes: what it leaves is for the next process
         self.leases.stop()
@@ -126,10 +131,12 @@ def build_stack(
     if settings.admin_email:  # after the request log: a failure's line comes before its notice's
         notices = FailureNotifier(settings.admin_email, senders, acceptor)
         events.subscribe(notices.on_event)
+    watch = StatusWatch(store)  # the last subscriber: see the docstring
+    events.subscribe(watch.on_event)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
     scheduler = DueScheduler(store, dispatcher, senders, events)
     return DeliveryStack(
         store, request_log, metrics, events, smtp, attempt, dispatcher, webhooks, leases,
-        acceptor, notices, scheduler,
+        acceptor, notices, scheduler, watch,
     )  # fmt: skip

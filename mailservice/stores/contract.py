@@ -318,6 +318,13 @@ class StatusStore(ABC):
         """The record, or None when unknown or expired."""
 
     @abstractmethod
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        """`get()` for several ids at once (the memory store under one lock, SQLite one
+        SELECT per 500 ids, Redis one pipeline): the record of each id that is known and
+        unexpired, the others left out; nothing read for an empty list. For the long poll's
+        watch, which reads every waited id each round (events/status_watch.py)."""
+
+    @abstractmethod
     def payload(self, request_id: str) -> str | None:
         """The message of an unfinished request, or None."""
 

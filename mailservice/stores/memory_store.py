@@ -220,6 +220,14 @@ class MemoryStatusStore(StatusStore):
             self._purge(self._clock())
             return self._records.get(request_id)
 
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        if not request_ids:
+            return {}
+        with self._lock:
+            self._purge(self._clock())
+            found = ((i, self._records.get(i)) for i in request_ids)
+            return {request_id: record for request_id, record in found if record is not None}
+
     def payload(self, request_id: str) -> str | None:
         with self._lock:
             return self._payloads.get(request_id)

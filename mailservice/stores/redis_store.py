@@ -220,6 +220,18 @@ class RedisStatusStore(StatusStore):
             values = self.client.hmget(KEY_PREFIX + request_id, RECORD_FIELDS)
         return record_from_fields(request_id, values)
 
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        ids = list(dict.fromkeys(request_ids))
+        if not ids:
+            return {}
+        with self._guard():
+            pipe = self.client.pipeline(transaction=False)  # one round trip, no MULTI
+            for request_id in ids:
+                pipe.hmget(KEY_PREFIX + request_id, RECORD_FIELDS)
+            replies = pipe.execute()
+        found = ((i, record_from_fields(i, values)) for i, values in zip(ids, replies, strict=True))
+        return {request_id: record for request_id, record in found if record is not None}
+
     def payload(self, request_id: str) -> str | None:
         with self._guard():
             return self.client.hget(KEY_PREFIX + request_id, "payload")

@@ -75,6 +75,7 @@ DUE = (
 )
 NOT_SCHEDULED = f"status <> '{EmailStatus.SCHEDULED}'"  # what recovery may claim
 SCAN_START = ("", "")  # before every row: updated_at is never empty
+GET_MANY_CHUNK = 500  # ids per SELECT of get_many(): under SQLite's oldest limit of 999 variables
 BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
 
@@ -202,6 +203,25 @@ class SqliteStatusStore(StatusStore):
                 (request_id, self._clock()),
             ).fetchone()
         return None if row is None else record_from_fields(request_id, row)
+
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        ids = list(dict.fromkeys(request_ids))
+        found: dict[str, StatusRecord] = {}
+        if not ids:
+            return found
+        now = self._clock()
+        with self._transaction() as db:
+            for start in range(0, len(ids), GET_MANY_CHUNK):
+                chunk = ids[start : start + GET_MANY_CHUNK]
+                rows = db.execute(
+                    f"SELECT request_id, {COLUMNS} FROM requests"
+                    f" WHERE request_id IN ({', '.join('?' * len(chunk))})"
+                    " AND (expires_at IS NULL OR expires_at > ?)",
+                    (*chunk, now),
+                ).fetchall()
+                for request_id, *fields in rows:
+                    found[request_id] = record_from_fields(request_id, fields)
+        return found
 
     def payload(self, request_id: str) -> str | None:
         with self._transaction() as db:
