@@ -30,6 +30,7 @@ from mailservice.api.dashboard_routes import dashboard_blueprint
 from mailservice.api.docs_routes import docs_blueprint
 from mailservice.api.http_metrics import init_http_metrics
 from mailservice.api.legacy_routes import legacy_blueprint
+from mailservice.api.lifecycle_routes import lifecycle_blueprint
 from mailservice.api.metrics_routes import EXTENSION as METRICS
 from mailservice.api.metrics_routes import metrics_blueprint
 from mailservice.api.problems import register_error_handlers
@@ -51,6 +52,7 @@ from mailservice.outbox import Outbox
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
+from mailservice.serving.long_poll import STOP_HOOKS
 from mailservice.templating import TemplateLibrary
 from worker_pool import WorkerPool, server_threads
 
@@ -83,12 +85,16 @@ def create_app(
     app.extensions[EXTENSION] = Service(settings, senders, stack, tokens, templates)
     app.extensions[ADMIN] = AdminAuth(settings.admin_token)  # the operator's pages
     app.extensions[METRICS] = stack.metrics
+    # A gunicorn worker that starts to stop calls these before it waits for the requests in
+    # progress: long polls answer their current status at once (serving/long_poll.py).
+    app.extensions[STOP_HOOKS] = [stack.watch.close]
 
     init_http_metrics(app, stack.metrics)  # the first before_request hook: its clock starts first
     rate_limited = init_rate_limit(app, settings, credential_digest)
     init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
     app.register_blueprint(core_blueprint(rate_limited))
     app.register_blueprint(batch_blueprint(rate_limited))  # POST /send-email/batch
+    app.register_blueprint(lifecycle_blueprint(rate_limited))  # cancel, retry
     app.register_blueprint(legacy_blueprint(rate_limited))
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     app.register_blueprint(template_blueprint())

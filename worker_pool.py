@@ -134,6 +134,10 @@ class WorkerPool(Dispatcher):
                 return 0
             return self.queue_max - len(self._jobs)
 
+    def check_open(self) -> None:
+        if not self._accepting:  # a flag set once, under the lock, read without it
+            raise Unavailable("the service is shutting down")
+
     def check_room(self, size: int = 0) -> None:
         with self._cond:
             if not self._accepting:
@@ -225,6 +229,11 @@ class WorkerPool(Dispatcher):
             self._later(job, step.delay)
         elif isinstance(step, WaitForStore):
             self._later(job, step.delay)
+        elif step.ended is not None:  # canceled or expired elsewhere: its end is announced
+            logger.info("request_id=%s: %s", job.request_id, step.reason)
+            job.state.record = step.ended
+            job.done.set()  # a waiting route has its answer
+            self._forget(job)
         else:
             logger.warning("request_id=%s: %s", job.request_id, step.reason)
             self._forget(job)

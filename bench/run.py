@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, celery_rows, stress_rows
+from bench import burst, celery_rows, longpoll_rows, stress_rows
 from bench.ceiling import run_ceiling
 from bench.counters import CpuProbe, Probe, RedisCounter
 from bench.load import LoadResult, lua_script, run_python, run_wrk
@@ -45,6 +45,7 @@ THROUGHPUT_ROWS = (
 CONTENT_ROWS = ("gunicorn-memory-templated", "gunicorn-memory-attachment", "gunicorn-memory-batch")
 PLAIN_ROW = "gunicorn-memory"
 ROWS = (*THROUGHPUT_ROWS, *CONTENT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
+ROWS += longpoll_rows.ROWS  # one gunicorn worker, with and without 200 long polls
 # slow-clients-gthread (stock gthread, the worker class before http_worker.py) is for a
 # comparison on request: its normal calls time out, which takes the whole --slow-seconds.
 DEFAULT_ROWS = tuple(name for name in ROWS if name != "slow-clients-gthread")
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     celery_rows.add_arguments(parser)
     stress_rows.add_arguments(parser)
+    longpoll_rows.add_arguments(parser)
     args = parser.parse_args(argv)
     args.rows = [name.strip() for name in args.rows.split(",") if name.strip()]
     args.rows = celery_rows.with_thread_row(args.rows)
@@ -221,6 +223,8 @@ class Bench:
         if name in celery_rows.CELERY_ROWS:
             self.sink.reset()
             return self.celery.row(name)
+        if name in longpoll_rows.ROWS:
+            return longpoll_rows.waiters_row(name, self, rowdir)
         return self.service_row(name)
 
     def run(self) -> tuple[list[Row], str]:
@@ -241,6 +245,7 @@ class Bench:
             row_vs_plain(row, rows)
             if isinstance(row, RowResult):
                 celery_rows.row_vs_thread(row, [r for r in rows if isinstance(r, RowResult)])
+            longpoll_rows.vs_baseline(row, rows)
             generator = row.details.get("generator", generator)
             rows.append(row)
         return rows, generator

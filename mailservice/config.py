@@ -54,6 +54,7 @@ class Settings:
     retry_backoff: float = 2.0
     status_store_url: str = "memory://"
     status_ttl: int = 604800
+    failed_content_ttl: int = 86400  # a failed request's content, for a manual retry; 0: none
     rate_limit: str = "600/minute"
     rate_limit_storage_url: str = "memory://"
     auth_fail_limit: str = "20/minute"
@@ -71,6 +72,7 @@ class Settings:
     max_attachment_bytes: int = 10 * 1024 * 1024  # decoded, all of a message's attachments
     templates_dir: str = ""  # empty: only the shipped templates
     batch_max: int = 100
+    max_schedule_days: int = 30  # how far ahead a `send_at` may be
     webhook_url: str = ""  # empty: no deployment-wide webhook
     webhook_secret: str = field(default="", repr=False)
     webhook_allow_private: bool = False
@@ -245,6 +247,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "RETRY_BACKOFF": ("retry_backoff", _positive(float, allow_zero=True)),
     "STATUS_STORE_URL": ("status_store_url", str.strip),
     "STATUS_TTL": ("status_ttl", _positive(int)),
+    "FAILED_CONTENT_TTL": ("failed_content_ttl", _positive(int, allow_zero=True)),
     "RATE_LIMIT": ("rate_limit", _rate_limit),
     "RATE_LIMIT_STORAGE_URL": ("rate_limit_storage_url", str.strip),
     "AUTH_FAIL_LIMIT": ("auth_fail_limit", _rate_limit),
@@ -262,6 +265,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_ATTACHMENT_BYTES": ("max_attachment_bytes", _positive(int, allow_zero=True)),
     "TEMPLATES_DIR": ("templates_dir", str.strip),
     "BATCH_MAX": ("batch_max", _positive(int)),
+    "MAX_SCHEDULE_DAYS": ("max_schedule_days", _positive(int)),
     "WEBHOOK_URL": ("webhook_url", _http_url),
     "WEBHOOK_SECRET": ("webhook_secret", str),
     "WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _off_switch),

@@ -20,6 +20,7 @@ API_KEY = "test-key-0123456789"
 OTHER_KEY = "other-key-9876543210"
 SENDER = "sender@example.com"
 OTHER_SENDER = "other@example.org"
+FINAL_STATUSES = ("sent", "failed", "expired", "canceled")
 # The members of GET /email-status/<id> (API.md section 4), no more, no fewer.
 STATUS_KEYS = {
     "request_id",
@@ -34,6 +35,8 @@ STATUS_KEYS = {
     "webhook",
     "created_at",
     "updated_at",
+    "send_at",
+    "expires_at",
 }
 
 
@@ -160,11 +163,11 @@ def send(client: FlaskClient, body: dict[str, Any] | None = None, key: str = API
 
 
 def wait_final(client: FlaskClient, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """Poll GET /email-status until the request is sent or failed."""
+    """Poll GET /email-status until the request is final (sent, failed, expired, canceled)."""
 
     def final() -> dict[str, Any] | None:
         body = client.get(f"/email-status/{request_id}").get_json()
-        return body if body and body["status"] in ("sent", "failed") else None
+        return body if body and body["status"] in FINAL_STATUSES else None
 
     return wait_for(final, timeout)
 

@@ -575,9 +575,12 @@ def test_wrong_method_is_405_problem_with_allow(client):
     assert "POST" in response.headers["Allow"]
 
 
-def test_delete_on_status_is_405_problem(client):
-    response = client.delete(f"/email-status/{uuid.uuid4()}")
+def test_put_on_status_is_405_problem(client):
+    # DELETE is a cancel (test_lifecycle_routes.py): it needs the sending key.
+    response = client.put(f"/email-status/{uuid.uuid4()}")
     assert_problem(response, 405)
+    assert {"GET", "DELETE"} <= set(response.headers["Allow"].split(", "))
+    assert client.delete(f"/email-status/{uuid.uuid4()}").status_code == 401
 
 
 # -- nothing rejected is ever sent --------------------------------------------------------------

@@ -41,6 +41,7 @@ API_DEFAULTS = {
     "retry_backoff": 2,
     "status_store_url": "memory://",
     "status_ttl": 604800,
+    "failed_content_ttl": 86400,
     "rate_limit": "600/minute",
     "rate_limit_storage_url": "memory://",
     "email_log": "email_log.txt",
@@ -118,6 +119,13 @@ def test_fault_settings_are_read(clean_env, monkeypatch):
     assert (settings.smtp_data_timeout, settings.queue_max_bytes) == (90, 20_000_000)
     assert settings.auth_fail_limit == "5/minute"
     assert (settings.smtp_server_threads, settings.smtp_server_pause) == (3, 12.5)
+
+
+def test_failed_content_ttl_is_read_and_zero_means_none_kept(clean_env, monkeypatch):
+    monkeypatch.setenv("FAILED_CONTENT_TTL", "0")
+    assert load_settings().failed_content_ttl == 0
+    monkeypatch.setenv("FAILED_CONTENT_TTL", "600")
+    assert load_settings().failed_content_ttl == 600
 
 
 def test_content_and_webhook_settings_are_read(clean_env, monkeypatch):
@@ -257,6 +265,8 @@ BAD_VALUES = [
     ("RETRY_BACKOFF", "inf"),
     ("STATUS_TTL", "0"),
     ("STATUS_TTL", "week"),
+    ("FAILED_CONTENT_TTL", "-1"),
+    ("FAILED_CONTENT_TTL", "day"),
     ("RATE_LIMIT", "garbage"),
     ("RATE_LIMIT", "10 per fortnight"),
     ("TOKEN_TTL", "0"),

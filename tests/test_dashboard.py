@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,10 @@ def test_counts_rows_and_history_of_a_retried_request(
     smtp_server.handler.script("DATA", "451 4.3.0 try later")
     request_id = sent(admin, tags=["welcome"])
     state = admin.get("/dashboard/data", headers=ADMIN).get_json()
-    assert state["counts"] == {"queued": 0, "sending": 0, "retrying": 0, "sent": 1, "failed": 0}
+    assert state["counts"] == {
+        "scheduled": 0, "queued": 0, "sending": 0, "retrying": 0,
+        "sent": 1, "failed": 0, "expired": 0, "canceled": 0,
+    }  # fmt: skip
     assert sum(minute["sent"] for minute in state["sends"]) == 1 and len(state["sends"]) == 60
     [row] = state["requests"]
     assert row["request_id"] == request_id and row["status"] == "sent"
@@ -198,6 +202,28 @@ def test_counts_rows_and_history_of_a_retried_request(
     statuses = re.findall(r'class="status status-(\w+)"', page.split('id="history"')[1])
     assert statuses == ["queued", "sending", "retrying", "sending", "sent"]
     assert "451 4.3.0 try later" in page
+
+
+def test_a_scheduled_request_is_counted_listed_and_shown_with_its_times(
+    admin: FlaskClient,
+) -> None:
+    body = {"recipient": "user@example.com", "subject": "Hi", "body": "Hello",
+            "send_at": "2099-01-01T00:00:00Z"}  # fmt: skip
+    answer = send(admin, body)
+    assert answer.status_code == 400, "more than MAX_SCHEDULE_DAYS ahead"
+    later = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    body["send_at"] = later.isoformat()
+    request_id = send(admin, body).get_json()["request_id"]
+    state = admin.get("/dashboard/data", headers=ADMIN).get_json()
+    assert state["counts"]["scheduled"] == 1 and state["counts"]["queued"] == 0
+    [row] = state["requests"]
+    assert (row["request_id"], row["status"]) == (request_id, "scheduled")
+    index = admin.get("/dashboard", headers=ADMIN).get_data(as_text=True)
+    assert 'class="status status-scheduled"' in index
+    page = admin.get(f"/dashboard/requests/{request_id}", headers=ADMIN).get_data(as_text=True)
+    assert later.isoformat().replace("+00:00", "Z") in page and "never" in page
+    statuses = re.findall(r'class="status status-(\w+)"', page.split('id="history"')[1])
+    assert statuses == ["scheduled"]
 
 
 def test_a_request_page_for_an_unknown_or_malformed_id_is_404(admin: FlaskClient) -> None:

@@ -78,6 +78,21 @@ def test_an_attempt_on_a_request_owned_elsewhere_sends_nothing(smtp_server, tmp_
     outcome = attempt.run(AttemptState(replace(record, owner="me"), SPEC.to_json()), sender)
     assert isinstance(outcome.next, Dropped)
     assert smtp_server.handler.transactions == 0
+    assert outcome.next.ended is None  # a process of its own owns it: warned about
+
+
+def test_an_attempt_on_a_request_canceled_meanwhile_sends_nothing_and_says_so(smtp_server):
+    store = MemoryStatusStore(60)  # the dispatcher holds the payload itself: the save refuses
+    record = queued("r1", "me")
+    store.create(record, SPEC.to_json())
+    canceled = replace(record, status=EmailStatus.CANCELED, updated_at=utcnow())
+    assert store.replace(canceled, record)
+    attempt, sender = attempt_for(store, smtp_server.port)
+    outcome = attempt.run(AttemptState(record, SPEC.to_json()), sender)
+    assert isinstance(outcome.next, Dropped) and outcome.answered is None
+    assert outcome.next.ended == canceled and "canceled" in outcome.next.reason
+    assert store.get("r1") == canceled
+    assert smtp_server.handler.transactions == 0
 
 
 def test_a_store_that_refuses_sending_gets_a_wait_and_nothing_is_sent(smtp_server, tmp_path):
@@ -91,6 +106,28 @@ def test_a_store_that_refuses_sending_gets_a_wait_and_nothing_is_sent(smtp_serve
     assert isinstance(outcome.next, WaitForStore) and outcome.answered is None
     assert state.record.attempts == 0  # no attempt spent
     assert smtp_server.handler.transactions == 0
+
+
+def test_an_attempt_past_the_expiry_ends_expired_before_recording_or_sending(smtp_server):
+    store = MemoryStatusStore(60)
+    record = replace(queued("r1", "me"), expires_at=utcnow())
+    store.create(record, SPEC.to_json())
+    events, seen = EventBus(), []
+    events.subscribe(seen.append)
+    attempt, sender = attempt_for(store, smtp_server.port, events)
+    outcome = attempt.run(AttemptState(record, SPEC.to_json()), sender)
+    assert isinstance(outcome.next, Final) and outcome.answered is None
+    final = outcome.next.record
+    assert (final.status, final.error, final.attempts) == (
+        EmailStatus.EXPIRED,
+        "expired before it could be sent",
+        0,
+    )
+    assert store.get("r1").status is EmailStatus.QUEUED, "no `sending` was recorded"
+    assert smtp_server.handler.transactions == 0 and seen == []
+    attempt.save_final(final)
+    assert store.get("r1").status is EmailStatus.EXPIRED and store.payload("r1") is None
+    assert [type(e) for e in seen] == [Finished]
 
 
 def test_final_is_announced_only_once_saved_by_the_owner(tmp_path: Path):

@@ -19,6 +19,7 @@ BACKEND_MAY_IMPORT = {
 BACKEND_HELPERS = {
     "sqlite_schema": "sqlite_store",
     "sqlite_listing": "sqlite_store",
+    "sqlite_writes": "sqlite_store",
     "redis_scripts": "redis_store",
     "redis_listing": "redis_store",
 }

@@ -132,6 +132,29 @@ def test_state_gauges_are_read_at_scrape_time(
     assert value(samples, "mail_smtp_connections_open") == 1  # kept for the next message
 
 
+def test_each_final_status_has_its_counter() -> None:
+    from dataclasses import replace
+
+    from mailservice.events.bus import Finished
+    from mailservice.events.metrics import DeliveryMetrics
+    from mailservice.events.metrics_registry import MetricsRegistry
+    from mailservice.stores.contract import EmailStatus, StatusRecord, utcnow
+
+    registry = MetricsRegistry(multiprocess=False)
+    metrics = DeliveryMetrics(registry, lambda error: "other")
+    now = utcnow()
+    record = StatusRecord("r", EmailStatus.SENT, "a@example.com", ("b@example.com",), (), now, now)
+    for status, times in ((EmailStatus.EXPIRED, 2), (EmailStatus.CANCELED, 1)):
+        for _ in range(times):
+            metrics.on_event(Finished(replace(record, status=status, error="expired: 451")))
+    metrics.on_event(Finished(record))
+    samples = parse(registry.render().decode())
+    assert value(samples, "mail_requests_expired_total") == 2
+    assert value(samples, "mail_requests_canceled_total") == 1
+    assert value(samples, "mail_requests_sent_total") == 1
+    assert total(samples, "mail_requests_failed_total") == 0, "neither counts as failed"
+
+
 def test_webhook_tries_are_counted_by_target_and_outcome(
     make_app: Callable[..., Flask], smtp_server: SmtpServer
 ) -> None:

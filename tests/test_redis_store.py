@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from mailservice.stores import store_from_url
-from mailservice.stores.contract import EmailStatus, IdempotencyClaim
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim, WebhookState
 from tests.conftest import wait_for
-from tests.test_status_store import new_record
+from tests.test_status_store import T0, new_record, scheduled
 
 
 @pytest.mark.redis
@@ -78,6 +78,8 @@ def test_redis_scripts_take_their_key_prefixes_from_the_constants(
         "RECENT",
         "COUNTS",
         "FINISHED_PREFIX",
+        "KEPT_PREFIX",
+        "SCHEDULED",
     ):
         monkeypatch.setattr(redis_store, name, "alt:" + getattr(redis_store, name))
     first, second = (store_from_url(redis_server.url, ttl=60) for _ in range(2))
@@ -92,8 +94,13 @@ def test_redis_scripts_take_their_key_prefixes_from_the_constants(
     assert second.claim(alive.request_id, "thief") is None
     claimed = second.claim(dead.request_id, "heir")
     assert claimed is not None
-    second.save(replace(claimed[0], status=EmailStatus.SENT, pending=()))  # a minute's counter
+    # A minute's counter and a failed request's kept content.
+    second.save(replace(claimed[0], status=EmailStatus.FAILED, pending=(), error="550"))
+    assert second.kept_payload(dead.request_id) == "{}"
     assert [r.request_id for r in second.recent(10).records] == [alive.request_id, dead.request_id]
+    later = scheduled(1, T0)
+    first.create(later, "{}")
+    assert second.due(T0, 10) == [later.request_id]
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     assert all(key.startswith("alt:") for key in client.keys("*")), client.keys("*")
     client.close()
@@ -136,16 +143,23 @@ def test_redis_store_makes_one_round_trip_per_call(
         ),
         "save": trips(lambda: store.save(replace(record, attempts=1))),
         "get": trips(lambda: store.get(record.request_id)),
+        "get_many": trips(lambda: store.get_many([record.request_id, handed.request_id])),
+        "kept_payload": trips(lambda: store.kept_payload(record.request_id)),
         "heartbeat": trips(lambda: store.heartbeat("p1", 30)),
         "orphans": trips(lambda: store.orphans(10)),
+        "due": trips(lambda: store.due(T0, 10)),
         "claim": trips(lambda: store.claim(record.request_id, "heir")),
         # Handed on to the same owner, so that both calls take it: the path that succeeds.
         "take": trips(lambda: taken.append(store.take(handed.request_id, "api", "api"))),
+        # Refused the second time (changed since): the same one script either way.
+        "replace": trips(lambda: store.replace(replace(record, attempts=7), record)),
+        "replace+restore": trips(lambda: store.replace(record, record, restore=True)),
     }
     # claim is a script then a read of the record taken over: two, as before; take returns
     # the record from its script.
     assert counts == {name: 2 if name == "claim" else 1 for name in counts}
     assert len(taken) == 2 and all(taken), "both takes succeeded"
+    assert trips(lambda: store.get_many([])) == 0
     store.close()
 
 
@@ -161,4 +175,57 @@ def test_a_record_stored_before_metadata_existed_reads_with_none(redis_server: A
     client.hdel(f"mail:req:{record.request_id}", "metadata")  # as an older release wrote it
     client.close()
     assert store.get(record.request_id).metadata == {}
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_restore_makes_the_record_unfinished_again(redis_server: Any) -> None:
+    from mailservice.stores.redis_store import KEPT_PREFIX, KEY_PREFIX, UNFINISHED, WEBHOOKS
+
+    store = store_from_url(redis_server.url, ttl=120)
+    client = store.client  # type: ignore[attr-defined]
+    record = replace(new_record(), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "b"}')
+    failed = replace(record, status=EmailStatus.FAILED, pending=(), error="550")
+    store.save(failed)
+    key = KEY_PREFIX + record.request_id
+    assert 0 < client.ttl(key) <= 120 and client.exists(KEPT_PREFIX + record.request_id)
+    assert not client.sismember(UNFINISHED, record.request_id)
+    assert client.sismember(WEBHOOKS, record.request_id)
+    queued = replace(failed, status=EmailStatus.QUEUED, error=None, owner="retrier")
+    assert store.replace(queued, failed, restore=True)
+    assert client.ttl(key) == -1, "unfinished: no expiry"
+    assert client.hget(key, "payload") == '{"body": "b"}'
+    assert not client.exists(KEPT_PREFIX + record.request_id)
+    assert client.sismember(UNFINISHED, record.request_id)
+    assert not client.sismember(WEBHOOKS, record.request_id)
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_scheduled_requests_live_in_their_own_sorted_set(redis_server: Any) -> None:
+    from datetime import timedelta
+
+    from mailservice.stores.redis_store import KEY_PREFIX, SCHEDULED, UNFINISHED
+
+    store = store_from_url(redis_server.url, ttl=60)
+    client = store.client  # type: ignore[attr-defined]
+    first, second, gone = (scheduled(i, T0 + timedelta(seconds=i)) for i in range(3))
+    store.create_many([(first, "{}"), (second, "{}"), (gone, "{}")])
+    assert client.zrange(SCHEDULED, 0, -1, withscores=True) == [
+        (r.request_id, r.send_at.timestamp())  # type: ignore[union-attr]
+        for r in (first, second, gone)
+    ]
+    assert client.smembers(UNFINISHED) == set(), "recovery never sees them"
+    client.delete(KEY_PREFIX + gone.request_id)  # as if it had gone some other way
+    assert store.due(T0 + timedelta(minutes=1), 10) == [first.request_id, second.request_id]
+    assert client.zcard(SCHEDULED) == 2, "an id without its record leaves the set"
+    queued = replace(first, status=EmailStatus.QUEUED, owner="taker")
+    assert store.replace(queued, first)
+    assert client.smembers(UNFINISHED) == {first.request_id}
+    assert client.zrange(SCHEDULED, 0, -1) == [second.request_id]
+    canceled = replace(second, status=EmailStatus.CANCELED, pending=())
+    assert store.replace(canceled, second)
+    assert client.zcard(SCHEDULED) == 0
+    assert client.smembers(UNFINISHED) == {first.request_id}
     store.close()

@@ -23,7 +23,7 @@ from tests.conftest import API_KEY, SENDER, send, wait_final, wait_for
 LINE = re.compile(
     r"Request ID: (?P<id>[^,\n]+), Sender: (?P<sender>[^,\n]+), Recipient: (?P<rcpt>[^,\n]*), "
     r"Date: (?P<date>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d), "
-    r"Status: (?P<status>queued|sent|failed \(.+\))"
+    r"Status: (?P<status>queued|scheduled|sent|canceled|(failed|expired) \(.+\))"
 )
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 REPO = Path(__file__).resolve().parent.parent
@@ -169,6 +169,28 @@ def test_write_formats_the_seed_line(request_log, log_path):
         "Request ID: id-2, Sender: a@example.com, Recipient: b@example.com, "
         "Date: 2026-11-20 16:14:34, Status: failed (550 no)",
     ]
+
+
+def test_each_status_an_event_carries_gets_its_line(request_log, log_path):
+    from dataclasses import replace
+
+    from mailservice.events.bus import Accepted, Finished
+    from mailservice.stores.contract import EmailStatus, StatusRecord
+
+    when = datetime(2026, 11, 20, 16, 14, 34, tzinfo=UTC)
+    record = StatusRecord(
+        "id-1", EmailStatus.SCHEDULED, "a@example.com", ("b@example.com",), (), when, when,
+        send_at=when,
+    )  # fmt: skip
+    request_log.on_event(Accepted(record))
+    expired = replace(record, status=EmailStatus.EXPIRED, error="expired: 451 later")
+    request_log.on_event(Finished(expired))
+    # A cancel says no more than that, whatever error the request carried from a retry.
+    request_log.on_event(Finished(replace(expired, status=EmailStatus.CANCELED)))
+    request_log.flush()
+    shown = [line.rsplit("Status: ", 1)[1] for line in log_lines(log_path)]
+    assert shown == ["scheduled", "expired (expired: 451 later)", "canceled"]
+    assert all(LINE.fullmatch(line) for line in log_lines(log_path))
 
 
 def test_date_is_written_in_utc(request_log, log_path):

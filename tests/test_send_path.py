@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -321,3 +322,21 @@ def test_the_outcomes_are_counted_where_they_happen(path):
         return float(values[0]) if values else 0.0
 
     assert wait_for(lambda: sent_total() >= 1, timeout=15)
+
+
+def test_a_long_poll_answers_once_the_request_is_sent(path):
+    # With Celery the API process never sees the outcome's event: its poller reads the store.
+    path.sink.handler.script("DATA", ("SLEEP", 2))
+    answer = path.send(message(subject="Waited for"))
+    assert answer.status_code == 202
+    request_id = answer.get_json()["request_id"]
+    got: list[Any] = []
+    poll = threading.Thread(
+        target=lambda: got.append(path.client.get(f"/email-status/{request_id}?wait=30"))
+    )
+    poll.start()
+    poll.join(20)  # answered when sent, not when its 30 s are over
+    assert got, "no answer within 20 s of a 30 s wait"
+    assert got[0].status_code == 200
+    assert got[0].get_json()["status"] == "sent"
+    assert len(path.arrived(request_id)) == 1

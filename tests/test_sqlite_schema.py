@@ -8,6 +8,7 @@ import multiprocessing
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 
-# The record's columns as deployed (version 1: before `metadata`, version 3's and 4's columns).
-LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook", "history")
+# The record's columns as deployed (version 1: before `metadata`, version 3's, 4's and 5's
+# columns).
+LATER_FIELDS = ("metadata", "tags", "callback_url", "webhook", "history", "send_at", "deliver_by")
 V1_FIELDS = tuple(name for name in RECORD_FIELDS if name not in LATER_FIELDS)
 INSERT_REQUEST = (
     f"INSERT INTO requests (request_id, {', '.join(V1_FIELDS)}, payload)"  # noqa: S608
@@ -99,7 +101,7 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
     assert pragma(path, "user_version") == 0
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 4
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 5
         assert store.get(REQUEST_ID) == record  # later columns read as their defaults
         assert store.get(REQUEST_ID).history == ()  # type: ignore[union-attr]
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
@@ -109,6 +111,67 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
         repeat = new_record("66666666-6666-4666-8666-000000000002")
         earlier = store.create(repeat, "{}", IdempotencyClaim(CLAIM.scope, "other", "x"))
         assert earlier == CLAIM, "the Idempotency-Key stored before the migration still holds"
+    finally:
+        store.close()
+
+
+V4_FIELDS = tuple(name for name in RECORD_FIELDS if name not in ("send_at", "deliver_by"))
+
+
+def version_4_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file as the release of schema version 4 left it: a request sent, one queued, written
+    through that version's columns and counted by its triggers."""
+    from mailservice.stores import sqlite_schema
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:4])
+        patch.setattr(sqlite_schema, "SCHEMA_VERSION", 4)
+        db = sqlite_schema.open_database(str(path), timeout=10)
+    sent = new_record("66666666-6666-4666-8666-000000000004")
+    with contextlib.closing(db):
+        for record, payload in ((sent, "{}"), (new_record(), '{"subject": "kept"}')):
+            fields = record_to_fields(record)
+            db.execute(
+                f"INSERT INTO requests (request_id, {', '.join(V4_FIELDS)}, payload)"  # noqa: S608
+                f" VALUES ({', '.join('?' * (len(V4_FIELDS) + 2))})",
+                (record.request_id, *(fields[name] for name in V4_FIELDS), payload),
+            )
+        db.execute(
+            "UPDATE requests SET status = 'sent', payload = NULL, expires_at = ?"
+            " WHERE request_id = ?",
+            (time.time() + 60, sent.request_id),
+        )
+    assert pragma(path, "user_version") == 4
+    return path
+
+
+def test_version_4_file_is_migrated_keeping_its_counts_and_its_triggers_take_every_final_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = version_4_file(tmp_path / "v4.db", monkeypatch)
+    store = SqliteStatusStore(str(path), ttl=60)
+    try:
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 5
+        counts = store.counts()
+        assert counts[EmailStatus.SENT] == 1 and counts[EmailStatus.QUEUED] == 1
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert {"requests_scheduled", "requests_kept"} <= names
+        migrated = store.get(REQUEST_ID)
+        assert migrated is not None and migrated.send_at is migrated.expires_at is None
+        assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
+        queued = store.get(REQUEST_ID)
+        assert queued is not None
+        canceled = replace(queued, status=EmailStatus.CANCELED, pending=())
+        assert store.save(canceled)
+        store.save(replace(canceled, attempts=1))  # final again, same status: counted once
+        counts = store.counts()
+        assert counts[EmailStatus.QUEUED] == 0, "the new trigger moved the count"
+        assert counts[EmailStatus.CANCELED] == 1 and counts[EmailStatus.SENT] == 1
+        minute = canceled.updated_at.strftime("%Y-%m-%dT%H:%M")
+        finished = store._finished_in([minute])
+        assert finished[(minute, EmailStatus.CANCELED)] == 1
+        assert store.payload(REQUEST_ID) is None
     finally:
         store.close()
 

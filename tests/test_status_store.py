@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -44,22 +44,28 @@ class FakeClock:
         return self.now
 
 
-def clocked_store(kind: str, tmp_path, clock: FakeClock) -> StatusStore:
-    """A memory or SQLite store (a TTL of 60 s) that reads `clock`."""
+def clocked_store(
+    kind: str, tmp_path, clock: FakeClock, ttl: int = 60, failed_content_ttl: int = 30
+) -> StatusStore:
+    """A memory or SQLite store (a TTL of 60 s, failed content kept 30 s) that reads `clock`."""
     from mailservice.stores.sqlite_store import SqliteStatusStore
 
     if kind == "memory":
-        return MemoryStatusStore(ttl=60, clock=clock)
-    return SqliteStatusStore(str(tmp_path / "s.db"), ttl=60, clock=clock)
+        return MemoryStatusStore(ttl=ttl, clock=clock, failed_content_ttl=failed_content_ttl)
+    path = str(tmp_path / "s.db")
+    return SqliteStatusStore(path, ttl=ttl, clock=clock, failed_content_ttl=failed_content_ttl)
 
 
-def open_store(kind: str, request: pytest.FixtureRequest, ttl: int = 60) -> StatusStore:
+def open_store(
+    kind: str, request: pytest.FixtureRequest, ttl: int = 60, failed_content_ttl: int = 3600
+) -> StatusStore:
     if kind == "memory":
-        return store_from_url("memory://", ttl=ttl)
-    if kind == "sqlite":
-        path = request.getfixturevalue("tmp_path") / "status.db"
-        return store_from_url(f"sqlite:///{path}", ttl=ttl)
-    return store_from_url(request.getfixturevalue("redis_server").url, ttl=ttl)
+        url = "memory://"
+    elif kind == "sqlite":
+        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'status.db'}"
+    else:
+        url = request.getfixturevalue("redis_server").url
+    return store_from_url(url, ttl=ttl, failed_content_ttl=failed_content_ttl)
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -119,9 +125,64 @@ def test_client_fields_and_webhook_state_read_back_equal(store: StatusStore) -> 
     assert "hooks.example.com" not in str(public), "the callback URL is internal"
 
 
+def test_send_at_and_expires_at_read_back_equal_and_stay_out_of_the_public_view(
+    store: StatusStore,
+) -> None:
+    send_at = datetime(2026, 12, 1, 12, 0, 30, 123456, tzinfo=UTC)
+    record = replace(
+        new_record(), send_at=send_at, expires_at=send_at + timedelta(hours=1, microseconds=1)
+    )
+    store.create(record, "{}")
+    got = store.get(record.request_id)
+    assert got == record and got.send_at == send_at
+    assert got.expires_at is not None and got.expires_at.utcoffset() == timedelta(0)
+    assert set(got.public()) == STATUS_KEYS
+    # Given with another offset, the same moments read back (in UTC).
+    elsewhere = timezone(timedelta(hours=2))
+    moved = replace(record, send_at=send_at.astimezone(elsewhere), attempts=1)
+    assert store.save(moved)
+    assert store.get(record.request_id) == moved
+    final = replace(moved, status=EmailStatus.SENT, pending=(), expires_at=None)
+    assert store.save(final)
+    assert store.get(record.request_id) == final
+    assert store.get(record.request_id).expires_at is None  # type: ignore[union-attr]
+
+
 def test_unknown_id_reads_none(store: StatusStore) -> None:
     assert store.get("00000000-0000-4000-8000-000000000000") is None
     assert store.payload("00000000-0000-4000-8000-000000000000") is None
+
+
+def test_get_many_reads_the_known_records_and_leaves_out_the_others(store: StatusStore) -> None:
+    queued, finished = new_record(), new_record("22222222-2222-4222-8222-222222222222")
+    store.create_many([(queued, "{}"), (finished, "{}")])
+    sent = replace(finished, status=EmailStatus.SENT, pending=())
+    assert store.save(sent)
+    unknown = "00000000-0000-4000-8000-000000000000"
+    asked = [finished.request_id, unknown, queued.request_id, finished.request_id]
+    assert store.get_many(asked) == {queued.request_id: queued, finished.request_id: sent}
+    assert store.get_many([unknown]) == {}
+    assert store.get_many([]) == {}
+
+
+def test_get_many_reads_more_ids_than_one_sqlite_statement_takes(store: StatusStore) -> None:
+    records = batch_records(1200)  # more than two of SQLite's chunks of 500
+    store.create_many([(record, "{}") for record in records])
+    found = store.get_many([record.request_id for record in records])
+    assert found == {record.request_id: record for record in records}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_get_many_leaves_out_an_expired_status(kind: str, tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock)
+    record = new_record()
+    store.create(record, "{}")
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    assert set(store.get_many([record.request_id])) == {record.request_id}
+    clock.now += 61  # past the TTL of 60 s
+    assert store.get_many([record.request_id]) == {}
+    store.close()
 
 
 def test_saved_changes_read_back(store: StatusStore) -> None:
@@ -148,6 +209,27 @@ def test_final_record_drops_payload_keeps_status(store: StatusStore) -> None:
     store.save(final)
     assert store.get(record.request_id) == final
     assert store.payload(record.request_id) is None
+
+
+@pytest.mark.parametrize("final_status", sorted(s for s in EmailStatus if s.final))
+def test_a_final_status_is_never_replaced_by_another_but_may_be_saved_again(
+    store: StatusStore, final_status: EmailStatus
+) -> None:
+    record = replace(new_record(), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "b"}')
+    final = replace(record, status=final_status, pending=(), error="ended")
+    assert store.save(final) is True
+    counts = store.counts()
+    for status in EmailStatus:
+        if status is not final_status:
+            other = replace(final, status=status, attempts=5, updated_at=utcnow(), send_at=T0)
+            assert store.save(other) is False, f"{final_status} -> {status}"
+    assert store.get(record.request_id) == final, "nothing written"
+    assert store.payload(record.request_id) is None
+    assert store.counts() == counts, "no count moved"
+    outcome = replace(final, webhook=WebhookState.DELIVERED)
+    assert store.save(outcome) is True, "the same final status again: a webhook's outcome"
+    assert store.get(record.request_id) == outcome
 
 
 def test_timestamps_are_utc(store: StatusStore) -> None:
@@ -1040,12 +1122,50 @@ def test_counts_follow_every_create_and_change_of_status(store: StatusStore) -> 
     store.save(replace(sending[2], status=EmailStatus.FAILED, pending=(), error="550"))
     store.save(replace(sending[3], attempts=2))  # saved again, same status: no change
     assert store.counts() == {
+        EmailStatus.SCHEDULED: 0,
         EmailStatus.QUEUED: 0,
         EmailStatus.SENDING: 1,
         EmailStatus.RETRYING: 1,
         EmailStatus.SENT: 1,
         EmailStatus.FAILED: 1,
+        EmailStatus.EXPIRED: 0,
+        EmailStatus.CANCELED: 0,
     }
+
+
+def test_final_statuses_are_sent_failed_expired_and_canceled() -> None:
+    assert {status for status in EmailStatus if status.final} == {
+        EmailStatus.SENT,
+        EmailStatus.FAILED,
+        EmailStatus.EXPIRED,
+        EmailStatus.CANCELED,
+    }
+
+
+def test_expired_and_canceled_are_counted_as_final_but_not_charted(store: StatusStore) -> None:
+    now = T0 + timedelta(hours=1)
+    records = [made_at(i, T0) for i in range(3)]
+    store.create_many([(r, "{}") for r in records])
+    ended = [
+        replace(records[0], status=EmailStatus.EXPIRED, pending=(), updated_at=now),
+        replace(records[1], status=EmailStatus.CANCELED, pending=(), updated_at=now),
+        replace(records[2], status=EmailStatus.SENT, pending=(), updated_at=now),
+    ]
+    for final in ended:
+        assert store.save(final) is True
+        assert store.payload(final.request_id) is None, "a final record drops its payload"
+        store.save(replace(final, webhook=WebhookState.DELIVERED))  # final again: not counted
+    counts = store.counts()
+    assert counts[EmailStatus.QUEUED] == 0, "each left queued once"
+    assert counts[EmailStatus.EXPIRED] == counts[EmailStatus.CANCELED] == 1
+    assert counts[EmailStatus.SENT] == 1
+    found = store._finished_in([minute_of(now)])  # type: ignore[attr-defined]
+    assert found == {
+        (minute_of(now), EmailStatus.EXPIRED): 1,
+        (minute_of(now), EmailStatus.CANCELED): 1,
+        (minute_of(now), EmailStatus.SENT): 1,
+    }
+    assert store.sends_per_minute(now)[-1] == MinuteSends(minute_of(now), 1, 0), "the chart"
 
 
 def test_a_refused_save_changes_no_count(durable_pair) -> None:
@@ -1208,3 +1328,474 @@ def test_saving_a_record_the_store_does_not_have_writes_nothing(store: StatusSto
     assert store.save(record) is False
     assert store.get(record.request_id) is None
     assert store.counts()[EmailStatus.SENT] == 0
+
+
+# -- the content of failed requests, kept apart for a manual retry ------------------------------
+
+
+def test_a_failed_request_keeps_its_content_apart_from_the_unfinished(store: StatusStore) -> None:
+    record = replace(new_record(owner="api"), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "kept"}')
+    assert store.kept_payload(record.request_id) is None, "unfinished: nothing kept apart"
+    failed = replace(record, status=EmailStatus.FAILED, pending=(), error="550 5.1.1 no")
+    assert store.save(failed)
+    assert store.kept_payload(record.request_id) == '{"body": "kept"}'
+    assert store.payload(record.request_id) is None, "the payload says unfinished: gone"
+    assert store.take(record.request_id, "api", "worker") is None
+    assert store.orphans(10) == [] and store.claim(record.request_id, "heir") is None
+    # Saved failed again with its webhook's outcome: what was kept stays.
+    assert store.save(replace(failed, webhook=WebhookState.DELIVERED))
+    assert store.kept_payload(record.request_id) == '{"body": "kept"}'
+    assert store.get(record.request_id).webhook is WebhookState.DELIVERED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("ending", [EmailStatus.SENT, EmailStatus.EXPIRED, EmailStatus.CANCELED])
+def test_other_final_statuses_keep_no_content(store: StatusStore, ending: EmailStatus) -> None:
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    assert store.save(replace(record, status=ending, pending=()))
+    assert store.kept_payload(record.request_id) is None
+    assert store.payload(record.request_id) is None
+    assert store.kept_payload("00000000-0000-4000-8000-000000000000") is None, "unknown"
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_failed_content_ttl_0_deletes_the_content_at_once(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    store = open_store(kind, request, failed_content_ttl=0)
+    try:
+        record = new_record()
+        store.create(record, '{"body": "b"}')
+        assert store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+        assert store.kept_payload(record.request_id) is None
+        assert store.payload(record.request_id) is None
+    finally:
+        store.close()
+
+
+def test_failed_content_ttl_may_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="failed_content_ttl"):
+        store_from_url("memory://", ttl=60, failed_content_ttl=-1)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_kept_content_expires_after_failed_content_ttl(kind: str, tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock)  # status 60 s, content 30 s
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    clock.now += 29
+    assert store.kept_payload(record.request_id) == '{"body": "b"}'
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550", attempts=2))
+    clock.now += 2  # 31 s after it failed: saved again since, its content is still gone
+    assert store.kept_payload(record.request_id) is None
+    assert store.get(record.request_id) is not None, "the status outlives its content"
+    store.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_kept_content_never_outlives_its_status(kind: str, tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock, ttl=60, failed_content_ttl=3600)
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    clock.now += 59
+    assert store.kept_payload(record.request_id) == '{"body": "b"}'
+    clock.now += 2
+    assert store.get(record.request_id) is None
+    assert store.kept_payload(record.request_id) is None
+    store.close()
+
+
+def kept_column(store: StatusStore, request_id: str) -> tuple[str | None, float | None]:
+    return store._db.execute(  # type: ignore[attr-defined]
+        "SELECT kept_payload, kept_until FROM requests WHERE request_id = ?", (request_id,)
+    ).fetchone()
+
+
+def test_sqlite_deletes_kept_content_on_purge_and_when_read_past_its_time(tmp_path) -> None:
+    clock = FakeClock()
+    store = clocked_store("sqlite", tmp_path, clock)
+    first, second = new_record(), new_record("33333333-3333-4333-8333-000000000009")
+    for record in (first, second):
+        store.create(record, '{"body": "b"}')
+        store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+    assert kept_column(store, first.request_id) == ('{"body": "b"}', clock.now + 30)
+    clock.now += 31
+    store.purge_expired()
+    assert kept_column(store, first.request_id) == (None, None)
+    assert kept_column(store, second.request_id) == (None, None)
+    third = new_record("33333333-3333-4333-8333-000000000010")
+    store.create(third, '{"body": "b"}')
+    store.save(replace(third, status=EmailStatus.FAILED, pending=(), error="550"))
+    clock.now += 31
+    assert kept_column(store, third.request_id)[0] == '{"body": "b"}'
+    assert store.kept_payload(third.request_id) is None
+    assert kept_column(store, third.request_id) == (None, None), "deleted once read past it"
+    plan = str(
+        store._db.execute(  # type: ignore[attr-defined]
+            "EXPLAIN QUERY PLAN UPDATE requests SET kept_payload = NULL WHERE kept_until <= 1"
+        ).fetchall()
+    )
+    assert "requests_kept" in plan, plan
+    store.close()
+
+
+@pytest.mark.redis
+def test_redis_kept_content_is_a_key_of_its_own_that_expires(redis_server) -> None:
+    from mailservice.stores.redis_store import KEPT_PREFIX, KEY_PREFIX
+
+    store = store_from_url(redis_server.url, ttl=60, failed_content_ttl=1)
+    try:
+        record = new_record()
+        store.create(record, '{"body": "b"}')
+        store.save(replace(record, status=EmailStatus.FAILED, pending=(), error="550"))
+        client = store.client  # type: ignore[attr-defined]
+        assert not client.hexists(KEY_PREFIX + record.request_id, "payload")
+        assert 0 < client.pttl(KEPT_PREFIX + record.request_id) <= 1000
+        assert store.kept_payload(record.request_id) == '{"body": "b"}'
+        wait_for(lambda: store.kept_payload(record.request_id) is None, timeout=5)
+        assert store.get(record.request_id) is not None, "the status stays"
+        sent = new_record("33333333-3333-4333-8333-000000000011")
+        store.create(sent, "{}")
+        store.save(replace(sent, status=EmailStatus.SENT, pending=()))
+        assert not client.exists(KEPT_PREFIX + sent.request_id)
+    finally:
+        store.close()
+
+
+# -- replace: compare and set, whoever owns the record (cancel, manual retry, the due scheduler)
+
+
+def later(record: StatusRecord, **changes) -> StatusRecord:
+    """`record` changed, a second later: each change of a record moves its updated_at."""
+    return replace(record, updated_at=record.updated_at + timedelta(seconds=1), **changes)
+
+
+def test_replace_writes_only_over_the_record_as_it_was_read(store: StatusStore) -> None:
+    record = new_record(owner="worker")
+    store.create(record, '{"body": "b"}')
+    read = store.get(record.request_id)
+    assert read == record
+    canceled = later(read, status=EmailStatus.CANCELED, pending=(), owner="api")
+    assert store.replace(canceled, read) is True, "whoever owns it"
+    assert store.get(record.request_id) == canceled
+    assert store.payload(record.request_id) is None
+    assert store.kept_payload(record.request_id) is None
+    counts = store.counts()
+    assert counts[EmailStatus.QUEUED] == 0 and counts[EmailStatus.CANCELED] == 1
+    assert store.replace(later(canceled, error="again"), read) is False, "changed since read"
+    assert store.get(record.request_id) == canceled
+    unknown = new_record("00000000-0000-4000-8000-000000000000")
+    assert store.replace(later(unknown), unknown) is False
+    assert store.get(unknown.request_id) is None, "nothing created"
+
+
+def test_replace_fails_once_the_record_changed_in_its_status_or_time(store: StatusStore) -> None:
+    record = new_record(owner="worker")
+    store.create(record, "{}")
+    saved = later(record, attempts=1)  # the same status, saved since: updated_at moved
+    assert store.save(saved)
+    assert store.replace(later(record, status=EmailStatus.CANCELED, pending=()), record) is False
+    assert store.save(later(saved, status=EmailStatus.RETRYING))
+    retrying = store.get(record.request_id)
+    assert store.replace(later(saved, status=EmailStatus.CANCELED), saved) is False
+    assert store.get(record.request_id) == retrying
+    assert store.payload(record.request_id) == "{}"
+    assert store.replace(later(retrying, status=EmailStatus.CANCELED, pending=()), retrying)
+
+
+def test_replace_keeps_a_final_status_and_checks_its_arguments(store: StatusStore) -> None:
+    record = new_record()
+    store.create(record, '{"body": "b"}')
+    sent = later(record, status=EmailStatus.SENT, pending=())
+    assert store.save(sent)
+    assert store.replace(later(sent, status=EmailStatus.CANCELED), sent) is False
+    assert store.replace(later(sent, status=EmailStatus.QUEUED), sent) is False
+    assert store.get(record.request_id) == sent
+    outcome = replace(sent, webhook=WebhookState.DELIVERED)
+    assert store.replace(outcome, sent) is True, "the same final status may be written again"
+    other = new_record("00000000-0000-4000-8000-000000000001")
+    with pytest.raises(ValueError, match="same record"):
+        store.replace(other, sent)
+    with pytest.raises(ValueError, match="unfinished"):
+        store.replace(later(sent, status=EmailStatus.FAILED), sent, restore=True)
+
+
+def race(*calls) -> list[bool]:
+    """Run the calls in threads started together; what each returned, in order."""
+    start = threading.Barrier(len(calls))
+    results: list[bool | None] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        start.wait(timeout=30)
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert all(result is not None for result in results), "a call hung or raised"
+    return results  # type: ignore[return-value]
+
+
+def assert_one_replace_of_two_wins(first: StatusStore, second: StatusStore, prefix: str) -> None:
+    ids = [f"{prefix}-eeee-4eee-8eee-{i:012d}" for i in range(30)]
+    first.create_many([(new_record(request_id, owner="worker"), "{}") for request_id in ids])
+    for request_id in ids:
+        read = first.get(request_id)
+        assert read is not None
+        a = later(read, status=EmailStatus.CANCELED, pending=(), owner="api-a")
+        b = later(read, status=EmailStatus.CANCELED, pending=(), owner="api-b", error="b")
+        won = race(
+            lambda a=a, r=read: first.replace(a, r), lambda b=b, r=read: second.replace(b, r)
+        )
+        assert sorted(won) == [False, True], request_id
+        assert first.get(request_id) == (a if won[0] else b)
+    assert first.counts()[EmailStatus.CANCELED] == len(ids), "each counted once"
+
+
+def test_of_two_replaces_with_one_expected_one_wins(store: StatusStore) -> None:
+    assert_one_replace_of_two_wins(store, store, "eeeeeee1")
+
+
+def test_of_two_processes_replacing_one_record_one_wins(durable_pair) -> None:
+    first, second = durable_pair
+    assert_one_replace_of_two_wins(first, second, "eeeeeee2")
+
+
+def assert_cancel_or_send_never_both(canceler: StatusStore, sender: StatusStore) -> None:
+    """The owner saves `sending` while another process cancels what it read as queued:
+    exactly one of the two writes, and the record says which."""
+    ids = [f"ffffffff-ffff-4fff-8fff-{i:012d}" for i in range(40)]
+    sender.create_many([(new_record(request_id, owner="worker"), "{}") for request_id in ids])
+    outcomes = {"canceled": 0, "sending": 0}
+    for request_id in ids:
+        read = canceler.get(request_id)
+        assert read is not None
+        cancel = later(read, status=EmailStatus.CANCELED, pending=())
+        sending = later(read, status=EmailStatus.SENDING, attempts=1)
+        canceled, sent = race(
+            lambda c=cancel, r=read: canceler.replace(c, r), lambda s=sending: sender.save(s)
+        )
+        assert canceled != sent, f"{request_id}: canceled={canceled} sending={sent}"
+        stored = sender.get(request_id)
+        assert stored == (cancel if canceled else sending)
+        outcomes["canceled" if canceled else "sending"] += 1
+        # The loser's next step fails too: a sender that lost never saves an outcome over it.
+        if canceled:
+            assert sender.save(later(sending, status=EmailStatus.SENT, pending=())) is False
+            assert sender.payload(request_id) is None
+    counts = sender.counts()
+    assert counts[EmailStatus.CANCELED] == outcomes["canceled"]
+    assert counts[EmailStatus.SENDING] == outcomes["sending"]
+    assert counts[EmailStatus.QUEUED] == 0 and counts[EmailStatus.SENT] == 0
+
+
+def test_cancel_raced_against_the_owner_s_save_of_sending_one_wins(store: StatusStore) -> None:
+    assert_cancel_or_send_never_both(store, store)
+
+
+def test_cancel_by_another_process_raced_against_the_owner_one_wins(durable_pair) -> None:
+    first, second = durable_pair
+    assert_cancel_or_send_never_both(first, second)
+
+
+def failed_with_content(
+    store: StatusStore, owner: str = "dead", request_id: str = new_record().request_id
+) -> StatusRecord:
+    """A request that failed with its webhook pending, its content kept."""
+    record = replace(new_record(request_id, owner=owner), webhook=WebhookState.PENDING)
+    store.create(record, '{"body": "kept"}')
+    failed = later(record, status=EmailStatus.FAILED, attempts=3, pending=(), error="550 no")
+    assert store.save(failed)
+    return failed
+
+
+def test_restore_brings_a_failed_request_back_with_its_content(store: StatusStore) -> None:
+    failed = failed_with_content(store)
+    assert store.replace(later(failed, status=EmailStatus.QUEUED), failed) is False, (
+        "without restore a final status stays"
+    )
+    queued = later(failed, status=EmailStatus.QUEUED, attempts=0, error=None, owner="retrier")
+    assert store.replace(queued, failed, restore=True) is True
+    assert store.get(failed.request_id) == queued
+    assert store.payload(failed.request_id) == '{"body": "kept"}'
+    assert store.kept_payload(failed.request_id) is None, "moved, not copied"
+    counts = store.counts()
+    assert counts[EmailStatus.QUEUED] == 1 and counts[EmailStatus.FAILED] == 1, "ended once"
+    assert store.webhook_orphans(10, "other") == [], "unfinished: no webhook to deliver yet"
+    assert store.replace(later(queued), failed, restore=True) is False, "spent"
+    # Unfinished again: it is sent, or fails again and keeps its content again.
+    sending = later(queued, status=EmailStatus.SENDING, attempts=1)
+    assert store.save(sending)
+    again = later(sending, status=EmailStatus.FAILED, pending=(), error="550 still")
+    assert store.save(again)
+    assert store.kept_payload(failed.request_id) == '{"body": "kept"}'
+    assert store.counts()[EmailStatus.FAILED] == 2
+
+
+def test_restore_fails_when_no_content_is_kept(
+    store: StatusStore, request: pytest.FixtureRequest
+) -> None:
+    record = new_record()
+    store.create(record, "{}")
+    sent = later(record, status=EmailStatus.SENT, pending=())
+    store.save(sent)
+    assert store.replace(later(sent, status=EmailStatus.QUEUED), sent, restore=True) is False
+    queued = new_record("00000000-0000-4000-8000-000000000002")
+    store.create(queued, "{}")
+    assert store.replace(later(queued), queued, restore=True) is False, "nothing kept"
+    assert store.get(queued.request_id) == queued
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_restore_fails_once_the_content_expired_and_a_restored_status_no_longer_expires(
+    kind: str, tmp_path
+) -> None:
+    clock = FakeClock()
+    store = clocked_store(kind, tmp_path, clock)  # status 60 s, content 30 s
+    gone = failed_with_content(store)
+    back = failed_with_content(store, request_id="00000000-0000-4000-8000-000000000003")
+    clock.now += 20
+    queued = later(back, status=EmailStatus.QUEUED, owner="retrier")
+    assert store.replace(queued, back, restore=True)
+    clock.now += 11
+    assert store.replace(later(gone, status=EmailStatus.QUEUED), gone, restore=True) is False
+    assert store.get(gone.request_id) == gone
+    clock.now += 100  # long past the failed status's TTL
+    store.purge_expired()
+    assert store.get(back.request_id) == queued, "unfinished again: it expires no more"
+    assert store.payload(back.request_id) == '{"body": "kept"}'
+    assert store.get(gone.request_id) is None
+    store.close()
+
+
+def test_a_restored_request_is_unfinished_work_again(durable_pair) -> None:
+    first, second = durable_pair
+    failed = failed_with_content(first)  # its owner, "dead", holds no lease
+    assert second.orphans(10) == [] and second.webhook_orphans(10, "p2") == [failed.request_id]
+    queued = later(failed, status=EmailStatus.QUEUED, attempts=0, owner="retrier")
+    assert second.replace(queued, failed, restore=True)
+    assert second.webhook_orphans(10, "p2") == [], "not final: no webhook owed"
+    assert first.orphans(10) == [failed.request_id], "the retrier holds no lease either"
+    first.heartbeat("retrier", 30)
+    assert first.orphans(10) == []
+    assert second.take(failed.request_id, "retrier", "worker") == (
+        replace(queued, owner="worker"),
+        '{"body": "kept"}',
+    )
+
+
+# -- scheduled requests: an index by send_at, never an orphan ----------------------------------
+
+
+def scheduled(index: int, send_at: datetime, owner: str = "api") -> StatusRecord:
+    """A request accepted as scheduled for `send_at`, its id ordered by `index`."""
+    return replace(
+        new_record(f"abababab-abab-4bab-8bab-{index:012d}", owner=owner),
+        status=EmailStatus.SCHEDULED,
+        send_at=send_at,
+    )
+
+
+def test_a_scheduled_request_is_due_at_its_send_at_not_before(store: StatusStore) -> None:
+    record = scheduled(1, T0)
+    store.create(record, '{"body": "later"}')
+    assert store.get(record.request_id) == record
+    assert store.payload(record.request_id) == '{"body": "later"}', "unfinished: it has one"
+    assert store.due(T0 - timedelta(microseconds=1), 10) == []
+    assert store.due(T0 - timedelta(hours=1), 10) == []
+    assert store.due(T0, 10) == [record.request_id], "due at its send_at"
+    assert store.due(T0 + timedelta(days=40), 10) == [record.request_id]
+    assert store.due(T0.astimezone(timezone(timedelta(hours=-5))), 10) == [record.request_id]
+    assert store.due(T0, 0) == []
+    assert store.counts()[EmailStatus.SCHEDULED] == 1
+    assert store.counts()[EmailStatus.QUEUED] == 0
+
+
+def test_due_lists_the_earliest_first_and_at_most_limit(store: StatusStore) -> None:
+    # Created out of order, in one batch and one by one; two share a send_at (then by id).
+    times = [T0 + timedelta(seconds=s) for s in (30, 10, 20, 10, 50, 40)]
+    records = [scheduled(i, at) for i, at in enumerate(times)]
+    queued = new_record("abababab-abab-4bab-8bab-999999999999")
+    store.create_many([(r, "{}") for r in records[:3]] + [(queued, "{}")])
+    for record in records[3:]:
+        store.create(record, "{}")
+    in_order = [r.request_id for r in sorted(records, key=lambda r: (r.send_at, r.request_id))]
+    assert store.due(T0 + timedelta(minutes=5), 100) == in_order
+    assert store.due(T0 + timedelta(minutes=5), 3) == in_order[:3]
+    assert store.due(T0 + timedelta(seconds=25), 100) == in_order[:3], "only what is due"
+    assert queued.request_id not in store.due(T0 + timedelta(days=1), 100), "queued: not due"
+    assert store.counts()[EmailStatus.SCHEDULED] == 6
+
+
+def test_a_scheduled_request_leaves_the_index_when_queued_or_canceled(store: StatusStore) -> None:
+    due, canceled, saved = (scheduled(i, T0) for i in range(3))
+    store.create_many([(due, "{}"), (canceled, "{}"), (saved, "{}")])
+    taken = later(due, status=EmailStatus.QUEUED, owner="taker")
+    assert store.replace(taken, due) is True
+    assert store.replace(later(canceled, status=EmailStatus.CANCELED, pending=()), canceled)
+    assert store.save(later(saved, status=EmailStatus.QUEUED)), "its owner may queue it too"
+    assert store.due(T0 + timedelta(days=1), 10) == []
+    assert store.replace(later(due, status=EmailStatus.QUEUED), due) is False, "taken once"
+    assert store.get(due.request_id) == taken and store.payload(due.request_id) == "{}"
+    counts = store.counts()
+    assert counts[EmailStatus.SCHEDULED] == 0
+    assert counts[EmailStatus.QUEUED] == 2 and counts[EmailStatus.CANCELED] == 1
+
+
+def test_a_rescheduled_request_is_due_at_its_new_time(store: StatusStore) -> None:
+    record = scheduled(1, T0)
+    store.create(record, "{}")
+    moved = later(record, send_at=T0 + timedelta(hours=1))
+    assert store.replace(moved, record)
+    assert store.due(T0 + timedelta(minutes=30), 10) == []
+    assert store.due(T0 + timedelta(hours=1), 10) == [record.request_id]
+
+
+def test_a_scheduled_request_needs_its_send_at(store: StatusStore) -> None:
+    bad = replace(scheduled(1, T0), send_at=None)
+    fine = scheduled(2, T0)
+    with pytest.raises(ValueError, match="send_at"):
+        store.create_many([(fine, "{}"), (bad, "{}")])
+    assert store.get(fine.request_id) is None, "nothing of the batch"
+    store.create(fine, "{}")
+    with pytest.raises(ValueError, match="send_at"):
+        store.save(replace(fine, send_at=None))
+    with pytest.raises(ValueError, match="send_at"):
+        store.replace(later(fine, send_at=None), fine)
+    assert store.get(fine.request_id) == fine
+
+
+def test_a_scheduled_request_is_never_an_orphan(durable_pair) -> None:
+    first, second = durable_pair
+    first.heartbeat("api", 30)
+    record = scheduled(1, T0, owner="api")
+    first.create(record, "{}")
+    first.heartbeat("api", 0)  # its owner's lease is gone
+    assert second.orphans(10) == [], "recovery would send it before its time"
+    assert second.claim(record.request_id, "recovery") is None
+    assert second.due(T0, 10) == [record.request_id], "the due scheduler finds it instead"
+    taken = later(record, status=EmailStatus.QUEUED, owner="taker")
+    assert second.replace(taken, record)
+    second.heartbeat("taker", 30)
+    assert first.orphans(10) == [], "its taker's lease covers it"
+    second.heartbeat("taker", 0)
+    assert first.orphans(10) == [record.request_id], "queued: an orphan like any other"
+    claimed = first.claim(record.request_id, "heir")
+    assert claimed == (replace(taken, owner="heir"), "{}")
+
+
+def test_sqlite_due_walks_its_partial_index_and_never_sorts(tmp_path) -> None:
+    from mailservice.stores.sqlite_store import DUE
+
+    store = store_from_url(f"sqlite:///{tmp_path / 's.db'}", ttl=60)
+    db = store._db  # type: ignore[attr-defined]
+    plan = str(db.execute(f"EXPLAIN QUERY PLAN {DUE}", {"now": "~", "limit": 5}).fetchall())
+    store.close()
+    assert "requests_scheduled" in plan and "TEMP B-TREE" not in plan, plan

@@ -72,12 +72,18 @@ class FailedProblem(InvalidProblem):
 # -- sending -----------------------------------------------------------------------------------
 
 
+AcceptedStatus = Literal["queued", "scheduled"]
+ACCEPTED_STATUS = Field(
+    description="queued, or scheduled: recorded to be sent at its send_at (API.md section 3)."
+)
+
+
 class Accepted(Answer):
-    """202: the request is recorded and queued; `Location` names its status."""
+    """202: the request is recorded and queued (or scheduled); `Location` names its status."""
 
     message: Literal["Email request is being processed"]
     request_id: str = RequestId
-    status: Literal["queued"]
+    status: AcceptedStatus = ACCEPTED_STATUS
 
 
 class AcceptedWithResult(Accepted):
@@ -90,7 +96,7 @@ class Queued(Answer):
     """A batch's accepted message."""
 
     request_id: str = RequestId
-    status: Literal["queued"]
+    status: AcceptedStatus = ACCEPTED_STATUS
 
 
 BatchItem = Queued | InvalidProblem | Problem
@@ -106,6 +112,36 @@ class BatchProblem(InvalidProblem):
     """400: no message of the batch was accepted; `messages` holds each one's problem."""
 
     messages: list[InvalidProblem | Problem]
+
+
+class Envelope(Answer):
+    """The SMTP envelope a send would use."""
+
+    mail_from: str = Field(description="MAIL FROM: the key's sender address.")
+    rcpt_to: list[str] = Field(description="RCPT TO: every recipient, bcc included, each once.")
+
+
+class DryRun(Answer):
+    """200 to a send with `"dry_run": true`: what would be sent; nothing was recorded or sent."""
+
+    dry_run: Literal[True]
+    request_id: str = Field(
+        description="The id this dry run made for the Message-ID; no request has it.",
+        json_schema_extra={"format": "uuid"},
+    )
+    envelope: Envelope
+    message: str = Field(
+        description="The message exactly as DATA would send it (CRLF line ends, before "
+        "dot-stuffing), decoded as UTF-8."
+    )
+
+
+class DryRunBatch(Answer):
+    """200 (every message passed) or 207 (some did) to a batch with `"dry_run": true`: one
+    item per message, in order."""
+
+    dry_run: Literal[True]
+    messages: list[DryRun | InvalidProblem | Problem]
 
 
 # -- status, templates, health ----------------------------------------------------------------
@@ -128,6 +164,14 @@ class StatusAnswer(Answer):
     )
     created_at: str = Timestamp
     updated_at: str = Timestamp
+    send_at: str | None = Field(
+        description="Null, or when it is (or was) to be sent, as given, in UTC with a Z.",
+        json_schema_extra={"format": "date-time"},
+    )
+    expires_at: str | None = Field(
+        description="Null, or when it ends expired if not yet sent, as given, in UTC with a Z.",
+        json_schema_extra={"format": "date-time"},
+    )
 
 
 class TemplateInfo(Answer):
@@ -216,6 +260,9 @@ ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     Queued,
     BatchAnswer,
     BatchProblem,
+    Envelope,
+    DryRun,
+    DryRunBatch,
     StatusAnswer,
     TemplateInfo,
     TemplateList,

@@ -18,6 +18,9 @@ from mailservice.api.strict_json import parse_json_object
 from mailservice.errors import ApiError
 
 URL_KEY_PARAMETERS = ("key", "api_key", "apikey", "token", "access_token")
+# Members of a body that are not part of an Idempotency-Key's fingerprint: the credential, and
+# `dry_run` (a dry run claims no key, so a fingerprint only ever sees it false or absent).
+UNSIGNED = ("key", "dry_run")
 
 
 def _parse_body() -> dict[str, Any]:
@@ -86,9 +89,10 @@ def idempotency(body: dict[str, Any], key_digest: bytes, value: str) -> tuple[st
     """(scope, fingerprint) of an Idempotency-Key `value`.
 
     The scope is the API key and Idempotency-Key together (digested); the fingerprint is the
-    route and the body as canonical JSON, so a retry that only re-spaces the JSON matches.
+    route and the body as canonical JSON (without `UNSIGNED`), so a retry that only re-spaces
+    the JSON matches.
     """
     scope = hashlib.sha256(key_digest + b"\0" + value.encode()).hexdigest()
-    canonical = json.dumps({k: v for k, v in body.items() if k != "key"}, sort_keys=True)
+    canonical = json.dumps({k: v for k, v in body.items() if k not in UNSIGNED}, sort_keys=True)
     fingerprint = hashlib.sha256(f"{request.path}\0{canonical}".encode()).hexdigest()
     return scope, fingerprint

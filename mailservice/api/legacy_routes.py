@@ -15,6 +15,10 @@ recipient limits, 403 for a foreign From), the same `Acceptor.accept()`. Unknown
 
 A route that waits holds the request at most SMTP_TIMEOUT + WAIT_MARGIN seconds and then
 answers 504 with the request_id; the send goes on and GET /email-status/<id> tells.
+
+Every body takes `dry_run` too (each shape maps it onto the core's): a dry run is validated as
+the real send would be and answered at once, 200 with the JSON of `api/dry_run.py` on every
+route, the waiting and the text-answering ones included (there is no outcome to wait for).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from mailservice.api import dry_run
 from mailservice.api.auth_guard import check_client, count_failure
 from mailservice.api.http_input import json_body
 from mailservice.api.request_path import (
@@ -96,7 +101,9 @@ class SeedShape:
             raise ApiError(exc.status, detail, errors, exc.headers) from exc
 
 
-MAIL = SeedShape({"recipient": "recipient", "subject": "subject", "body": "body", "key": "key"})
+# What every seed body takes besides its own fields: the key, and a dry run's flag.
+EVERY_SEED = {"key": "key", dry_run.FIELD: dry_run.FIELD}
+MAIL = SeedShape({"recipient": "recipient", "subject": "subject", "body": "body", **EVERY_SEED})
 EMAIL_TO = SeedShape(
     {
         "email_to": "recipient",
@@ -104,12 +111,12 @@ EMAIL_TO = SeedShape(
         "subject": "subject",
         "message.text": "text",
         "message.html": "html",
-        "key": "key",
+        **EVERY_SEED,
     },
     content="message",
 )
 SMTP_API = SeedShape(
-    {"to": "recipient", "subject": "subject", "message": "body", "key": "key"}, content="message"
+    {"to": "recipient", "subject": "subject", "message": "body", **EVERY_SEED}, content="message"
 )
 
 
@@ -121,7 +128,9 @@ def is_email_to_shape(body: dict[str, Any]) -> bool:
 
 def send_email_to(body: dict[str, Any], sender: Sender) -> Response:
     """The FastAPI and Celery services' body: 202 as in API.md section 3, plus
-    `"result": "<request_id>"`."""
+    `"result": "<request_id>"`; a dry run's answer without it."""
+    if dry_run.requested(body):
+        return dry_run.answer(EMAIL_TO.validate(body, sender), sender)
     request_id = accept(body, lambda: EMAIL_TO.validate(body, sender), sender)
     return accepted_answer(request_id, result=request_id)
 
@@ -135,11 +144,14 @@ MetadataOf = Callable[[dict[str, Any]], dict[str, str]]
 def send_and_wait(
     validate: Validate, metadata_of: MetadataOf | None = None
 ) -> StatusRecord | Response:
-    """Accept the request and wait for its outcome; a 504 answer when it isn't known in time."""
+    """Accept the request and wait for its outcome; a 504 answer when it isn't known in time,
+    and a dry run's answer at once."""
     body = json_body()
     sender = authenticate(body)
     svc = service()
     metadata = metadata_of(body) if metadata_of else None
+    if dry_run.requested(body):
+        return dry_run.answer(validate(body, sender), sender, metadata)
     request_id = accept(body, lambda: validate(body, sender), sender, metadata)
     final = svc.pool.wait(request_id, svc.settings.smtp_timeout + svc.settings.wait_margin)
     if final is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailservice.events.status_watch import WAIT_MAX, WAITERS_MAX
+
 Auth = Literal["sender", "operator", "none"]
 # A reply's content: media type -> schema name, or several names (one of them).
 Content = dict[str, str | tuple[str, ...]]
@@ -88,20 +90,58 @@ WAIT_TIMEOUT = problem(
     "OutcomeProblem",
     "Location",
 )
-ACCEPTED = json("Recorded and queued.", ("Accepted", "AcceptedWithResult"), "Location")
+ACCEPTED = json(
+    "Recorded and queued, or scheduled for its send_at.",
+    ("Accepted", "AcceptedWithResult"),
+    "Location",
+)
+# Cancel and retry: the key's own requests only; no body is read.
+LIFECYCLE_ERRORS = {
+    400: problem("A key in the URL."),
+    401: UNAUTHORIZED,
+    404: problem("No request of this key has this id, or its status has expired."),
+    429: TOO_MANY,
+    500: INTERNAL,
+    503: UNAVAILABLE,
+}
+REQUEST_ID: dict[str, dict[str, object]] = {"request_id": {"type": "string", "format": "uuid"}}
+CANCEL = Operation(
+    "/email-status/<request_id>", "DELETE", "cancelEmail", "Cancel a request", "Status",
+    {200: json("Canceled: the status, `canceled`.", "StatusAnswer"), **LIFECYCLE_ERRORS,
+     409: problem("It is sending or has ended (`detail` names its status).")},
+    auth="sender", rate_limited=True, path_schemas=REQUEST_ID,
+    description="A scheduled, queued or retrying request of the key's sender ends "
+    "canceled and is never sent.",
+)  # fmt: skip
+RETRY = Operation(
+    "/email-status/<request_id>/retry", "POST", "retryEmail", "Send a failed request again",
+    "Status",
+    {202: json("Queued again: the status, `queued`.", "StatusAnswer", "Location"),
+     **LIFECYCLE_ERRORS,
+     409: problem("It is not failed, its content is no longer kept (FAILED_CONTENT_TTL), "
+                  "or the webhook of its failure is still pending.")},
+    auth="sender", rate_limited=True, path_schemas=REQUEST_ID,
+    description="A failed request of the key's sender whose content is still kept goes "
+    "back to queued with its attempts reset.",
+)  # fmt: skip
 SENDING = "Sending"
 OLDER = "Older services (drop-in)"
 V1_CREATED = json("Sent or queued; `result` is the older service's text.", "V1Result", "Location")
+DRY_RUN = json("A dry run: what would be sent; nothing was recorded or sent.", "DryRun")
+DRY_RUN_DOC = ' With `"dry_run": true`, 200 and what would be sent, at once.'
+# The /api/v1 routes that wait for the outcome.
+V1_WAITING = {200: DRY_RUN, 201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT,
+              **SENDER_ERRORS}  # fmt: skip
 
 
 def send_email(rule: str, operation_id: str) -> Operation:
     return Operation(
         rule, "POST", operation_id, "Send one message", SENDING,
-        {202: ACCEPTED, 400: INVALID, **SENDER_ERRORS},
+        {200: DRY_RUN, 202: ACCEPTED, 400: INVALID, **SENDER_ERRORS},
         body={"application/json": ("SendRequest", "EmailToBody")},
         auth="sender", rate_limited=True, idempotent=True, links=(202,),
         description="The core body (API.md section 3), or the FastAPI and Celery services' "
-        "`email_to` body, which is answered with `result` as well.",
+        "`email_to` body, which is answered with `result` as well." + DRY_RUN_DOC,
     )  # fmt: skip
 
 
@@ -115,9 +155,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "Send up to BATCH_MAX messages",
         SENDING,
         {
+            200: json("A dry run of which every message passed.", "DryRunBatch"),
             202: json("Every message was accepted.", "BatchAnswer"),
             207: json(
-                "Some messages were accepted; the others' items are problems.", "BatchAnswer"
+                "Some messages were accepted (or passed, in a dry run); the others' items are "
+                "problems.",
+                ("BatchAnswer", "DryRunBatch"),
             ),
             400: problem(
                 "No message was accepted (`messages` lists their problems), or the "
@@ -131,7 +174,8 @@ OPERATIONS: tuple[Operation, ...] = (
         rate_limited=True,
         idempotent=True,
         description="Each message is a SendRequest body, validated on its own. The batch "
-        "counts against RATE_LIMIT once per message.",
+        'counts against RATE_LIMIT once per message. A top-level `"dry_run": true` makes '
+        "the whole batch a dry run: 200 (or 207) with each message's preview.",
     ),
     Operation(
         "/email-status/<request_id>",
@@ -140,14 +184,33 @@ OPERATIONS: tuple[Operation, ...] = (
         "A request's status",
         "Status",
         {
-            200: json("The status; never any message content.", "StatusAnswer"),
+            200: json(
+                "The status; never any message content. With `wait`: once it is final, or "
+                "the current one when the wait is over.",
+                "StatusAnswer",
+            ),
+            400: problem(
+                f"`wait` is not a number more than 0, at most {WAIT_MAX:g}.", "InvalidProblem"
+            ),
             404: problem("No request has this id, or its status has expired."),
             500: INTERNAL,
             503: problem("The status store is unreachable.", "Problem", "Retry-After"),
         },
         path_schemas={"request_id": {"type": "string", "format": "uuid"}},
-        description="Needs no key: the id is a random UUID and the answer holds no content.",
+        description="Needs no key: the id is a random UUID and the answer holds no content. "
+        "`wait` makes it a long poll (API.md section 4).",
+        query=(
+            {
+                "name": "wait",
+                "description": "Seconds to wait for a final status (sent, failed, expired, "
+                "canceled) before answering; answered at once when it is final already, or "
+                f"when {WAITERS_MAX:,} requests wait in the process. Absent: answered at once.",
+                "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": WAIT_MAX},
+            },
+        ),
     ),
+    CANCEL,
+    RETRY,
     Operation(
         "/templates",
         "GET",
@@ -191,8 +254,9 @@ OPERATIONS: tuple[Operation, ...] = (
         OLDER,
         {
             200: Reply(
-                "Sent: the text `message Sent`, or JSON when Accept prefers it.",
-                {"text/plain": "MailSentText", "application/json": "MailSent"},
+                "Sent: the text `message Sent`, or JSON when Accept prefers it; a dry run: "
+                "its JSON, whatever Accept says.",
+                {"text/plain": "MailSentText", "application/json": ("MailSent", "DryRun")},
                 ("X-Request-Id", "Vary"),
             ),
             400: INVALID,
@@ -204,7 +268,7 @@ OPERATIONS: tuple[Operation, ...] = (
         auth="sender",
         rate_limited=True,
         idempotent=True,
-        description="Waits for the outcome.",
+        description="Waits for the outcome." + DRY_RUN_DOC,
     ),
     Operation(
         "/smtp/send-email",
@@ -213,7 +277,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "The FastAPI OAuth2 service's send",
         OLDER,
         {
-            200: json("Sent.", "SmtpSent"),
+            200: json("Sent, or a dry run's answer.", ("SmtpSent", "DryRun")),
             400: NOT_SENT_OR_INVALID,
             504: WAIT_TIMEOUT,
             **SENDER_ERRORS,
@@ -222,7 +286,7 @@ OPERATIONS: tuple[Operation, ...] = (
         auth="sender",
         rate_limited=True,
         idempotent=True,
-        description="Waits for the outcome; a /token token authenticates it.",
+        description="Waits for the outcome; a /token token authenticates it." + DRY_RUN_DOC,
     ),
     Operation(
         "/token",
@@ -257,7 +321,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "v1SendEmail",
         "email-service-v2: queue a message",
         OLDER,
-        {201: V1_CREATED, 400: INVALID, **SENDER_ERRORS},
+        {200: DRY_RUN, 201: V1_CREATED, 400: INVALID, **SENDER_ERRORS},
         body={"application/json": "V1MailBody"},
         auth="sender",
         rate_limited=True,
@@ -270,7 +334,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "v1SendAsync",
         "email-service-v2: send and wait",
         OLDER,
-        {201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT, **SENDER_ERRORS},
+        V1_WAITING,
         body={"application/json": "V1MailBody"},
         auth="sender",
         rate_limited=True,
@@ -283,7 +347,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "v1SendSms",
         "email-service-v2: a text through the carrier's email-to-SMS gateway",
         OLDER,
-        {201: V1_CREATED, 400: NOT_SENT_OR_INVALID, 504: WAIT_TIMEOUT, **SENDER_ERRORS},
+        V1_WAITING,
         body={"application/json": "V1SmsBody"},
         auth="sender",
         rate_limited=True,

@@ -29,6 +29,10 @@ ONE_OR_MORE_ADDRESSES = {
     ]
 }
 KEY_DOC = "The API key, when it is not sent in a header (Authorization: Bearer, X-API-Key)."
+DRY_RUN_DOC = (
+    "true: validate and build the message, record and send nothing, and answer 200 with the "
+    "envelope and the message that would go out."
+)
 
 # Additions to SendRequest's generated properties: descriptions, and the formats and bounds
 # that its validators enforce (API.md section 3 has every rule).
@@ -77,7 +81,16 @@ SEND_FIELDS: dict[str, dict[str, Any]] = {
         "description": "An http:// or https:// URL that gets a signed POST of the final status.",
         "anyOf": [{"type": "string", "format": "uri", "maxLength": 2048}, {"type": "null"}],
     },
+    "send_at": {
+        "description": "When to send it: an ISO 8601 date-time with an offset, at most "
+        "MAX_SCHEDULE_DAYS ahead; now or past sends at once.",
+    },
+    "expires_at": {
+        "description": "When it is too late to send: an ISO 8601 date-time with an offset, "
+        "after now and after send_at; not handed to the SMTP server by then, it ends expired.",
+    },
     "key": {"description": KEY_DOC},
+    "dry_run": {"description": DRY_RUN_DOC},
 }
 SEND_EXAMPLES = [
     {"recipient": "ada@example.com", "subject": "Welcome", "body": "Hello Ada."},
@@ -142,11 +155,16 @@ def send_request_schema(generated: dict[str, Any], defs: dict[str, Any]) -> dict
 
 
 def batch_message_schema(send_schema: dict[str, Any]) -> dict[str, Any]:
-    """A batch's message: the SendRequest body without `key` (one batch, one credential)."""
+    """A batch's message: the SendRequest body without `key` (one batch, one credential) and
+    `dry_run` (a batch is a dry run as a whole)."""
     schema = copy.deepcopy(send_schema)
     del schema["properties"]["key"]
+    del schema["properties"]["dry_run"]
     schema["title"] = "BatchMessage"
-    schema["description"] = "One message of a batch: a SendRequest body without `key`."
+    schema["description"] = (
+        "One message of a batch: a SendRequest body without `key` and `dry_run`, which go at "
+        "the top of the batch."
+    )
     schema.pop("examples")
     return schema
 
@@ -162,6 +180,7 @@ def closed(*examples: dict[str, Any]) -> ConfigDict:
 Addresses = Annotated[str | list[str], Field(json_schema_extra=ONE_OR_MORE_ADDRESSES)]
 Subject = Annotated[str, Field(min_length=1, max_length=998)]
 Key = Annotated[str | None, Field(description=KEY_DOC)]
+DryRun = Annotated[bool, Field(description=DRY_RUN_DOC)]
 OwnAddress = Annotated[str | None, Field(description="Must be the key's own address.")]
 UserId = Annotated[
     str | int | None, Field(description="Kept as the status's metadata `user_id`, as text.")
@@ -182,6 +201,7 @@ class BatchBody(BaseModel):
     )
     messages: list[dict[str, Any]] = Field(min_length=1)
     key: Key = None
+    dry_run: DryRun = False
 
 
 class MailBody(BaseModel):
@@ -192,6 +212,7 @@ class MailBody(BaseModel):
     subject: Subject
     body: str
     key: Key = None
+    dry_run: DryRun = False
 
 
 class MessageParts(BaseModel):
@@ -214,6 +235,7 @@ class EmailToBody(BaseModel):
     subject: Subject
     message: MessageParts
     key: Key = None
+    dry_run: DryRun = False
 
 
 class SmtpBody(BaseModel):
@@ -224,6 +246,7 @@ class SmtpBody(BaseModel):
     subject: Subject
     message: str
     key: Key = None
+    dry_run: DryRun = False
 
 
 class V1MailBody(BaseModel):
@@ -238,6 +261,7 @@ class V1MailBody(BaseModel):
     message: str
     user_id: UserId = None
     key: Key = None
+    dry_run: DryRun = False
 
 
 class V1SmsBody(BaseModel):
@@ -254,6 +278,7 @@ class V1SmsBody(BaseModel):
     provider: str = Field(description="The carrier's name, any case (AT&T, Verizon, ...).")
     user_id: UserId = None
     key: Key = None
+    dry_run: DryRun = False
 
 
 class TokenForm(BaseModel):

@@ -33,6 +33,7 @@ from mailservice.api.http_input import (
     presented_key,
     reject_key_in_url,
 )
+from mailservice.api.schedule_fields import SCHEDULE, ScheduleRule, repeat_status
 from mailservice.api.schemas import SPECIAL_USE_RECIPIENTS, SendRequest, validation_errors
 from mailservice.api.tokens import TokenIssuer
 from mailservice.config import Settings
@@ -45,7 +46,7 @@ from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
 from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import Sender, SenderDirectory, key_digest
-from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusStore
+from mailservice.stores.contract import EmailStatus, IdempotencyClaim, StatusStore, utcnow
 from mailservice.templating import RenderError, TemplateLibrary
 
 EXTENSION = "mail_service"
@@ -182,9 +183,12 @@ def validate_send(body: dict[str, Any], sender: Sender) -> SendRequest:
         )
     settings = service().settings
     check_count(body, settings.max_attachments)
-    allow = settings.allow_special_use_recipients
+    context = {
+        SPECIAL_USE_RECIPIENTS: settings.allow_special_use_recipients,
+        SCHEDULE: ScheduleRule(utcnow(), settings.max_schedule_days),
+    }
     try:
-        send = SendRequest.model_validate(body, context={SPECIAL_USE_RECIPIENTS: allow})
+        send = SendRequest.model_validate(body, context=context)
     except ValidationError as exc:
         raise ApiError(400, "The request has invalid fields.", validation_errors(exc)) from exc
     check_total(send.attachments, settings.max_attachment_bytes)
@@ -240,21 +244,34 @@ def accept(
     since: `repeat_of`); with another body it is a 409. `metadata` is the route's own (the
     /api/v1 routes' user_id), merged with the client's (`client_fields.request_extras`).
     """
+    return accept_send(body, validate, sender, metadata)[0]
+
+
+def accept_send(
+    body: dict[str, Any],
+    validate: Callable[[], SendRequest],
+    sender: Sender,
+    metadata: dict[str, str] | None = None,
+) -> tuple[str, EmailStatus]:
+    """`accept()`, with the status its 202 says: `scheduled` for a request recorded to be
+    sent at its `send_at`, else `queued`; a repeat's from its body (`repeat_status`)."""
     try:
         spec, extras = prepared(validate(), metadata)
     except ApiError:
         earlier = repeat_of(body)
         if earlier is None:
             raise
-        return earlier.request_id
+        return earlier.request_id, repeat_status(body)
     value = idempotency_key()
     claim = None
     if value is not None:
         claim = idempotency(body, credential_digest(presented_key(body) or ""), value)
     result = service().acceptor.accept(spec, sender, claim, extras, source=route_rule())
-    if isinstance(result, IdempotencyClaim) and (claim is None or result.fingerprint != claim[1]):
-        raise ApiError(409, "This Idempotency-Key was used for a different request.")
-    return result.request_id
+    if isinstance(result, IdempotencyClaim):
+        if claim is None or result.fingerprint != claim[1]:
+            raise ApiError(409, "This Idempotency-Key was used for a different request.")
+        return result.request_id, repeat_status(body)
+    return result.request_id, result.status
 
 
 def repeat_of(body: dict[str, Any]) -> IdempotencyClaim | None:
@@ -279,7 +296,10 @@ def prepared(
     extras; ApiError 400 where they cannot be made. Every route and every message of a batch
     goes through here after `validate_send`."""
     extras = request_extras(send.tags, send.metadata, metadata or {})
-    return message_spec(send), replace(extras, callback_url=send.callback_url)
+    extras = replace(
+        extras, callback_url=send.callback_url, send_at=send.send_at, expires_at=send.expires_at
+    )
+    return message_spec(send), extras
 
 
 def message_spec(send: SendRequest) -> MessageSpec:
@@ -316,12 +336,15 @@ def route_rule() -> str:
     return rule.rule if rule is not None else ""
 
 
-def accepted_answer(request_id: str, **members: Any) -> Response:
-    """The 202 of API.md section 3 (the same again for a repeated Idempotency-Key)."""
+def accepted_answer(
+    request_id: str, status: EmailStatus = EmailStatus.QUEUED, **members: Any
+) -> Response:
+    """The 202 of API.md section 3 (the same again for a repeated Idempotency-Key); `status`
+    is `queued`, or `scheduled` for a request recorded to be sent at its `send_at`."""
     response = jsonify(
         message="Email request is being processed",
         request_id=request_id,
-        status=str(EmailStatus.QUEUED),
+        status=str(status),
         **members,
     )
     response.status_code = 202

@@ -4,8 +4,9 @@
 header value is checked for control and format characters, line separators and encoded words,
 a display name also for address syntax, and the content for NUL; offending input is rejected,
 never cleaned. Recipients on special-use domains are refused unless the validation context
-says `SPECIAL_USE_RECIPIENTS: True`. `validation_errors()` turns a pydantic error into field
-errors for the problem answer.
+says `SPECIAL_USE_RECIPIENTS: True`; `send_at` and `expires_at` are checked against the
+context's `schedule_fields.SCHEDULE` rule (the time of the request, MAX_SCHEDULE_DAYS).
+`validation_errors()` turns a pydantic error into field errors for the problem answer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError
@@ -37,6 +39,12 @@ from mailservice.addresses import validate_address
 from mailservice.api.attachment_fields import Attachments
 from mailservice.api.callback_url import CallbackUrl
 from mailservice.api.client_fields import Metadata, Tags
+from mailservice.api.schedule_fields import (
+    OffsetDateTime,
+    check_expires_at,
+    check_send_at,
+    rule_of,
+)
 from mailservice.errors import FieldError
 from mailservice.template_files import check_template_name
 from mailservice.templating import check_variables
@@ -183,7 +191,13 @@ class SendRequest(BaseModel):
     tags: Tags = Field(default_factory=list)  # the client's own: kept with the status only
     metadata: Metadata = Field(default_factory=dict)  # the same (client_fields)
     callback_url: CallbackUrl | None = None  # its target is checked with the settings (400)
+    # When to send it, and when it is too late to (schedule_fields); send_at first, as the
+    # check of expires_at reads it.
+    send_at: OffsetDateTime | None = None
+    expires_at: OffsetDateTime | None = None
     key: StrictStr | None = Field(default=None, repr=False, exclude=True)
+    # A dry run (api/dry_run.py, which reads it from the body before validation): not content.
+    dry_run: StrictBool = Field(default=False, exclude=True)
 
     @field_validator("recipient", mode="after")
     @classmethod
@@ -236,6 +250,18 @@ class SendRequest(BaseModel):
                 raise ValueError(f"header {name[:80]!r} is given twice")
             canonical[canonical_name] = header_value
         return canonical
+
+    @field_validator("send_at", mode="after")
+    @classmethod
+    def _send_at_in_reach(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        return None if value is None else check_send_at(value, rule_of(info.context))
+
+    @field_validator("expires_at", mode="after")
+    @classmethod
+    def _expires_at_ahead(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is None:
+            return None
+        return check_expires_at(value, info.data.get("send_at"), rule_of(info.context))
 
     @model_validator(mode="after")
     def _content(self) -> SendRequest:

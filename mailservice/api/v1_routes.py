@@ -12,7 +12,8 @@ name this service's fields. The mail body's `message` is one string, sent as HTM
 building adds its plain-text alternative); the text message is plain text with no subject, as
 the older service sent it. `user_id` (a string, an integer or null) is kept as the request's
 metadata, `{"user_id": "<as text>"}` in its status, never written into the message (every
-recipient would see a header).
+recipient would see a header). A body with `"dry_run": true` is answered 200 with what would
+be sent (`api/dry_run.py`), on every route.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from mailservice.api import dry_run
 from mailservice.api.http_input import json_body
-from mailservice.api.legacy_routes import SeedShape, send_and_answer
+from mailservice.api.legacy_routes import EVERY_SEED, SeedShape, send_and_answer
 from mailservice.api.request_path import accept, authenticate
 from mailservice.api.schemas import SendRequest
 from mailservice.api.sms_gateways import gateway_domain, phone_digits
@@ -37,12 +39,12 @@ MAIL = SeedShape(
         "email_from": "from",
         "subject": "subject",
         "message": "html",
-        "key": "key",
+        **EVERY_SEED,
     },
     content="message",
 )
 # phone_number becomes the gateway address (recipient); the subject is set here.
-SMS = SeedShape({"phone_number": "recipient", "message": "text", "key": "key"}, content="message")
+SMS = SeedShape({"phone_number": "recipient", "message": "text", **EVERY_SEED}, content="message")
 # The core needs a subject to validate; the text message goes without one (see _sms_request).
 SMS_SUBJECT = "text message"
 
@@ -132,6 +134,8 @@ def v1_blueprint(
     def send_email() -> Response:
         body = json_body()
         sender = authenticate(body)
+        if dry_run.requested(body):
+            return dry_run.answer(_validate_mail(body, sender), sender, user_id_metadata(body))
         request_id = accept(
             body, lambda: _validate_mail(body, sender), sender, user_id_metadata(body)
         )

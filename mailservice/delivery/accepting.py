@@ -7,6 +7,10 @@ happens; only then is `Accepted` announced and the request handed to the dispatc
 store cannot record it, nothing is sent and the caller gets the StoreError (a 503).
 `Acceptor.accept_many()` does the same for a batch, with one store call for all of it
 (`StatusStore.create_many`): all of it is recorded, or none.
+
+A request whose `send_at` is still ahead is recorded as `scheduled` instead and announced,
+but not handed to the dispatcher: it waits in the store, holding no room (QUEUE_MAX counts
+it only once due), until the scheduler of some process takes it (delivery/scheduler.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
@@ -39,6 +44,10 @@ class RequestExtras:
     metadata: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     callback_url: str | None = None  # the request's own webhook target
+    # When to send it (None: at once) and when it is too late to (None: never), in UTC:
+    # the record's, not the message's.
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
 
 
 class Acceptor:
@@ -69,14 +78,18 @@ class Acceptor:
         extras: RequestExtras | None = None,
         source: str = "",
     ) -> StatusRecord | IdempotencyClaim:
-        """Record the request as queued and dispatch it; Unavailable or StoreError if not.
+        """Record the request as queued and dispatch it (or as scheduled, to wait for its
+        send_at); Unavailable or StoreError if not.
 
         With `idempotency` (scope, fingerprint) already used, nothing is created and the
         earlier claim is returned instead of a record. `extras` are the client's own, kept
         with the status. `source` names where it came in (the `Accepted` event's).
         """
         record, payload = self._queued(spec, sender, extras or RequestExtras())
-        self.dispatcher.check_room(sys.getsizeof(payload))
+        if record.status is EmailStatus.SCHEDULED:
+            self.dispatcher.check_open()  # it takes no room until due, but not while draining
+        else:
+            self.dispatcher.check_room(sys.getsizeof(payload))
         claim = IdempotencyClaim(*idempotency, record.request_id) if idempotency else None
         earlier = self.store.create(record, payload, claim)
         if earlier is not None:
@@ -91,8 +104,8 @@ class Acceptor:
         idempotency: tuple[str, str] | None = None,
         source: str = "",
     ) -> list[StatusRecord | None] | IdempotencyClaim:
-        """`accept()` for a batch: room for all of it, one store call for all of it, then each
-        is announced and dispatched in order; the records, place by place.
+        """`accept()` for a batch: room for all of it that goes at once, one store call for all
+        of it, then each is announced and dispatched in order; the records, place by place.
 
         A `None` place is a message the caller refused: nothing is recorded for it, and the
         Idempotency-Key's claim keeps it as an empty place (`IdempotencyClaim.of_batch`), so
@@ -104,10 +117,14 @@ class Acceptor:
             for message in messages
         ]
         items = [place for place in places if place is not None]
-        self.dispatcher.check_room(sum(sys.getsizeof(payload) for _, payload in items))
+        # The scheduled ones take no room until due.
+        at_once = [payload for record, payload in items if record.status is EmailStatus.QUEUED]
+        self.dispatcher.check_open()
+        if at_once:
+            self.dispatcher.check_room(sum(sys.getsizeof(payload) for payload in at_once))
         room = self.dispatcher.room()
-        if room < len(items):
-            raise Unavailable(f"a batch of {len(items)} requests, room for {room} (QUEUE_MAX)")
+        if room < len(at_once):
+            raise Unavailable(f"a batch of {len(at_once)} requests, room for {room} (QUEUE_MAX)")
         claim = None
         if idempotency:
             ids = [None if place is None else place[0].request_id for place in places]
@@ -122,12 +139,14 @@ class Acceptor:
     def _queued(
         self, spec: MessageSpec, sender: Sender, extras: RequestExtras
     ) -> tuple[StatusRecord, str]:
-        """A new request's record, `queued` under a fresh id, and its stored spec."""
+        """A new request's record, `queued` under a fresh id (`scheduled` when its send_at
+        is still ahead), and its stored spec."""
         now = utcnow()
         recipients = tuple(spec.recipients)
+        later = extras.send_at is not None and extras.send_at > now
         record = StatusRecord(
             request_id=str(uuid.uuid4()),
-            status=EmailStatus.QUEUED,
+            status=EmailStatus.SCHEDULED if later else EmailStatus.QUEUED,
             sender=sender.email,
             recipients=recipients,
             pending=recipients,
@@ -140,10 +159,14 @@ class Acceptor:
             webhook=(
                 WebhookState.PENDING if extras.callback_url or self.deployment_webhook else None
             ),
-        ).noted()  # its history begins: queued
+            send_at=extras.send_at,  # kept when past too: its status shows what was asked
+            expires_at=extras.expires_at,
+        ).noted()  # its history begins: queued, or scheduled
         return record, spec.to_json()
 
     def _dispatch(self, record: StatusRecord, payload: str, sender: Sender, source: str) -> None:
-        """The request is recorded: announce it, then hand it to the dispatcher."""
+        """The request is recorded: announce it, then hand it to the dispatcher (a scheduled
+        one is the scheduler's to hand over when due)."""
         self.events.emit(Accepted(record, source))
-        self.dispatcher.submit(record, payload, sender)
+        if record.status is not EmailStatus.SCHEDULED:
+            self.dispatcher.submit(record, payload, sender)

@@ -1,15 +1,17 @@
 """One delivery attempt of one request, as plain code: no threads, no queue, no Flask.
 
 `DeliveryAttempt.run(state, sender)` records `sending` under this process's ownership (nothing
-is handed to a server that the store does not know is being sent), builds the message from the
-stored `MessageSpec`, runs one SMTP transaction and returns what comes next: another attempt
-after a delay (`Retry`), the end (`Final`), a wait for the store that refused `sending`
-(`WaitForStore`, no attempt spent), or nothing more for this process (`Dropped`: another one
-owns the request now). A dispatcher (the thread pool, later a Celery task) acts on that answer;
-`save_retry()` and `save_final()` record the statuses it carries, and `save_final()` announces
-the end (the `Finished` event) once the store has it. Each SMTP transaction is announced too
-(`Attempted`: its time, what the server made of it, whether a retry follows), here, the one
-place that knows.
+is handed to a server that the store does not know is being sent), builds the message and its
+envelope from the stored `MessageSpec` (`outgoing()`, which a dry run answers with), runs one
+SMTP transaction and returns what comes next: another attempt after a delay (`Retry`), the end
+(`Final`: also `expired`, before `sending` is recorded, for a request whose `expires_at` has
+come, and instead of a retry that would start after it), a wait for the store that refused
+`sending` (`WaitForStore`, no attempt spent), or nothing more for this process (`Dropped`:
+another one owns the request now, or it ended elsewhere). A dispatcher (the thread pool, a
+Celery task) acts on that answer; `save_retry()` and `save_final()` record the statuses it
+carries, and `save_final()` announces the end (the `Finished` event) once the store has it.
+Each SMTP transaction is announced too (`Attempted`: its time, what the server made of it,
+whether a retry follows), here, the one place that knows.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from mailservice.delivery.message import build_message, wire_bytes
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
+from mailservice.delivery.outgoing import outgoing
 from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
 from mailservice.delivery.transitions import (
     JITTER,
@@ -30,6 +33,8 @@ from mailservice.delivery.transitions import (
     after_failure,
     begin,
     delivered,
+    expire,
+    expired,
     finish,
 )
 from mailservice.errors import (
@@ -75,9 +80,12 @@ class WaitForStore:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """Nothing more to do here: another process owns the request, or it ended elsewhere."""
+    """Nothing more to do here: another process owns the request, or it ended elsewhere
+    (`ended`: its final record as the store has it, canceled or expired by whoever announced
+    it; nothing alarming, nothing to announce again)."""
 
     reason: str
+    ended: StatusRecord | None = None
 
 
 Next = Retry | Final | WaitForStore | Dropped
@@ -126,29 +134,36 @@ class DeliveryAttempt:
         self._clock = clock
 
     def run(self, state: AttemptState, sender: Sender) -> Outcome:
-        """One attempt: record `sending`, build, send; what comes next."""
+        """One attempt: record `sending`, build, send; what comes next. A request whose
+        `expires_at` has come ends `expired` instead, before anything is recorded or sent."""
         try:
             payload = state.payload or self.store.payload(state.request_id)
-            record = begin(state.record, utcnow())
-            owned = payload is not None and self.store.save(record)
+            if payload is None:  # ended (canceled, say) or taken over: nothing to send
+                return Outcome(self._dropped(state), None)
+            now = utcnow()
+            if expired(state.record, now):
+                return Outcome(Final(self._expire(state, now)), None)
+            record = begin(state.record, now)
+            owned = self.store.save(record)
         except StoreError:
             return Outcome(self._wait_for_store(state), None)
-        if not owned or payload is None:
-            return Outcome(Dropped("taken over by another process"), None)
+        if not owned:
+            return Outcome(self._dropped(state), None)
         state.record, state.store_waits, state.deferred = record, 0, {}
         try:
             spec = MessageSpec.from_json(payload)
         except PayloadError as exc:
             return Outcome(self.failed(state, f"the stored request cannot be read: {exc}"), None)
-        msg = build_message(spec, sender, state.request_id, record.created_at)
+        # The same transaction a dry run shows (delivery/outgoing.py).
+        out = outgoing(spec, sender, state.request_id, record.created_at, record.pending)
         started = self._clock()
         try:
             outcome = self.smtp.send(
                 SmtpTarget.for_sender(sender),
-                sender.email,
-                list(record.pending),
-                wire_bytes(msg),
-                bool(msg.policy.utf8),  # UTF-8 headers need SMTPUTF8 on the wire
+                out.mail_from,
+                list(out.rcpt_to),
+                out.data,
+                out.smtputf8,
             )
         except PermanentDelivery as exc:
             return self._attempted(started, "permanent", self.failed(state, exc.reason), True)
@@ -167,6 +182,17 @@ class DeliveryAttempt:
         final = Final(finish(state.record, EmailStatus.SENT, None, now=utcnow()))
         return self._attempted(started, kind, final, True)
 
+    def _dropped(self, state: AttemptState) -> Dropped:
+        """Why the store would not let this attempt begin: the request ended meanwhile (a
+        cancel wins over `sending` in the store), or another process owns it now."""
+        try:
+            stored = self.store.get(state.request_id)
+        except StoreError:
+            stored = None
+        if stored is not None and stored.status.final:
+            return Dropped(f"{stored.status} before it was sent", stored)
+        return Dropped("taken over by another process")
+
     def _attempted(self, started: float, kind: str, step: Retry | Final, answered: bool) -> Outcome:
         """Announce the SMTP transaction that ended (`Attempted`); what comes next."""
         seconds = self._clock() - started
@@ -184,6 +210,14 @@ class DeliveryAttempt:
                 deferred=state.deferred,
                 possibly_delivered=state.possibly_delivered,
             )
+        )
+
+    def _expire(self, state: AttemptState, now: datetime) -> StatusRecord:
+        return expire(
+            state.record,
+            now=now,
+            deferred=state.deferred,
+            possibly_delivered=state.possibly_delivered,
         )
 
     def _after_failure(self, state: AttemptState, reason: str) -> Retry | Final:

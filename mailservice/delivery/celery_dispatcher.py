@@ -73,6 +73,9 @@ class CeleryDispatcher(Dispatcher):
         return self.queue_max if self._accepting else 0
 
     def check_room(self, size: int = 0) -> None:
+        self.check_open()
+
+    def check_open(self) -> None:
         if not self._accepting:
             raise Unavailable("the service is shutting down")
 

@@ -2,9 +2,9 @@
 
 The thread pool (`worker_pool.WorkerPool`, at the repository's root) implements it for one
 machine; a Celery dispatcher can implement it for many. A dispatcher is handed requests that
-are already recorded (`submit`, `resume`), says how much more it takes (`check_room`, `room`),
-tells a waiting caller the final status (`wait`), shows its state (`stats`, read by the
-metrics at scrape time) and stops (`drain`).
+are already recorded (`submit`, `resume`), says how much more it takes (`check_room`, `room`;
+`check_open`: whether it takes anything), tells a waiting caller the final status (`wait`),
+shows its state (`stats`, read by the metrics at scrape time) and stops (`drain`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ class Dispatcher(ABC):
     def check_room(self, size: int = 0) -> None:
         """Raise Unavailable when it takes no more requests (full, or `size` more bytes of
         content would be too many, or draining)."""
+
+    @abstractmethod
+    def check_open(self) -> None:
+        """Raise Unavailable when draining: it takes nothing more, not even for later (a
+        scheduled request, which takes no room until due)."""
 
     @abstractmethod
     def room(self) -> int:

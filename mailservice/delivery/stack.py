@@ -1,12 +1,14 @@
 """The delivery side of one process, wired: store, request log, events, SMTP client, attempt,
-dispatcher, webhooks, leases, acceptor and failure notices.
+dispatcher, webhooks, leases, acceptor, failure notices, the due scheduler and the long
+poll's status watch.
 
 Every process that accepts or sends builds the same stack with `build_stack()`: an API process
 (`mail_server.create_app()`, which adds the HTTP side) and a Celery worker process
 (`mailservice.celery_worker`, which adds the task). They differ only in their dispatcher,
 which the caller makes from the stack's `DeliveryAttempt` (`make_dispatcher`): the thread
 pool, or the Celery dispatcher that hands requests to the broker. The subscribers' order is the
-log's: the request log first, so that a failure's line comes before its notice's.
+log's: the request log first, so that a failure's line comes before its notice's; the status
+watch last, so that a long poll answered `sent` finds its line, counts and webhook there.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.failure_notices import FailureNotifier
 from mailservice.delivery.notice_policy import reason_class
 from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.delivery.scheduler import DueScheduler
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
 from mailservice.events.metrics import DeliveryMetrics, state_gauges
 from mailservice.events.metrics_registry import MetricsRegistry
 from mailservice.events.request_log import RequestLog
+from mailservice.events.status_watch import StatusWatch
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import SenderDirectory
@@ -39,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class DeliveryStack:
-    """One process's delivery parts; `start()` begins the lease upkeep, `shutdown()` ends all."""
+    """One process's delivery parts; `start()` begins the lease upkeep and the due scheduler,
+    `shutdown()` ends all."""
 
     store: StatusStore
     request_log: RequestLog
@@ -52,13 +57,20 @@ class DeliveryStack:
     leases: LeaseKeeper
     acceptor: Acceptor
     notices: FailureNotifier | None
+    scheduler: DueScheduler
+    watch: StatusWatch
 
     def start(self) -> None:
-        """Take up what stopped processes left on a durable store, and keep the lease."""
+        """Take up what stopped processes left on a durable store, and keep the lease; take
+        scheduled requests as they fall due (those already due first)."""
         self.leases.start()
+        self.scheduler.start()
 
     def shutdown(self, drain_seconds: float) -> int:
-        """Stop accepting, send for up to `drain_seconds`, give up the lease; requests left."""
+        """Stop accepting, send for up to `drain_seconds`, give up the lease; requests left.
+        Scheduled requests not yet taken stay in the store (the memory store's are lost)."""
+        self.watch.close()  # long polls answer their current status now, not after the drain
+        self.scheduler.stop()  # nothing more is handed to the draining dispatcher
         left = self.dispatcher.drain(drain_seconds)
         self.webhooks.close()  # before the lease goes: what it leaves is for the next process
         self.leases.stop()
@@ -72,7 +84,11 @@ def build_stack(
     make_dispatcher: Callable[[DeliveryAttempt], Dispatcher],
 ) -> DeliveryStack:
     """Open the store and the request log, and wire the rest; nothing is started."""
-    store = store_from_url(settings.status_store_url, settings.status_ttl)
+    store = store_from_url(
+        settings.status_store_url,
+        settings.status_ttl,
+        failed_content_ttl=settings.failed_content_ttl,
+    )
     try:
         request_log = RequestLog(
             settings.email_log, settings.email_log_max_bytes, settings.email_log_backups
@@ -115,9 +131,12 @@ def build_stack(
     if settings.admin_email:  # after the request log: a failure's line comes before its notice's
         notices = FailureNotifier(settings.admin_email, senders, acceptor)
         events.subscribe(notices.on_event)
+    watch = StatusWatch(store)  # the last subscriber: see the docstring
+    events.subscribe(watch.on_event)
     for warning in store.durability_warnings():
         logger.warning("status store: %s", warning)
+    scheduler = DueScheduler(store, dispatcher, senders, events)
     return DeliveryStack(
         store, request_log, metrics, events, smtp, attempt, dispatcher, webhooks, leases,
-        acceptor, notices,
+        acceptor, notices, scheduler, watch,
     )  # fmt: skip

@@ -42,6 +42,7 @@ class TaskResult(StrEnum):
     SKIPPED = "skipped"  # taken by another process already, or final: nothing done
     SENT = "sent"
     FAILED = "failed"
+    EXPIRED = "expired"  # its expires_at came before it could be sent
     RETRY = "retry"  # handed over again, for a later attempt
     DROPPED = "dropped"  # another process took it over during the attempt
 
@@ -89,7 +90,10 @@ class TaskRunner:
         if isinstance(step, WaitForStore):  # `sending` not recorded: it is still ours, unsent
             self.dispatcher.later(state.request_id, step.delay, state.possibly_delivered)
             return TaskResult.RETRY
-        logger.warning("request_id=%s: %s", state.request_id, step.reason)
+        if step.ended is not None:  # canceled or expired meanwhile: nothing was sent
+            logger.info("request_id=%s: %s", state.request_id, step.reason)
+        else:
+            logger.warning("request_id=%s: %s", state.request_id, step.reason)
         return TaskResult.DROPPED
 
     def _end(self, final: Final) -> TaskResult:

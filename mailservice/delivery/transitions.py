@@ -1,13 +1,18 @@
 """A request's status transitions, as pure functions of its record: no store, no SMTP, no clock.
 
-    queued -> sending -> (retrying -> sending ->) sent | failed
+    (scheduled ->) queued -> sending -> (retrying -> sending ->) sent | failed
+    scheduled | queued | retrying -> expired, once its expires_at came before it was sent
 
-`begin()` starts an attempt, `delivered()` takes in what the server said of each recipient,
-`after_failure()` decides between another attempt and the end, and `finish()` settles the final
-status: a message someone received is `sent` (the others listed in `refused`), a message
-nobody received is `failed`. Each change of status is noted in the record's history
-(`StatusRecord.noted`). The caller passes the time and the jitter in, so each function gives
-the same answer for the same arguments.
+`taken_when_due()` is a scheduled request's way to `queued` when it falls due, `begin()` starts
+an attempt, `delivered()` takes in what the server said of each recipient, `after_failure()`
+decides between another attempt and the end, and `finish()` settles the final status: a
+message someone received is `sent` (the others listed in `refused`), a message nobody received
+is `failed`. `expire()` is the end of a request whose `expires_at` came before it could be
+handed to the SMTP server: `expired()` says when, checked before an attempt starts, when a
+scheduled request is taken, and by `after_failure()` for the retry it would otherwise wait for.
+Each change of status is noted in the record's history (`StatusRecord.noted`). The caller
+passes the time and the jitter in, so each function gives the same answer for the same
+arguments.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from datetime import datetime
 from mailservice.stores.contract import EmailStatus, StatusRecord
 
 JITTER = (0.75, 1.25)  # a retry's delay is its backoff times a factor in this range
+# The error of a request that expired before any attempt was made (API.md section 4); after
+# failed attempts it is "expired: <the last one's reason>".
+EXPIRED_UNSENT = "expired before it could be sent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +45,41 @@ class Final:
 
 
 Step = Retry | Final
+
+
+def expired(record: StatusRecord, now: datetime) -> bool:
+    """Whether the request's `expires_at` has come: it must not be handed to a server now."""
+    return record.expires_at is not None and now >= record.expires_at
+
+
+def expire(
+    record: StatusRecord,
+    *,
+    now: datetime,
+    deferred: Mapping[str, str] | None = None,
+    possibly_delivered: bool = False,
+) -> StatusRecord:
+    """The final status of a request whose `expires_at` came before it was sent: `expired`,
+    with the last attempt's reason when there was one (`sent` all the same when an earlier
+    attempt delivered it to some recipients, as `finish()` settles a failure)."""
+    reason = f"expired: {record.error}" if record.attempts and record.error else EXPIRED_UNSENT
+    return finish(
+        record,
+        EmailStatus.EXPIRED,
+        reason,
+        now=now,
+        deferred=deferred,
+        possibly_delivered=possibly_delivered,
+    )
+
+
+def taken_when_due(record: StatusRecord, now: datetime, owner: str) -> StatusRecord:
+    """A scheduled request taken up by `owner` when due: `queued`, or `expired` when its
+    `expires_at` came first."""
+    taken = replace(record, owner=owner, updated_at=now)
+    if expired(taken, now):
+        return expire(taken, now=now)
+    return replace(taken, status=EmailStatus.QUEUED).noted()
 
 
 def begin(record: StatusRecord, now: datetime) -> StatusRecord:
@@ -70,7 +113,8 @@ def after_failure(
     possibly_delivered: bool,
 ) -> Step:
     """A transient failure (or recipients deferred): another attempt, or the end if none is
-    left."""
+    left, or if the next one would start after the request's `expires_at` (expired now, not
+    after a wait)."""
     if record.attempts >= max_attempts:
         return Final(
             finish(
@@ -82,8 +126,19 @@ def after_failure(
                 possibly_delivered=possibly_delivered,
             )
         )
+    delay = retry_delay(record.attempts, backoff, jitter)
+    # In seconds, not as a timedelta: a backoff doubled many times overflows one.
+    if record.expires_at is not None and (record.expires_at - now).total_seconds() <= delay:
+        return Final(
+            expire(
+                replace(record, error=reason),
+                now=now,
+                deferred=deferred,
+                possibly_delivered=possibly_delivered,
+            )
+        )
     retrying = replace(record, status=EmailStatus.RETRYING, error=reason, updated_at=now).noted()
-    return Retry(retrying, retry_delay(record.attempts, backoff, jitter))
+    return Retry(retrying, delay)
 
 
 def finish(
@@ -95,10 +150,12 @@ def finish(
     deferred: Mapping[str, str] | None = None,
     possibly_delivered: bool = False,
 ) -> StatusRecord:
-    """The final status: `sent` when someone has the message, else `failed` with the reason."""
+    """The final status: `sent` when someone has the message, else `failed` (or `expired`)
+    with the reason."""
     deferred = deferred or {}
     delivered_to = [r for r in record.recipients if r not in record.pending + tuple(record.refused)]
-    if status is EmailStatus.FAILED and delivered_to:
+    unsent = status in (EmailStatus.FAILED, EmailStatus.EXPIRED)
+    if unsent and delivered_to:
         # Someone has the message: it was sent; each of the rest is listed as refused with its
         # own last "<code> <text>" where it has one (API.md section 4).
         refused = dict(record.refused)
@@ -110,6 +167,6 @@ def finish(
         error = "every recipient was refused: " + "; ".join(
             f"{a}: {r}" for a, r in record.refused.items()
         )
-    if status is EmailStatus.FAILED and possibly_delivered:
+    if status in (EmailStatus.FAILED, EmailStatus.EXPIRED) and possibly_delivered:
         error = f"{error}; an earlier attempt was possibly delivered (same Message-ID)"
     return replace(record, status=status, error=error, updated_at=now).noted()

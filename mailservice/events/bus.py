@@ -34,8 +34,9 @@ WEBHOOK_OUTCOMES = ("delivered", "retrying", "failed")
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A request was recorded as `queued`; `source` says where it came in: the API route's
-    rule (`/send-email`), or `failure-notice` for an ADMIN_EMAIL notice."""
+    """A request was recorded as `queued` (or `scheduled`, for its send_at); `source` says
+    where it came in: the API route's rule (`/send-email`), `failure-notice` for an ADMIN_EMAIL
+    notice, or `retry` for a failed request sent again by hand (delivery/lifecycle.py)."""
 
     record: StatusRecord
     source: str = ""
@@ -55,7 +56,7 @@ class Attempted:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """A request's final status (`sent` or `failed`) was recorded."""
+    """A request's final status (`sent`, `failed`, `expired` or `canceled`) was recorded."""
 
     record: StatusRecord
 

@@ -2,9 +2,10 @@
 state gauges read from the dispatcher and the SMTP client.
 
 `DeliveryMetrics.on_event` turns each event into counts, and nothing else calls it: `Accepted`
-(requests accepted, by the route they came in by), `Finished` (sent; failed, by kind and
-reason class), `Attempted` (the SMTP transaction's time by what the server made of it, and
-retries) and `WebhookTried` (webhook tries by target and outcome). `state_gauges()` names the
+(requests accepted, by the route they came in by), `Finished` (one counter per final status:
+sent; failed, by kind and reason class; expired; canceled), `Attempted` (the SMTP
+transaction's time by what the server made of it, and retries) and `WebhookTried` (webhook
+tries by target and outcome). `state_gauges()` names the
 gauges that are state, each read through a read-only method at scrape time. The metric names
 and labels are the contract of docs/API.md, "Metrics"; every label takes a bounded set of
 values.
@@ -48,8 +49,8 @@ class DeliveryMetrics:
         self._classify = classify
         self.accepted = registry.counter(
             "mail_requests_accepted",
-            "Requests recorded as queued (answered 202 or waited for), by the route they came "
-            "in by; failure-notice for ADMIN_EMAIL notices.",
+            "Requests recorded as queued or scheduled (answered 202 or waited for), by the "
+            "route they came in by; failure-notice for ADMIN_EMAIL notices.",
             ["route"],
         )
         self.sent = registry.counter(
@@ -60,6 +61,13 @@ class DeliveryMetrics:
             "Requests that ended failed, by kind (permanent, exhausted_retries, shutdown, "
             "internal) and reason class (the failure notices' classes).",
             ["kind", "reason"],
+        )
+        self.expired = registry.counter(
+            "mail_requests_expired",
+            "Requests that ended expired (their expires_at came before they were sent).",
+        )
+        self.canceled = registry.counter(
+            "mail_requests_canceled", "Requests that ended canceled (DELETE /email-status)."
         )
         self.retried = registry.counter(
             "mail_retries", "Attempts that failed transiently and were given another attempt."
@@ -86,9 +94,13 @@ class DeliveryMetrics:
             record = event.record
             if record.status is EmailStatus.SENT:
                 self.sent.inc()
-            else:
+            elif record.status is EmailStatus.FAILED:
                 reason = self._classify(record.error)
                 self.failed.labels(failure_kind(reason, record.error), reason).inc()
+            elif record.status is EmailStatus.EXPIRED:
+                self.expired.inc()
+            elif record.status is EmailStatus.CANCELED:
+                self.canceled.inc()
         elif isinstance(event, Attempted):
             self.smtp_seconds.labels(event.outcome).observe(event.seconds)
             if event.retry:

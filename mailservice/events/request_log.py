@@ -1,4 +1,5 @@
-"""The request log of API.md section 5: one seed-format line per accepted and per ended request.
+"""The request log of API.md section 5: one seed-format line per accepted and per ended request
+(queued or scheduled; sent, failed, expired or canceled).
 
     Request ID: <id>, Sender: <a>, Recipient: <a>;<b>, Date: 2026-11-20 16:14:34, Status: sent
 
@@ -46,6 +47,9 @@ logger = logging.getLogger(__name__)
 BATCH_LINES = 1000  # lines taken off the queue at a time and written under one flock
 RETRY_FIRST, RETRY_MAX = 0.1, 5.0  # seconds between attempts while writes fail
 REPORT_EVERY = 60.0  # seconds between warnings while lines fail or are dropped
+# The final statuses whose line gives the reason: `Status: failed (<error>)`; sent and
+# canceled have none (API.md section 5).
+EXPLAINED = frozenset({EmailStatus.FAILED, EmailStatus.EXPIRED})
 
 
 def _one_line(value: str) -> str:
@@ -111,7 +115,7 @@ class RequestLog:
         reason: str | None = None,
         when: datetime | None = None,
     ) -> None:
-        """One line: `Status: <status>` or `Status: failed (<reason>)`."""
+        """One line: `Status: <status>`, or with a reason `Status: failed (<reason>)`."""
         if self._closed:
             logger.warning("request log closed, line not written request_id=%s", request_id)
             return
@@ -128,13 +132,14 @@ class RequestLog:
         )
 
     def on_event(self, event: Event) -> None:
-        """The line an event calls for: `queued` when accepted, the final status when ended."""
+        """The line an event calls for: `queued` (or `scheduled`) when accepted, the final
+        status when ended, with its reason when `failed` or `expired`."""
         record = event.record
-        if isinstance(event, Accepted):
-            status, reason, when = "queued", None, record.created_at
+        if isinstance(event, Accepted):  # at its acceptance (a manual retry's: at the retry)
+            status, reason, when = str(record.status), None, record.updated_at
         elif isinstance(event, Finished):
-            failed = record.status is EmailStatus.FAILED
-            status, reason, when = str(record.status), record.error if failed else None, None
+            explained = record.status in EXPLAINED
+            status, reason, when = str(record.status), record.error if explained else None, None
         else:  # attempts and webhook tries write no line (API.md section 5)
             return
         self.write(record.request_id, record.sender, record.recipients, status, reason, when)

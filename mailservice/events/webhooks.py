@@ -16,7 +16,8 @@ secret); every try is announced on `events` as a `WebhookTried` (its target and 
 delivered, retrying or failed).
 
 The body is the status of GET /email-status/<id> (tags and metadata included) with an `event`
-member first, `email.sent` or `email.failed`; the bytes are the same on every try and every
+member first, `email.` and the final status (`email.sent`, `email.failed`, `email.expired`,
+`email.canceled`): every final status has its webhook; the bytes are the same on every try and every
 target, only the timestamp and signature change. Delivery is at least once: a receiver dedupes
 by `request_id`.
 
@@ -47,7 +48,7 @@ from mailservice.errors import StoreError, WebhookError
 from mailservice.events.bus import Event, EventBus, Finished, WebhookTried
 from mailservice.events.due_queue import DueQueue
 from mailservice.events.webhook_client import WebhookClient, shown_target
-from mailservice.stores.contract import EmailStatus, StatusRecord, StatusStore, WebhookState
+from mailservice.stores.contract import StatusRecord, StatusStore, WebhookState
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ CLOSE_WAIT = 1.0  # seconds close() waits for tries under way
 
 
 def webhook_body(record: StatusRecord) -> bytes:
-    """The JSON every target of a request gets: `event`, then the status as GET shows it."""
-    event = "email.sent" if record.status is EmailStatus.SENT else "email.failed"
+    """The JSON every target of a request gets: `event` (`email.<its final status>`: sent,
+    failed, expired or canceled), then the status as GET shows it."""
+    event = f"email.{record.status}"
     return json.dumps({"event": event, **record.public()}, separators=(",", ":")).encode()
 
 

@@ -6,8 +6,11 @@ at a time held every thread, and normal calls timed out (PITFALLS, "Servers and 
 `BufferingThreadWorker` reads each request in the worker's own poller loop instead, without
 blocking, and submits the connection to the thread pool only once the head and the whole body
 (up to the app's MAX_CONTENT_LENGTH) are in memory; the thread parses from that buffer and never
-waits on the client. The rest is gthread's own code: the thread pool, the WSGI call, keep-alive,
-graceful shutdown and every server hook. `gunicorn.conf.py` selects it.
+waits on the client. Knowing the request line before a thread takes it, the worker gives long
+polls (`GET /email-status/<id>?wait=N`) threads of their own and calls the app's stop hooks as
+it starts to stop, so that waiters answer at once (`LongPollThreads`, long_poll.py). The rest is
+gthread's own code: the thread pool, the WSGI call, keep-alive, graceful shutdown and every
+server hook. `gunicorn.conf.py` selects it.
 
 Bounds, per worker process (class attributes):
 - HEAD_SECONDS (10): the head must be in within this long of the wait for it starting (a new
@@ -20,6 +23,8 @@ Bounds, per worker process (class attributes):
   (the others wait and TCP pushes back on their clients), so the biggest request finishes first.
 - A body declared larger than MAX_CONTENT_LENGTH is not read: the thread gets the head at once,
   the app answers 413, and the connection is closed after that answer.
+- WAIT_THREADS (256) threads serve long polls, made as they are needed, apart from the
+  GUNICORN_THREADS that serve everything else; past it long polls queue for one of them.
 - Closing after a response lingers (half-close, then discard what the client still sends, for
   LINGER_SECONDS or LINGER_MAX_BYTES) inside the poller loop: gunicorn does that in the loop's
   own thread with blocking reads, so a client that never closed stalled the loop for 2 s.
@@ -44,6 +49,7 @@ from gunicorn.errors import ConfigError
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from mailservice.serving.http_framing import RequestScanner, Verdict
+from mailservice.serving.long_poll import LongPollThreads
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -88,7 +94,7 @@ class BufferedConn(TConn):
             util.close(self.sock)
 
 
-class BufferingThreadWorker(ThreadWorker):
+class BufferingThreadWorker(LongPollThreads, ThreadWorker):
     """A gthread worker whose threads only ever see requests that are already complete."""
 
     HEAD_SECONDS = 10.0
@@ -221,7 +227,7 @@ class BufferingThreadWorker(ThreadWorker):
         conn.init()  # gunicorn's HTTP/1 parser; only plain HTTP reaches here (check_config)
         conn.sock.setblocking(True)
         conn.parser.unreader.unread(data)
-        super().enqueue_req(conn)
+        self.submit_whole(conn, data)  # a thread of gthread's pool, or a long poll's
 
     def _largest(self) -> BufferedConn:
         return max(self.buffering, key=lambda c: len(c.buffer))

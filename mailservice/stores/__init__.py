@@ -7,6 +7,7 @@
     sqlite_store.py  sqlite:///  durable, one machine
     sqlite_schema.py             its file's schema version and migrations
     sqlite_listing.py            its reads for the dashboard
+    sqlite_writes.py             its UPDATEs of save() and replace()
     redis_store.py   redis://    durable, several processes and hosts
     redis_scripts.py             its Lua scripts
     redis_listing.py             its reads for the dashboard
@@ -22,13 +23,14 @@ from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from mailservice.errors import ConfigError
-from mailservice.stores.contract import StatusStore
+from mailservice.stores.contract import FAILED_CONTENT_TTL, StatusStore
 from mailservice.stores.memory_store import MEMORY_MAX_FINISHED, MemoryStatusStore
 
-StoreFactory = Callable[[str, int], StatusStore]
+# (url, ttl, failed_content_ttl) -> the store
+StoreFactory = Callable[[str, int, int], StatusStore]
 
 
-def _memory(url: str, ttl: int) -> StatusStore:
+def _memory(url: str, ttl: int, failed_content_ttl: int) -> StatusStore:
     query = parse_qs(urlsplit(url).query)
     try:
         max_finished = int(query.get("max", [MEMORY_MAX_FINISHED])[0])
@@ -36,21 +38,21 @@ def _memory(url: str, ttl: int) -> StatusStore:
         raise ConfigError(f"STATUS_STORE_URL {url!r}: max must be a number") from exc
     if max_finished < 1:
         raise ConfigError(f"STATUS_STORE_URL {url!r}: max must be positive")
-    return MemoryStatusStore(ttl, max_finished=max_finished)
+    return MemoryStatusStore(ttl, max_finished=max_finished, failed_content_ttl=failed_content_ttl)
 
 
-def _redis(url: str, ttl: int) -> StatusStore:
+def _redis(url: str, ttl: int, failed_content_ttl: int) -> StatusStore:
     from mailservice.stores.redis_store import (
         RedisStatusStore,  # imported on use: redis is a backend detail
     )
 
-    return RedisStatusStore.from_url(url, ttl)
+    return RedisStatusStore.from_url(url, ttl, failed_content_ttl=failed_content_ttl)
 
 
-def _sqlite(url: str, ttl: int) -> StatusStore:
+def _sqlite(url: str, ttl: int, failed_content_ttl: int) -> StatusStore:
     from mailservice.stores.sqlite_store import SqliteStatusStore
 
-    return SqliteStatusStore.from_url(url, ttl)
+    return SqliteStatusStore.from_url(url, ttl, failed_content_ttl=failed_content_ttl)
 
 
 STORE_BACKENDS: dict[str, StoreFactory] = {
@@ -61,11 +63,12 @@ STORE_BACKENDS: dict[str, StoreFactory] = {
 }
 
 
-def store_from_url(url: str, ttl: int) -> StatusStore:
-    """The store a STATUS_STORE_URL names; ConfigError for an unknown scheme."""
+def store_from_url(url: str, ttl: int, failed_content_ttl: int = FAILED_CONTENT_TTL) -> StatusStore:
+    """The store a STATUS_STORE_URL names, keeping statuses `ttl` seconds and failed requests'
+    content `failed_content_ttl` (0: deleted at once); ConfigError for an unknown scheme."""
     scheme = urlsplit(url).scheme.lower()
     factory = STORE_BACKENDS.get(scheme)
     if factory is None:
         known = ", ".join(f"{name}://" for name in STORE_BACKENDS)
         raise ConfigError(f"STATUS_STORE_URL scheme {scheme!r} is not supported (use {known})")
-    return factory(url, ttl)
+    return factory(url, ttl, failed_content_ttl)

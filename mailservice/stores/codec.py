@@ -1,14 +1,16 @@
 """A record as flat text fields, for backends that store strings (Redis hashes, SQLite rows).
 
 `RECORD_FIELDS` is the one list of a record's stored fields; `record_to_fields()` and
-`record_from_fields()` are the one codec every such backend uses.
+`record_from_fields()` are the one codec every such backend uses. A field's stored name is its
+attribute's, except `expires_at`, stored as `deliver_by`: SQLite's `expires_at` column is the
+status's own TTL, not the request's.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mailservice.stores.contract import EmailStatus, HistoryEntry, StatusRecord, WebhookState
 
@@ -29,6 +31,8 @@ RECORD_FIELDS = (
     "callback_url",
     "webhook",
     "history",
+    "send_at",
+    "deliver_by",  # the record's `expires_at`
 )
 
 
@@ -50,7 +54,19 @@ def record_to_fields(record: StatusRecord) -> dict[str, str]:
         "callback_url": record.callback_url or "",
         "webhook": "" if record.webhook is None else str(record.webhook),
         "history": history_to_text(record.history),
+        "send_at": moment_to_text(record.send_at),
+        "deliver_by": moment_to_text(record.expires_at),
     }
+
+
+def moment_to_text(moment: datetime | None) -> str:
+    """An optional time as ISO text in UTC ('' for None): the same offset everywhere, so that
+    stored times sort as text in time order (SQLite's index of scheduled requests)."""
+    return "" if moment is None else moment.astimezone(UTC).isoformat()
+
+
+def moment_from_text(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
 
 
 def history_to_text(history: Sequence[HistoryEntry]) -> str:
@@ -91,4 +107,6 @@ def record_from_fields(request_id: str, values: Sequence[str | None]) -> StatusR
         callback_url=fields["callback_url"] or None,
         webhook=WebhookState(fields["webhook"]) if fields["webhook"] else None,
         history=history_from_text(fields["history"]),
+        send_at=moment_from_text(fields["send_at"]),
+        expires_at=moment_from_text(fields["deliver_by"]),
     )

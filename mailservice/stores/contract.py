@@ -3,10 +3,12 @@
 A record is created when a request is accepted (with the message `payload`, the stored message
 spec, kept until the request is final; a batch's records all in one step, `create_many`) and
 saved again at every state change; it carries its own `history` of those changes. Once final the
-payload is dropped and the status is kept for `ttl` seconds. The store knows nothing of SMTP or
-HTTP. What the operator's dashboard reads (the recent list, the counts by status, the sends per
-minute) are bounded queries whose value types live in `stores/listing.py`.
-`tests/test_status_store.py` is the contract's test suite, run on every backend.
+payload is dropped (a failed request's is kept apart for `failed_content_ttl`, for a manual
+retry) and the status is kept for `ttl` seconds. A request accepted for later is `scheduled`
+until `due()` lists it. The store knows nothing of SMTP or HTTP. What the operator's dashboard
+reads (the recent list, the counts by status, the sends per minute) are bounded queries whose
+value types live in `stores/listing.py`. `tests/test_status_store.py` is the contract's test
+suite, run on every backend.
 """
 
 from __future__ import annotations
@@ -25,17 +27,28 @@ if TYPE_CHECKING:  # listing.py builds on the record defined here
 
 
 class EmailStatus(StrEnum):
-    """A request's state: queued -> sending -> (retrying -> sending ->) sent | failed."""
+    """A request's state: (scheduled ->) queued -> sending -> (retrying -> sending ->) sent |
+    failed; one not yet handed to the SMTP server may end expired or canceled instead."""
 
+    SCHEDULED = "scheduled"
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
     SENT = "sent"
     FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELED = "canceled"
 
     @property
     def final(self) -> bool:
-        return self in (EmailStatus.SENT, EmailStatus.FAILED)
+        return self in FINAL_STATUSES
+
+
+# The statuses a request ends in: its payload goes (kept apart for a while when failed, see
+# StatusStore) and its status expires after the store's `ttl`.
+FINAL_STATUSES = frozenset(
+    {EmailStatus.SENT, EmailStatus.FAILED, EmailStatus.EXPIRED, EmailStatus.CANCELED}
+)
 
 
 class WebhookState(StrEnum):
@@ -91,6 +104,11 @@ class StatusRecord:
     # Its state changes, oldest first (shown on the dashboard, not in GET /email-status): a
     # record stored before the history existed has none.
     history: tuple[HistoryEntry, ...] = ()
+    # UTC, like created_at. `send_at`: when a `scheduled` request falls due (`due()`);
+    # `expires_at`: when a request not yet handed to the SMTP server ends `expired` instead.
+    # None: at once, and never. Both in public(), as the client gave them (in UTC).
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
 
     def noted(self) -> StatusRecord:
         """This record with its current state appended to its history (once: a record whose
@@ -116,9 +134,16 @@ class StatusRecord:
             "metadata": dict(self.metadata),
             "tags": list(self.tags),
             "webhook": None if self.webhook is None else str(self.webhook),
-            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "updated_at": self.updated_at.isoformat().replace("+00:00", "Z"),
+            "created_at": shown_moment(self.created_at),
+            "updated_at": shown_moment(self.updated_at),
+            "send_at": None if self.send_at is None else shown_moment(self.send_at),
+            "expires_at": None if self.expires_at is None else shown_moment(self.expires_at),
         }
+
+
+def shown_moment(moment: datetime) -> str:
+    """A time as the API writes it: ISO 8601 in UTC with a Z."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +176,20 @@ class IdempotencyClaim:
 
 
 IDEMPOTENCY_TTL = 24 * 3600
+FAILED_CONTENT_TTL = 24 * 3600  # seconds a failed request's content is kept (manual retry)
+
+
+def due_at(record: StatusRecord) -> datetime:
+    """When a scheduled record falls due: its send_at; ValueError when it has none."""
+    if record.send_at is None:
+        raise ValueError(f"scheduled request {record.request_id} has no send_at")
+    return record.send_at
+
+
+def check_schedule(record: StatusRecord) -> None:
+    """ValueError for a scheduled record without send_at (before a backend writes anything)."""
+    if record.status is EmailStatus.SCHEDULED:
+        due_at(record)
 
 
 class OutageLog:
@@ -186,10 +225,16 @@ class StatusStore(ABC):
     """The interface every backend implements; `tests/test_status_store.py` is its contract.
 
     `durable` says whether an accepted request outlives this process in the store. A durable
-    store also keeps leases: each record names its `owner`, each owner renews its lease with
+    store keeps, across restarts: every record with its payload while unfinished; the
+    scheduled requests' index by send_at (`due()`); a failed request's content for
+    `kept_seconds` (`kept_payload()`); final statuses for `ttl`; Idempotency-Keys; counters;
+    and leases: each record names its `owner`, each owner renews its lease with
     `heartbeat()`, and unfinished records whose owner's lease ran out can be `claim()`ed by
-    another process. `save()` writes only while the record's owner still holds it, so two
-    processes never both send one request; `take()` hands an unfinished request on from the
+    another process (never a scheduled one: it waits for `due()`). `save()` writes only while
+    the record's owner still holds it, so two processes never both send one request;
+    `replace()` writes over what its caller read, whoever owns it (cancel, manual retry, the
+    due scheduler), so that of a cancel and the owner's save of `sending` one wins; a final
+    status is never replaced by another. `take()` hands an unfinished request on from the
     owner named in a hand-over (a task on a broker) to the one that received it, whether that
     owner's lease is alive or not. A final record whose webhook is still `pending` is
     found by `webhook_orphans()` and taken over by `claim_webhook()` in the same way, so that a
@@ -198,8 +243,17 @@ class StatusStore(ABC):
 
     durable = False
 
-    def __init__(self, ttl: int) -> None:
+    def __init__(self, ttl: int, failed_content_ttl: int = FAILED_CONTENT_TTL) -> None:
+        if failed_content_ttl < 0:
+            raise ValueError("failed_content_ttl must be 0 or more seconds")
         self.ttl = ttl
+        self.failed_content_ttl = failed_content_ttl
+
+    @property
+    def kept_seconds(self) -> int:
+        """How long a failed request's content is kept: `failed_content_ttl`, never longer
+        than its status (whose `ttl` may be shorter)."""
+        return min(self.ttl, self.failed_content_ttl)
 
     def create(
         self, record: StatusRecord, payload: str, idempotency: IdempotencyClaim | None = None
@@ -230,16 +284,55 @@ class StatusStore(ABC):
     @abstractmethod
     def save(self, record: StatusRecord) -> bool:
         """Write a changed record if `record.owner` still owns it (False, writing nothing,
-        if another process took it over). A final record drops its payload and expires
-        after `ttl`."""
+        if another process took it over, or when the stored record is final and `record`'s
+        status another: a canceled or expired request never goes back to `sending`, a final
+        status is never replaced; saved again with the same status, as a webhook's outcome
+        is, it is written). A final record drops its payload and expires after `ttl`; a
+        failed one keeps its payload apart for `kept_seconds` (`kept_payload()`). ValueError
+        for a scheduled record without send_at, as in `create()`."""
+
+    def replace(self, record: StatusRecord, expected: StatusRecord, restore: bool = False) -> bool:
+        """Compare and set, whoever owns the record: write `record` (its owner as given) only
+        if the stored record still has `expected`'s status and updated_at, that is if nothing
+        changed it since `expected` was read; False, writing nothing, otherwise or when it is
+        unknown. What follows from the new status is as in `save()`, a final status staying.
+        `restore` is the one way back from `failed` (a manual retry): the content that
+        `kept_payload()` holds becomes the payload again in the same atomic step; False when
+        none is kept any more. It is how a request is canceled (by any process), retried by
+        hand (failed -> queued, owned by the retrying process) and taken up when due
+        (scheduled -> queued, owned by the taker). ValueError for a `record` of another id, or
+        one to restore to a final status."""
+        if record.request_id != expected.request_id:
+            raise ValueError("replace() takes a record and what was read of that same record")
+        if restore and record.status.final:
+            raise ValueError("restore brings a request back to an unfinished status")
+        check_schedule(record)
+        return self._replace(record, expected, restore)
+
+    @abstractmethod
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        """`replace()` once its arguments are checked: one atomic step, one round trip."""
 
     @abstractmethod
     def get(self, request_id: str) -> StatusRecord | None:
         """The record, or None when unknown or expired."""
 
     @abstractmethod
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        """`get()` for several ids at once (the memory store under one lock, SQLite one
+        SELECT per 500 ids, Redis one pipeline): the record of each id that is known and
+        unexpired, the others left out; nothing read for an empty list. For the long poll's
+        watch, which reads every waited id each round (events/status_watch.py)."""
+
+    @abstractmethod
     def payload(self, request_id: str) -> str | None:
         """The message of an unfinished request, or None."""
+
+    @abstractmethod
+    def kept_payload(self, request_id: str) -> str | None:
+        """The message of a failed request, kept apart for `kept_seconds` after it failed (so
+        that `payload()`, `claim()` and `take()` never see a failed request as unfinished), or
+        None: unknown, not failed, or kept no longer."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -259,9 +352,10 @@ class StatusStore(ABC):
 
     @abstractmethod
     def counts(self) -> dict[EmailStatus, int]:
-        """Requests by status, every status present: how many are queued, sending or retrying
-        now, and how many ended sent or failed since the store's counters began. Kept as
-        counters changed in the same atomic step as `create` and `save`, read in one call."""
+        """Requests by status, every status present: how many are scheduled, queued, sending or
+        retrying now, and how many ended in each final status since the store's counters
+        began. Kept as counters changed in the same atomic step as each write, read in one
+        call."""
 
     def sends_per_minute(self, now: datetime | None = None) -> list[MinuteSends]:
         """How many requests ended sent and failed in each of the last `CHART_MINUTES` minutes
@@ -281,21 +375,28 @@ class StatusStore(ABC):
 
     @abstractmethod
     def _finished_in(self, minutes: Sequence[str]) -> dict[tuple[str, EmailStatus], int]:
-        """The per-minute counters of requests that became final, for the given minutes
-        (`listing.minute_of` keys), in one call; counters are kept `MINUTES_KEPT` minutes."""
+        """The per-minute counters of requests that became final (every final status), for the
+        given minutes (`listing.minute_of` keys), in one call; counters are kept `MINUTES_KEPT`
+        minutes."""
 
     def heartbeat(self, owner: str, lease_seconds: float) -> None:  # noqa: B027
         """Renew `owner`'s lease on its records; 0 gives them up at once."""
 
     def orphans(self, limit: int) -> list[str]:
         """Unfinished requests whose owner's lease ran out (none where nothing outlives a
-        process)."""
+        process), scheduled ones never: recovery would send them before their time."""
         return []
 
     def claim(self, request_id: str, owner: str) -> tuple[StatusRecord, str] | None:
         """Take over an orphaned request: its record (now owned by `owner`) and payload, or
-        None if it is finished or someone else holds it."""
+        None if it is finished, scheduled or someone else holds it."""
         return None
+
+    @abstractmethod
+    def due(self, now: datetime, limit: int) -> list[str]:
+        """Ids of the `scheduled` requests whose send_at is `now` or earlier, earliest first
+        (then by id), at most `limit`, in one round trip through an index by send_at. Only
+        listed: a request leaves the index when `replace()` (or `save()`) changes its status."""
 
     @abstractmethod
     def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:

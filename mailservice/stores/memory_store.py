@@ -8,14 +8,17 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from mailservice.stores.contract import (
+    FAILED_CONTENT_TTL,
     IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
     StatusRecord,
     StatusStore,
+    check_schedule,
+    due_at,
 )
 from mailservice.stores.listing import (
     MINUTES_KEPT,
@@ -23,6 +26,7 @@ from mailservice.stores.listing import (
     RecentPage,
     Search,
     check_limit,
+    created_micros,
     minute_of,
     page_of,
     parse_cursor,
@@ -39,7 +43,9 @@ class MemoryStatusStore(StatusStore):
     oldest go first), and as many Idempotency-Keys, so that memory stays bounded however many
     requests a day brings; `memory://?max=N` sets it. The dashboard's reads have their own
     bounded structures, changed under the same lock as the records: the newest
-    RECENT_WINDOW ids sorted by creation, the counters by status and those per minute.
+    RECENT_WINDOW ids sorted by creation, the counters by status and those per minute. A
+    failed request's content waits apart from the payloads, with its deadline; scheduled
+    requests are a list sorted by send_at.
     """
 
     def __init__(
@@ -47,8 +53,9 @@ class MemoryStatusStore(StatusStore):
         ttl: int,
         clock: Callable[[], float] = time.monotonic,
         max_finished: int = MEMORY_MAX_FINISHED,
+        failed_content_ttl: int = FAILED_CONTENT_TTL,
     ) -> None:
-        super().__init__(ttl)
+        super().__init__(ttl, failed_content_ttl)
         self.max_finished = max_finished
         self._clock = clock
         self._lock = threading.Lock()
@@ -59,9 +66,12 @@ class MemoryStatusStore(StatusStore):
         # that `max_finished` counts statuses and a status expires `ttl` after its last save,
         # as on the durable stores.
         self._expiry: OrderedDict[str, float] = OrderedDict()
+        # Failed request id -> (deadline, its content), soonest first (one kept_seconds each).
+        self._kept: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._claims: dict[str, IdempotencyClaim] = {}
         self._claim_expiry: deque[tuple[float, str]] = deque()
         self._recent: list[tuple[int, str]] = []  # (created, id) ascending, RECENT_WINDOW at most
+        self._scheduled: list[tuple[int, str]] = []  # (send_at, id) ascending, scheduled ones
         self._counts: Counter[EmailStatus] = Counter()
         self._finished: dict[str, Counter[EmailStatus]] = {}  # minute -> final statuses
 
@@ -90,6 +100,9 @@ class MemoryStatusStore(StatusStore):
             record = self._records.get(request_id)
             if record is not None and record.status.final:
                 del self._records[request_id]
+                self._kept.pop(request_id, None)
+        while self._kept and next(iter(self._kept.values()))[0] <= now:
+            self._kept.popitem(last=False)
         while self._claim_expiry and (
             self._claim_expiry[0][0] <= now or len(self._claim_expiry) > self.max_finished
         ):
@@ -109,8 +122,12 @@ class MemoryStatusStore(StatusStore):
                     return earlier
                 self._claims[idempotency.scope] = idempotency
                 self._claim_expiry.append((now + IDEMPOTENCY_TTL, idempotency.scope))
+            for record, _ in items:
+                check_schedule(record)  # ValueError before anything is written
             for record, payload in items:
                 old = self._records.get(record.request_id)
+                self._unscheduled(old)
+                self._scheduled_in(record)
                 self._counted(old, record)
                 self._records[record.request_id] = record
                 self._payloads[record.request_id] = payload
@@ -125,6 +142,7 @@ class MemoryStatusStore(StatusStore):
             return self._claims.get(scope)
 
     def save(self, record: StatusRecord) -> bool:
+        check_schedule(record)
         with self._lock:
             now = self._clock()
             self._purge(now)
@@ -136,22 +154,89 @@ class MemoryStatusStore(StatusStore):
                 return False
             if earlier.owner != record.owner:
                 return False  # taken over (`take()`): the owner check of the durable stores
-            self._counted(earlier, record)
-            self._records[record.request_id] = record
-            if record.status.final:
-                self._payloads.pop(record.request_id, None)
-                self._expiry[record.request_id] = now + self.ttl
-                self._expiry.move_to_end(record.request_id)
+            if earlier.status.final and record.status is not earlier.status:
+                return False  # canceled or expired meanwhile: a final status stays
+            self._write(earlier, record, now)
             return True
+
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        request_id = record.request_id
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            stored = self._records.get(request_id)
+            if stored is None or stored.status is not expected.status:
+                return False
+            if stored.updated_at != expected.updated_at:
+                return False  # changed since it was read
+            if restore:
+                kept = self._kept.pop(request_id, None)
+                if kept is None:
+                    return False
+                self._payloads[request_id] = kept[1]
+                self._expiry.pop(request_id, None)  # unfinished again: it expires no more
+            elif stored.status.final and record.status is not stored.status:
+                return False
+            self._write(stored, record, now)
+            return True
+
+    def _write(self, old: StatusRecord, new: StatusRecord, now: float) -> None:
+        """Store `new` in place of `old` with what follows from its status; under the lock."""
+        request_id = new.request_id
+        self._unscheduled(old)
+        self._scheduled_in(new)
+        self._counted(old, new)
+        self._records[request_id] = new
+        if new.status.final:
+            payload = self._payloads.pop(request_id, None)
+            if new.status is not EmailStatus.FAILED or self.kept_seconds <= 0:
+                self._kept.pop(request_id, None)
+            elif payload is not None:  # saved failed again (a webhook's outcome): kept as it is
+                self._kept[request_id] = (now + self.kept_seconds, payload)
+                self._kept.move_to_end(request_id)
+            self._expiry[request_id] = now + self.ttl
+            self._expiry.move_to_end(request_id)
+
+    def _scheduled_in(self, record: StatusRecord) -> None:
+        if record.status is EmailStatus.SCHEDULED:
+            bisect.insort(self._scheduled, (created_micros(due_at(record)), record.request_id))
+
+    def _unscheduled(self, record: StatusRecord | None) -> None:
+        if record is None or record.status is not EmailStatus.SCHEDULED or record.send_at is None:
+            return
+        key = (created_micros(record.send_at), record.request_id)
+        at = bisect.bisect_left(self._scheduled, key)
+        if at < len(self._scheduled) and self._scheduled[at] == key:
+            del self._scheduled[at]
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        micros = created_micros(now)
+        with self._lock:
+            # Sorted: the first `limit` entries, less those not yet due (a tail of them).
+            return [i for at, i in self._scheduled[: max(0, limit)] if at <= micros]
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._lock:
             self._purge(self._clock())
             return self._records.get(request_id)
 
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        if not request_ids:
+            return {}
+        with self._lock:
+            self._purge(self._clock())
+            found = ((i, self._records.get(i)) for i in request_ids)
+            return {request_id: record for request_id, record in found if record is not None}
+
     def payload(self, request_id: str) -> str | None:
         with self._lock:
             return self._payloads.get(request_id)
+
+    def kept_payload(self, request_id: str) -> str | None:
+        with self._lock:
+            self._purge(self._clock())
+            kept = self._kept.get(request_id)
+            return None if kept is None else kept[1]
 
     def take(self, request_id: str, from_owner: str, owner: str) -> tuple[StatusRecord, str] | None:
         with self._lock:

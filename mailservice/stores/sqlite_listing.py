@@ -1,5 +1,5 @@
 """The SQLite store's reads for the dashboard (listing.py), each bounded by an index or a table
-of counters that the schema's triggers keep (sqlite_schema.py, version 4).
+of counters that the schema's triggers keep (sqlite_schema.py, versions 4 and 5).
 
 The recent list ends at the row RECENT_WINDOW from the newest (one index walk, `LIMIT 1
 OFFSET`); a page is the rows between its cursor and there, newest first, through the index

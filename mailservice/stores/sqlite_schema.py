@@ -95,6 +95,44 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         END;
         """,
     ),
+    # Version 5: the statuses of issue 15 (scheduled, expired, canceled). The counters'
+    # triggers take all four final statuses (recreated: a trigger cannot be altered). A
+    # request's send_at and expires_at (stored as deliver_by: `expires_at` is the row's TTL).
+    # A failed request's content, kept apart from `payload` (whose presence says unfinished)
+    # until `kept_until`, found by its index when it is deleted. The scheduled requests by
+    # send_at (ISO text in UTC, which sorts in time order), for due().
+    (
+        5,
+        """
+        ALTER TABLE requests ADD COLUMN send_at TEXT NOT NULL DEFAULT '';
+        ALTER TABLE requests ADD COLUMN deliver_by TEXT NOT NULL DEFAULT '';
+        ALTER TABLE requests ADD COLUMN kept_payload TEXT;
+        ALTER TABLE requests ADD COLUMN kept_until REAL;
+        CREATE INDEX IF NOT EXISTS requests_kept ON requests (kept_until)
+            WHERE kept_until IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS requests_scheduled ON requests (send_at, request_id)
+            WHERE status = 'scheduled';
+        DROP TRIGGER IF EXISTS requests_moved;
+        DROP TRIGGER IF EXISTS requests_finished;
+        CREATE TRIGGER requests_moved AFTER UPDATE OF status ON requests
+            WHEN OLD.status <> NEW.status BEGIN
+            UPDATE status_counts SET n = n - 1
+                WHERE status = OLD.status AND n > 0
+                AND OLD.status NOT IN ('sent', 'failed', 'expired', 'canceled');
+            INSERT INTO status_counts (status, n) VALUES (NEW.status, 1)
+                ON CONFLICT (status) DO UPDATE SET n = n + 1;
+        END;
+        CREATE TRIGGER requests_finished AFTER UPDATE OF status ON requests
+            WHEN OLD.status NOT IN ('sent', 'failed', 'expired', 'canceled')
+            AND NEW.status IN ('sent', 'failed', 'expired', 'canceled') BEGIN
+            INSERT INTO finished_per_minute (minute, status, n)
+                VALUES (substr(NEW.updated_at, 1, 16), NEW.status, 1)
+                ON CONFLICT (minute, status) DO UPDATE SET n = n + 1;
+            DELETE FROM finished_per_minute
+                WHERE minute < strftime('%Y-%m-%dT%H:%M', NEW.updated_at, '-120 minutes');
+        END;
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

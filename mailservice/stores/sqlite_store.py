@@ -3,13 +3,16 @@
 Standard library sqlite3 in WAL mode with `synchronous=NORMAL`: a committed request survives a
 crash or `kill -9` of the process (not a power cut in the last moments before a checkpoint).
 Several processes on the machine may share the file: leases live in the `owners` table, and
-every check-and-write (owner check, take-over, Idempotency-Key) is one SQL statement or one
-`BEGIN IMMEDIATE` transaction; a final request's pending webhook is found through the partial
-index `requests_webhook_pending` (each call going on after the last one's last row, in
-`updated_at` order) and taken over like an unfinished request. Expired statuses
-are deleted by `purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
+every check-and-write (owner check, compare-and-set of `replace`, take-over, Idempotency-Key)
+is one SQL statement or one `BEGIN IMMEDIATE` transaction; a final request's pending webhook is
+found through the partial index `requests_webhook_pending` (each call going on after the last
+one's last row, in `updated_at` order) and taken over like an unfinished request, and the
+scheduled requests through `requests_scheduled` (by send_at). A failed request's content waits
+in `kept_payload` until `kept_until`. Expired statuses and kept content are deleted by
+`purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
 index and the counters that the schema's triggers keep in the same statement as each write.
-The file's schema version and its migrations live in `sqlite_schema.py`.
+The file's schema version and its migrations live in `sqlite_schema.py`, the UPDATE statements
+of `save()` and `replace()` in `sqlite_writes.py`.
 """
 
 from __future__ import annotations
@@ -20,13 +23,20 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import mailservice.stores.sqlite_listing as sqlite_listing
 from mailservice.errors import ConfigError, StoreError
-from mailservice.stores.codec import RECORD_FIELDS, record_from_fields, record_to_fields
+from mailservice.stores.codec import (
+    RECORD_FIELDS,
+    moment_to_text,
+    record_from_fields,
+    record_to_fields,
+)
 from mailservice.stores.contract import (
+    FAILED_CONTENT_TTL,
     IDEMPOTENCY_TTL,
     EmailStatus,
     IdempotencyClaim,
@@ -34,9 +44,11 @@ from mailservice.stores.contract import (
     StatusRecord,
     StatusStore,
     WebhookState,
+    check_schedule,
 )
 from mailservice.stores.listing import RecentPage, Search, check_limit, parse_cursor
 from mailservice.stores.sqlite_schema import open_database
+from mailservice.stores.sqlite_writes import FORGET_KEPT, KEPT_OF, replace_update, save_update
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +66,16 @@ WEBHOOK_ORPHANS = (
     " ORDER BY updated_at, request_id LIMIT :limit"
 )
 CLAIM_OF = "SELECT fingerprint, request_id FROM idempotency WHERE scope = ? AND expires_at > ?"
+# The scheduled requests due by :now (codec.moment_to_text), earliest first, through the
+# partial index of schema version 5 (INDEXED BY: no plan may sort or scan the table instead).
+DUE = (
+    "SELECT request_id FROM requests INDEXED BY requests_scheduled"
+    f" WHERE status = '{EmailStatus.SCHEDULED}' AND send_at <= :now"
+    " ORDER BY send_at, request_id LIMIT :limit"
+)
+NOT_SCHEDULED = f"status <> '{EmailStatus.SCHEDULED}'"  # what recovery may claim
 SCAN_START = ("", "")  # before every row: updated_at is never empty
+GET_MANY_CHUNK = 500  # ids per SELECT of get_many(): under SQLite's oldest limit of 999 variables
 BUSY_TIMEOUT = 10.0  # seconds any statement, and the start-up, waits for another process's lock
 
 
@@ -63,8 +84,10 @@ class SqliteStatusStore(StatusStore):
 
     durable = True
 
-    def __init__(self, path: str, ttl: int, clock=time.time) -> None:
-        super().__init__(ttl)
+    def __init__(
+        self, path: str, ttl: int, clock=time.time, failed_content_ttl: int = FAILED_CONTENT_TTL
+    ) -> None:
+        super().__init__(ttl, failed_content_ttl)
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
@@ -79,12 +102,14 @@ class SqliteStatusStore(StatusStore):
             raise ConfigError(f"STATUS_STORE_URL: cannot open SQLite file {path}: {exc}") from exc
 
     @classmethod
-    def from_url(cls, url: str, ttl: int) -> SqliteStatusStore:
+    def from_url(
+        cls, url: str, ttl: int, failed_content_ttl: int = FAILED_CONTENT_TTL
+    ) -> SqliteStatusStore:
         """`sqlite:///relative.db` or `sqlite:////absolute/path.db`."""
         path = urlsplit(url).path.removeprefix("/")
         if not path:
             raise ConfigError("STATUS_STORE_URL: give a file, e.g. sqlite:///mail.db")
-        return cls(path, ttl)
+        return cls(path, ttl, failed_content_ttl=failed_content_ttl)
 
     @contextmanager
     def _transaction(
@@ -125,6 +150,8 @@ class SqliteStatusStore(StatusStore):
         idempotency: IdempotencyClaim | None = None,
     ) -> IdempotencyClaim | None:
         now = self._clock()
+        for record, _ in items:
+            check_schedule(record)
         rows = [
             (record.request_id, *record_to_fields(record).values(), payload)
             for record, payload in items
@@ -156,20 +183,17 @@ class SqliteStatusStore(StatusStore):
         return None if row is None else IdempotencyClaim(scope, row[0], row[1])
 
     def save(self, record: StatusRecord) -> bool:
-        fields = record_to_fields(record)
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        final = record.status.final
-        extra = ", payload = NULL, expires_at = ?" if final else ""
-        params: list[object] = list(fields.values())
-        if final:
-            params.append(self._clock() + self.ttl)
-        params += [record.request_id, record.owner]
+        check_schedule(record)
+        now, ttl, kept = self._clock(), self.ttl, self.kept_seconds
+        sql, params = save_update(record, now, ttl=ttl, kept_seconds=kept)
         with self._transaction(writes=True) as db:
-            cursor = db.execute(
-                f"UPDATE requests SET {assignments}{extra} WHERE request_id = ? AND owner = ?",
-                params,
-            )
-            return cursor.rowcount == 1
+            return db.execute(sql, params).rowcount == 1
+
+    def _replace(self, record: StatusRecord, expected: StatusRecord, restore: bool) -> bool:
+        now, ttl, kept = self._clock(), self.ttl, self.kept_seconds
+        sql, params = replace_update(record, expected, restore, now, ttl=ttl, kept_seconds=kept)
+        with self._transaction(writes=True) as db:
+            return db.execute(sql, params).rowcount == 1
 
     def get(self, request_id: str) -> StatusRecord | None:
         with self._transaction() as db:
@@ -180,12 +204,41 @@ class SqliteStatusStore(StatusStore):
             ).fetchone()
         return None if row is None else record_from_fields(request_id, row)
 
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        ids = list(dict.fromkeys(request_ids))
+        found: dict[str, StatusRecord] = {}
+        if not ids:
+            return found
+        now = self._clock()
+        with self._transaction() as db:
+            for start in range(0, len(ids), GET_MANY_CHUNK):
+                chunk = ids[start : start + GET_MANY_CHUNK]
+                rows = db.execute(
+                    f"SELECT request_id, {COLUMNS} FROM requests"
+                    f" WHERE request_id IN ({', '.join('?' * len(chunk))})"
+                    " AND (expires_at IS NULL OR expires_at > ?)",
+                    (*chunk, now),
+                ).fetchall()
+                for request_id, *fields in rows:
+                    found[request_id] = record_from_fields(request_id, fields)
+        return found
+
     def payload(self, request_id: str) -> str | None:
         with self._transaction() as db:
             row = db.execute(
                 "SELECT payload FROM requests WHERE request_id = ?", (request_id,)
             ).fetchone()
         return None if row is None else row[0]
+
+    def kept_payload(self, request_id: str) -> str | None:
+        params = {"id": request_id, "now": self._clock()}
+        with self._transaction() as db:
+            row = db.execute(KEPT_OF, params).fetchone()
+            if row is None or row[1]:
+                return None if row is None else row[0]
+            # Read past its time: deleted now rather than at the next purge_expired().
+            db.execute(f"{FORGET_KEPT} AND request_id = :id", params)
+        return None
 
     def ping(self) -> None:
         with self._transaction() as db:
@@ -204,7 +257,7 @@ class SqliteStatusStore(StatusStore):
             return []
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT request_id FROM requests WHERE payload IS NOT NULL"
+                f"SELECT request_id FROM requests WHERE payload IS NOT NULL AND {NOT_SCHEDULED}"
                 f" AND owner NOT IN ({LIVE_OWNERS}) ORDER BY created_at LIMIT :limit",
                 {"now": self._clock(), "limit": limit},
             ).fetchall()
@@ -214,7 +267,7 @@ class SqliteStatusStore(StatusStore):
         with self._transaction(immediate=True) as db:
             cursor = db.execute(
                 "UPDATE requests SET owner = :owner WHERE request_id = :id"
-                " AND payload IS NOT NULL"
+                f" AND payload IS NOT NULL AND {NOT_SCHEDULED}"
                 f" AND (owner = :owner OR owner NOT IN ({LIVE_OWNERS}))",
                 {"owner": owner, "id": request_id, "now": self._clock()},
             )
@@ -244,6 +297,13 @@ class SqliteStatusStore(StatusStore):
             ).fetchone()
         record = record_from_fields(request_id, row[:-1])
         return None if record is None else (record, row[-1])
+
+    def due(self, now: datetime, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        with self._transaction() as db:
+            rows = db.execute(DUE, {"now": moment_to_text(now), "limit": limit}).fetchall()
+        return [row[0] for row in rows]
 
     def webhook_orphans(self, limit: int, owner: str) -> list[str]:
         if limit <= 0:
@@ -299,6 +359,7 @@ class SqliteStatusStore(StatusStore):
         now = self._clock()
         with self._transaction(writes=True) as db:
             db.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
+            db.execute(FORGET_KEPT, {"now": now})
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
 

@@ -10,7 +10,9 @@
     return;
   }
   const seconds = Number(body.dataset.pollSeconds) || 3;
-  const STATUSES = ["queued", "sending", "retrying", "sent", "failed"];
+  const STATUSES = [
+    "scheduled", "queued", "sending", "retrying", "sent", "failed", "expired", "canceled",
+  ];
   const chart = document.getElementById("chart");
   const rows = document.querySelector("#requests tbody");
   const refreshed = document.getElementById("refreshed");
