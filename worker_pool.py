@@ -164,8 +164,14 @@ class WorkerPool(Dispatcher):
 
     def _hold(self, job: Job) -> bool:
         with self._cond:
-            if job.request_id in self._jobs:
-                return False
+            held = self._jobs.get(job.request_id)
+            if held is not None and not held.done.is_set():
+                return False  # it is being sent here already
+            if held is not None:
+                # It ended and is still being forgotten (its Finished event runs first): a
+                # manual retry of it, accepted meanwhile, takes its place.
+                self._held -= held.size
+                held.size = 0
             self._jobs[job.request_id] = job
             self._held += job.size
             return True
@@ -173,7 +179,8 @@ class WorkerPool(Dispatcher):
     def _forget(self, job: Job) -> None:
         """The job leaves this process: its content and its place are given back."""
         with self._cond:
-            if self._jobs.pop(job.request_id, None) is not None:
+            if self._jobs.get(job.request_id) is job:  # not a retry that took its place
+                del self._jobs[job.request_id]
                 self._held -= job.size
             job.state.payload, job.size = None, 0
             self._cond.notify_all()

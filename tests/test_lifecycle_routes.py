@@ -501,3 +501,29 @@ def test_a_request_canceled_before_a_celery_worker_takes_it_is_never_sent(
         app.extensions[EXTENSION].store.close()
         if worker is not None:
             worker.stop()
+
+
+def test_a_retry_accepted_while_the_pool_still_forgets_the_failure_is_sent(
+    make_app: Callable[..., Flask], smtp_server: SmtpServer
+) -> None:
+    # The pool announces a final status (Finished) before it forgets the job: a retry that
+    # lands then (a long poll woken by that event, its client retrying at once) must take the
+    # job's place, not find it held and be left queued for ever.
+    from mailservice.events.bus import Finished
+
+    app = make_app(smtp_server.port)
+    client = app.test_client()
+    answers: list[Any] = []
+
+    def retry_on_failure(event: object) -> None:
+        if isinstance(event, Finished) and event.record.status is EmailStatus.FAILED:
+            answers.append(retry(client, event.record.request_id))
+
+    app.extensions[EXTENSION].stack.events.subscribe(retry_on_failure)
+    smtp_server.handler.script("RCPT", "550 5.1.1 no such user")
+    request_id = accepted(client)
+    wait_for(lambda: answers)
+    assert answers[0].status_code == 202, answers[0].get_json()
+    assert wait_final(client, request_id)["status"] == "sent"
+    assert message_ids(smtp_server) == [message_id(request_id)]
+    wait_for(lambda: app.extensions[EXTENSION].pool.unfinished() == 0)
