@@ -31,6 +31,7 @@ from mailservice.delivery.attempt import (
     Retry,
     WaitForStore,
     log_retry,
+    log_unrecorded,
 )
 from mailservice.delivery.dispatch_queue import DispatchQueue
 from mailservice.delivery.dispatcher import (
@@ -283,12 +284,7 @@ class WorkerPool(Dispatcher):
                 self._cond.wait(remaining)
         self._unsaved.wait_empty(max(0.0, deadline + 1 - time.monotonic()))
         for job in self._unsaved.stop():
-            logger.error(
-                "the final status (%s) of request_id=%s could not be recorded: the store is "
-                "unreachable; recovery may send it again, with the same Message-ID",
-                job.state.record.status,
-                job.request_id,
-            )
+            log_unrecorded(job.state.record)
             self._forget(job)
         with self._cond:
             # A job still being sent is finished by its own thread (closing its connection

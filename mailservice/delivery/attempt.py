@@ -91,6 +91,17 @@ class Dropped:
 Next = Retry | Final | WaitForStore | Dropped
 
 
+def log_unrecorded(record: StatusRecord) -> None:
+    """The service log's line for a final status given up on at shutdown, the store still
+    refusing it (every dispatcher writes this one)."""
+    logger.error(
+        "the final status (%s) of request_id=%s could not be recorded: the store is "
+        "unreachable; recovery may send it again, with the same Message-ID",
+        record.status,
+        record.request_id,
+    )
+
+
 def log_retry(step: Retry) -> None:
     """The service log's line for an attempt that failed and will be tried again (every
     dispatcher writes this one)."""

@@ -26,6 +26,7 @@ from mailservice.delivery.attempt import (
     Retry,
     WaitForStore,
     log_retry,
+    log_unrecorded,
 )
 from mailservice.delivery.celery_dispatcher import CeleryDispatcher
 from mailservice.delivery.store_retry import StoreRetry
@@ -108,9 +109,4 @@ class TaskRunner:
         (logged: recovery may send them again, with the same Message-ID)."""
         self._unsaved.wait_empty(seconds)
         for record in self._unsaved.stop():
-            logger.error(
-                "the final status (%s) of request_id=%s could not be recorded: the store is "
-                "unreachable; recovery may send it again, with the same Message-ID",
-                record.status,
-                record.request_id,
-            )
+            log_unrecorded(record)
