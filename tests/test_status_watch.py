@@ -191,3 +191,34 @@ def test_a_request_gone_while_waited_for_answers_none(redis_server: Any) -> None
     assert waiting.result() is None  # the route answers 404, as for an expired status
     watch.close()
     store.close()
+
+
+class SlowStore(CountingStore):
+    """get_many() takes a while: a polling round is in progress when the watch closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = threading.Event()
+        self.in_flight = 0
+
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, StatusRecord]:
+        self.in_flight += 1
+        self.reading.set()
+        threading.Event().wait(0.3)
+        try:
+            return super().get_many(request_ids)
+        finally:
+            self.in_flight -= 1
+
+
+def test_close_returns_after_the_round_in_progress_so_the_store_can_close_next() -> None:
+    # The process closes the store right after the watch: a round still reading would fail
+    # on a closed client and log a traceback into whatever runs next.
+    store = SlowStore()
+    watch = StatusWatch(store, poll_seconds=0.01)
+    record = queued(store)
+    waiting = start_wait(watch, record.request_id, 30)
+    assert store.reading.wait(10)
+    watch.close()
+    assert store.in_flight == 0
+    assert waiting.result() == record

@@ -37,6 +37,7 @@ WAIT_MAX = 30.0  # seconds: the most `?wait=` may ask for
 POLL_SECONDS = 0.5  # how often the poller reads the waited ids from the store
 WAITERS_MAX = 1000  # waiters at once per process; past it, answered at once
 READ_MAX = 500  # ids per get_many() call of one round
+CLOSE_WAIT_SECONDS = 10.0  # how long close() waits for a round in progress to end
 
 
 @dataclass(eq=False, slots=True)
@@ -101,7 +102,8 @@ class StatusWatch:
 
     def close(self) -> None:
         """Wake every waiter (each answers its current status) and answer later ones at once;
-        the poller ends. For a process that stops: its HTTP threads must end promptly."""
+        the poller ends before this returns. For a process that stops: its HTTP threads must
+        end promptly."""
         with self._lock:
             self._closed = True
             for waiters in self._waiting.values():
@@ -109,7 +111,13 @@ class StatusWatch:
                     waiter.woken.set()
             self._waiting.clear()
             self._someone_waits.notify_all()
+            poller = self._poller
         self._stop.set()
+        # The store closes after the watch when the process stops: a round still reading it
+        # then would fail on a closed client, so the poller's end is waited for (a round lasts
+        # at most the store's own timeout).
+        if poller is not None and poller is not threading.current_thread():
+            poller.join(CLOSE_WAIT_SECONDS)
 
     # -- waiters --------------------------------------------------------------------------
 
