@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 CELERY_ROWS = ("celery-redis-1", "celery-redis-2", "celery-redis-4", "celery-rabbitmq-2")
 THREAD_ROW = "gunicorn-redis"  # the thread pool on the same store: what /thread divides by
-LAYOUTS = ("prefork", "instances")
+LAYOUTS = ("prefork", "instances", "threads")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--celery-layout",
         choices=LAYOUTS,
         default="prefork",
-        help="N worker processes as one worker with --concurrency N (prefork, the default) "
-        "or as N workers of --concurrency 1 (instances)",
+        help="N worker processes as one worker with --concurrency N (prefork, the default), "
+        "as N workers of --concurrency 1 (instances), or as N workers of --pool threads "
+        "with --celery-threads each (threads)",
+    )
+    group.add_argument(
+        "--celery-threads",
+        type=int,
+        default=8,
+        help="threads of each worker process with --celery-layout threads (default 8)",
     )
     group.add_argument(
         "--celery-profile",
@@ -139,6 +146,12 @@ class CeleryRows:
             }
         if args.celery_layout == "prefork":
             return [CeleryWorker(rowdir, env, processes, "w1", app_module=module)]
+        if args.celery_layout == "threads":
+            return [
+                CeleryWorker(rowdir, env, args.celery_threads, f"w{n}", app_module=module,
+                             pool="threads")
+                for n in range(processes)
+            ]  # fmt: skip
         return [CeleryWorker(rowdir, env, 1, f"w{n}", app_module=module) for n in range(processes)]
 
     def row(self, name: str) -> RowResult:

@@ -53,11 +53,20 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _redis_transport(settings: Settings) -> dict[str, Any]:
+    """On a Redis broker, kombu's transport with one client per channel, not one per command
+    (mailservice/celery_transport.py)."""
+    if settings.celery_broker_url.startswith(("redis://", "rediss://")):
+        return {"broker_transport": "mailservice.celery_transport:Transport"}
+    return {}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings, from the service's."""
     limit = celery_time_limit(settings)
     return {
         "broker_url": settings.celery_broker_url,
+        **_redis_transport(settings),
         # Ack a task after it ran, not when it was received: a worker that dies mid-task leaves
         # it on the broker for another. The owner check makes the second run do nothing when
         # the first got as far as taking the request over.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -71,15 +72,25 @@ class _Process:
     stack: DeliveryStack | None = None
     runner: TaskRunner | None = None
     metrics: WorkerMetrics | None = None
+    lock = threading.Lock()  # a threads pool's first tasks arrive at once
+    threads = 1  # attempts at once in the process that sends: a threads pool's concurrency
 
 
 def start_child() -> TaskRunner:
-    """Build and start this process's delivery stack; its TaskRunner."""
+    """Build and start this process's delivery stack once; its TaskRunner. A prefork child
+    builds it as it starts; a threads (or solo) pool in the main process, at its first task."""
+    with _Process.lock:
+        if _Process.runner is not None:
+            return _Process.runner
+        return _build_stack()
+
+
+def _build_stack() -> TaskRunner:
     stack = build_stack(
         settings,
         senders,
         lambda attempt: CeleryDispatcher(
-            attempt, publisher(app), queue_max=settings.queue_max, threads=1
+            attempt, publisher(app), queue_max=settings.queue_max, threads=_Process.threads
         ),
     )
     dispatcher = stack.dispatcher
@@ -97,8 +108,10 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _worker_started(**_: Any) -> None:
+def _worker_started(sender: Any = None, **_: Any) -> None:
     """The main process, before the children are forked."""
+    if sender is not None and "thread" in str(sender.pool_cls).lower():
+        _Process.threads = int(sender.concurrency)
     if settings.worker_metrics_port:
         _Process.metrics = WorkerMetrics.start(settings)
     if settings.celery_broker_url.startswith("amqp") and app.conf.task_time_limit >= 1800:
@@ -112,6 +125,8 @@ def _worker_started(**_: Any) -> None:
 
 @signals.worker_shutdown.connect
 def _worker_stopped(**_: Any) -> None:
+    # A threads pool's stack lives in the main process: Celery has let its tasks finish.
+    _child_stopping()
     if _Process.metrics is not None:
         _Process.metrics.stop()
 
@@ -130,6 +145,7 @@ def _child_stopping(**_: Any) -> None:
     stack, runner = _Process.stack, _Process.runner
     if stack is None or runner is None:
         return
+    _Process.stack = _Process.runner = None  # stopped once, whichever signal comes first
     runner.close(settings.drain_seconds)
     left = stack.shutdown(settings.drain_seconds)
     stack.store.close()
@@ -147,7 +163,7 @@ def _child_stopping(**_: Any) -> None:
 def deliver(request_id: str, from_owner: str, possibly_delivered: bool = False) -> str:
     """Deliver one request handed over by `from_owner` (delivery/task_runner.py)."""
     try:
-        runner = _Process.runner or start_child()  # a pool other than prefork: built here
+        runner = _Process.runner or start_child()  # a threads or solo pool: built here
         budget = min(STORE_WAIT_BUDGET, app.conf.task_time_limit / 2)
         deadline, delay = time.monotonic() + budget, STORE_WAIT_FIRST
         while True:

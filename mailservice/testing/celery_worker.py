@@ -182,7 +182,8 @@ class _CeleryProcess:
 
 
 class CeleryWorker(_CeleryProcess):
-    """`celery worker` with `concurrency` prefork processes, named `<name>@<host>`."""
+    """`celery worker` with `concurrency` prefork processes (or threads, with `pool`
+    "threads"), named `<name>@<host>`."""
 
     def __init__(
         self,
@@ -192,9 +193,11 @@ class CeleryWorker(_CeleryProcess):
         name: str = "w1",
         args: tuple[str, ...] = (),
         app_module: str = DEFAULT_APP,
+        pool: str = "prefork",
     ) -> None:
         super().__init__(workdir, env, f"celery worker {name}", f"celery-{name}.log")
         self.concurrency = concurrency
+        self.pool = pool
         self.name = name
         self.args = args
         self.app_module = app_module
@@ -205,7 +208,7 @@ class CeleryWorker(_CeleryProcess):
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "celery", "-A", self.app_module, "worker",
-            "--pool", "prefork", "--concurrency", str(self.concurrency),
+            "--pool", self.pool, "--concurrency", str(self.concurrency),
             "--loglevel", "INFO", "--hostname", f"{self.name}@%h",
             "--without-gossip", "--without-mingle", *self.args,
         ]  # fmt: skip
