@@ -252,3 +252,68 @@ def test_a_malformed_address_on_a_special_use_domain_still_stops_start_up(tmp_pa
     path = write(tmp_path, f"key,email,app_password\n{KEY},{email},{PASSWORD}\n")
     with pytest.raises(ConfigError, match="not a valid address"):
         load(path)
+
+
+# -- the account's protection columns (issue 16) ----------------------------------------------
+
+
+def test_rate_daily_limit_and_a_second_server_are_read(tmp_path):
+    from mailservice.senders import Rate
+
+    path = write(
+        tmp_path,
+        "key,email,app_password,smtp_host,smtp_port,rate,daily_limit,smtp_host2,smtp_port2\n"
+        f"{KEY},Me@Example.com,{PASSWORD},smtp.a.test,587,14/second,2000/day,smtp.b.test,2525\n"
+        "key-2,you@example.com,pw2,smtp.a.test,587,600/minutes,500,smtp.c.test,\n"
+        "key-3,them@example.com,pw3,,,,,,\n",
+    )
+    directory = load(path)
+    me, you, them = (directory.authenticate(k) for k in (KEY, "key-2", "key-3"))
+    assert me is not None and you is not None and them is not None
+    assert (me.rate, me.daily_limit, me.smtp_host2, me.smtp_port2) == (
+        Rate(14, 1.0), 2000, "smtp.b.test", 2525,
+    )  # fmt: skip
+    assert str(me.rate) == "14/second" and me.account == "me@example.com"
+    assert (you.rate, you.daily_limit, you.smtp_port2) == (Rate(600, 60.0), 500, 587)
+    assert (them.rate, them.daily_limit, them.smtp_host2, them.smtp_port2) == (None, None, "", 0)
+
+
+def test_credentials_json_carries_the_same_protection(tmp_path):
+    path = write(
+        tmp_path,
+        '{"user": "me@example.com", "password": "pw", "smtp_host": "smtp.a.test", '
+        '"smtp_port": 465, "rate": "1/second", "daily_limit": 50, "smtp_host2": "smtp.b.test"}',
+        name="credentials.json",
+    )
+    sender = load(path, credentials_key=KEY).authenticate(KEY)
+    assert sender is not None
+    assert (str(sender.rate), sender.daily_limit, sender.smtp_host2, sender.smtp_port2) == (
+        "1/second", 50, "smtp.b.test", 465,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "says"),
+    [
+        ("rate", "14", "is not a rate"),
+        ("rate", "14/fortnight", "is not a rate"),
+        ("rate", "0/second", "at least 1"),
+        ("daily_limit", "many", "is not a count"),
+        ("daily_limit", "14/second", "a count a day"),
+        ("smtp_port2", "99999", "out of range"),
+    ],
+)
+def test_a_bad_protection_column_stops_start_up_naming_it(tmp_path, column, value, says):
+    host2 = "smtp.b.test" if column == "smtp_port2" else ""
+    path = write(
+        tmp_path,
+        f"key,email,app_password,smtp_host2,{column}\n{KEY},me@example.com,pw,{host2},{value}\n",
+    )
+    with pytest.raises(ConfigError, match=rf"line 2: {column} .*{says}|{says}"):
+        load(path)
+
+
+def test_a_second_port_without_a_second_host_is_refused(tmp_path):
+    path = write(tmp_path, f"key,email,app_password,smtp_port2\n{KEY},me@example.com,pw,2525\n")
+    with pytest.raises(ConfigError, match="smtp_port2 without smtp_host2"):
+        load(path)
