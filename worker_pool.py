@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from mailservice.delivery.attempt import (
     AttemptState,
     DeliveryAttempt,
-    Dropped,
     Final,
+    Hold,
+    Next,
     Retry,
     WaitForStore,
     log_retry,
@@ -47,6 +48,10 @@ from mailservice.senders import Sender
 from mailservice.stores.contract import StatusRecord
 
 logger = logging.getLogger(__name__)
+
+# A request held longer than this for its sender's account, on a durable store, keeps only its
+# id here, as a retry does: a paused account's backlog is not held in memory twice.
+HOLD_CONTENT_SECONDS = 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -222,7 +227,7 @@ class WorkerPool(Dispatcher):
                     self._in_flight.discard(job.request_id)
                     self._cond.notify_all()
 
-    def _follow(self, job: Job, step: Retry | Final | WaitForStore | Dropped) -> None:
+    def _follow(self, job: Job, step: Next) -> None:
         if isinstance(step, Final):
             self._end(job, step.record)
         elif isinstance(step, Retry):
@@ -236,6 +241,10 @@ class WorkerPool(Dispatcher):
             log_retry(step)
             self._later(job, step.delay)
         elif isinstance(step, WaitForStore):
+            self._later(job, step.delay)
+        elif isinstance(step, Hold):  # for its sender's account: no thread held meanwhile
+            if self.store.durable and step.delay > HOLD_CONTENT_SECONDS:
+                self._drop_content(job)
             self._later(job, step.delay)
         elif step.ended is not None:  # canceled or expired elsewhere: its end is announced
             logger.info("request_id=%s: %s", job.request_id, step.reason)

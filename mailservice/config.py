@@ -43,6 +43,8 @@ class Settings:
     smtp_data_timeout: float = 600.0
     smtp_server_threads: int = 0  # 0: all WORKERS for one server, half when there are several
     smtp_server_pause: float = 30.0
+    sender_pause_seconds: float = 300.0  # an account over its limit, when the reply names no time
+    sender_breaker_failures: int = 5  # transient failures in a row that pause an account
     smtp_ca_file: str = ""
     smtp_ehlo_name: str = ""  # empty: the machine's FQDN, else the connection's address literal
     workers: int = 8
@@ -236,6 +238,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     # Empty or 0: the default (all of WORKERS for one server, half for several).
     "SMTP_SERVER_THREADS": ("smtp_server_threads", _or_zero(_positive(int, allow_zero=True))),
     "SMTP_SERVER_PAUSE": ("smtp_server_pause", _positive(float)),
+    "SENDER_PAUSE_SECONDS": ("sender_pause_seconds", _positive(float)),
+    "SENDER_BREAKER_FAILURES": ("sender_breaker_failures", _positive(int)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
     "SMTP_EHLO_NAME": ("smtp_ehlo_name", str.strip),
     "WORKERS": ("workers", _positive(int)),

@@ -3,6 +3,8 @@
     ServiceError
     ├── ConfigError          bad setting or senders file; stops start-up with one line
     ├── StoreError           the status store failed or is unreachable (API answers 503)
+    ├── GateError            the sender gate's Redis is unreachable: the process paces on
+    │                        its own meanwhile (delivery/account_gate.py)
     ├── Unavailable          the process is full (QUEUE_MAX) or shutting down (API answers 503)
     ├── DeliveryError        one SMTP attempt failed
     │   ├── TransientDelivery    4xx, dropped connection, time-out: retried with backoff
@@ -34,6 +36,10 @@ class ConfigError(ServiceError):
 
 class StoreError(ServiceError):
     """The status store could not be read or written."""
+
+
+class GateError(ServiceError):
+    """The sender accounts' gate could not ask its backend (delivery/gate_backends.py)."""
 
 
 class Unavailable(ServiceError):

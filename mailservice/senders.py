@@ -189,6 +189,10 @@ class SenderDirectory:
         """The SMTP servers (host, port) the senders send through."""
         return {(s.smtp_host, s.smtp_port) for _, s in self._by_digest.values()}
 
+    def accounts(self) -> list[str]:
+        """Every sender's SMTP account (`Sender.account`), once each."""
+        return sorted({sender.account for _, sender in self._by_digest.values()})
+
     def by_email(self, email: str) -> Sender | None:
         """The sender whose address this is (used to resume recorded requests)."""
         return self._by_email.get(email.lower())

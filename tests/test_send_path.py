@@ -119,6 +119,7 @@ def path(
         "WEBHOOK_ALLOW_PRIVATE": "1",
         "WEBHOOK_BACKOFF": "0.2",
         "PIN_CPUS": "0",
+        "SENDER_PAUSE_SECONDS": "1",
     }
     worker = None
     metrics_port = 0
@@ -339,4 +340,23 @@ def test_a_long_poll_answers_once_the_request_is_sent(path):
     assert got, "no answer within 20 s of a 30 s wait"
     assert got[0].status_code == 200
     assert got[0].get_json()["status"] == "sent"
+    assert len(path.arrived(request_id)) == 1
+
+
+def test_a_sender_over_its_limit_waits_for_the_pause_without_spending_the_attempt(path):
+    # The gate's pause is in the store's Redis, which the API process and the workers share.
+    path.sink.handler.script("MAIL", "550 5.4.5 Daily user sending limit exceeded.")
+    answer = path.send(message(subject="Held"))
+    assert answer.status_code == 202
+    request_id = answer.get_json()["request_id"]
+
+    def held() -> dict[str, Any] | None:
+        body = path.client.get(f"/email-status/{request_id}", headers=AUTH).get_json()
+        return body if body["status"] == "retrying" else None
+
+    status = wait_for(held, timeout=20, interval=0.02)
+    assert status["error"].startswith("sender paused: 550 5.4.5 Daily user sending limit")
+    assert status["attempts"] == 0
+    final = path.final(request_id)
+    assert final["status"] == "sent" and final["attempts"] == 1
     assert len(path.arrived(request_id)) == 1

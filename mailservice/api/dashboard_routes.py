@@ -73,7 +73,9 @@ def dashboard_blueprint(outbox: Outbox | None = None) -> Blueprint:
         query = parse_query(request.args.get("q", ""))
         limit = parse_limit(request.args.get("limit"))
         before = parse_before(request.args.get("before"))
-        return snapshot(service().store, query, limit, before), limit, before
+        mail = service()
+        paused = mail.stack.gate.pauses(mail.senders.accounts())
+        return snapshot(mail.store, query, limit, before, paused), limit, before
 
     def walks_the_window() -> bool:
         """A search by recipient or tag (an id is found at once)."""

@@ -13,9 +13,10 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from mailservice.delivery.gate_backends import Pause
 from mailservice.errors import ApiError, FieldError
 from mailservice.stores.contract import EmailStatus, StatusRecord, StatusStore
 from mailservice.stores.listing import PAGE_MAX, Search, parse_cursor
@@ -102,8 +103,15 @@ def row(record: StatusRecord) -> dict[str, Any]:
     }
 
 
-def snapshot(store: StatusStore, query: Query, limit: int, before: str | None) -> dict[str, Any]:
-    """Everything the page shows of the service's state, in one JSON-able value."""
+def snapshot(
+    store: StatusStore,
+    query: Query,
+    limit: int,
+    before: str | None,
+    paused: Mapping[str, Pause] | None = None,
+) -> dict[str, Any]:
+    """Everything the page shows of the service's state, in one JSON-able value; `paused`:
+    the sender accounts paused now (delivery/account_gate.py)."""
     counts = store.counts()
     sends = store.sends_per_minute()
     records: list[StatusRecord] = []
@@ -116,6 +124,14 @@ def snapshot(store: StatusStore, query: Query, limit: int, before: str | None) -
         records, next_cursor = list(page.records), page.before
     return {
         "counts": {str(status): counts[status] for status in EmailStatus},
+        "paused": [
+            {
+                "sender": account,
+                "reason": pause.reason,
+                "until": shown_time(datetime.fromtimestamp(pause.until, UTC)),
+            }
+            for account, pause in sorted((paused or {}).items())
+        ],
         "sends": [{"minute": m.minute, "sent": m.sent, "failed": m.failed} for m in sends],
         "requests": [row(record) for record in records],
         "next": next_cursor,

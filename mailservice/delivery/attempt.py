@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from mailservice.delivery.account_gate import AccountGate, account_limit
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
 from mailservice.delivery.outgoing import outgoing
 from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
@@ -36,6 +37,7 @@ from mailservice.delivery.transitions import (
     expire,
     expired,
     finish,
+    held,
 )
 from mailservice.errors import (
     ConnectFailed,
@@ -79,6 +81,14 @@ class WaitForStore:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """The sender's account may not send now (over its pace, paused, over its daily limit,
+    delivery/account_gate.py): try again after `delay`, no attempt spent."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """Nothing more to do here: another process owns the request, or it ended elsewhere
     (`ended`: its final record as the store has it, canceled or expired by whoever announced
@@ -88,7 +98,7 @@ class Dropped:
     ended: StatusRecord | None = None
 
 
-Next = Retry | Final | WaitForStore | Dropped
+Next = Retry | Final | WaitForStore | Hold | Dropped
 
 
 def log_unrecorded(record: StatusRecord) -> None:
@@ -135,10 +145,12 @@ class DeliveryAttempt:
         retry_backoff: float = 2.0,
         jitter: Callable[[float, float], float] = random.uniform,
         clock: Callable[[], float] = time.monotonic,
+        gate: AccountGate | None = None,
     ) -> None:
         self.store = store
         self.smtp = smtp
         self.events = events
+        self.gate = gate
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self._jitter = jitter
@@ -154,6 +166,10 @@ class DeliveryAttempt:
             now = utcnow()
             if expired(state.record, now):
                 return Outcome(Final(self._expire(state, now)), None)
+            if self.gate is not None:
+                wait, why = self.gate.ask(sender, state.request_id)
+                if wait > 0:
+                    return Outcome(self._hold(state, wait, why, now), None)
             record = begin(state.record, now)
             owned = self.store.save(record)
         except StoreError:
@@ -177,11 +193,21 @@ class DeliveryAttempt:
                 out.smtputf8,
             )
         except PermanentDelivery as exc:
+            if (limited := self._limited(state, sender, exc.reason, started)) is not None:
+                return limited
             return self._attempted(started, "permanent", self.failed(state, exc.reason), True)
         except TransientDelivery as exc:
             state.possibly_delivered |= isinstance(exc, PossiblyDelivered)
+            connect = isinstance(exc, ConnectFailed)
+            if not connect and (limited := self._limited(state, sender, exc.reason, started)):
+                return limited
             step = self._after_failure(state, exc.reason)
-            return self._attempted(started, "transient", step, not isinstance(exc, ConnectFailed))
+            return self._attempted(started, "transient", step, not connect)
+        if not outcome.accepted:  # refused for the account (Gmail's 5.4.5 at RCPT), not them?
+            replies = [*outcome.refused.values(), *outcome.deferred.values()]
+            at_limit = next((r for r in replies if account_limit(r) is not None), None)
+            if at_limit and (limited := self._limited(state, sender, at_limit, started)):
+                return limited  # every recipient still pending, for after the pause
         state.record = delivered(record, outcome.refused, outcome.deferred)
         state.deferred = dict(outcome.deferred)
         # Someone took it; else a deferred recipient makes it worth another try; else every
@@ -191,7 +217,45 @@ class DeliveryAttempt:
             reason = "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items())
             return self._attempted(started, kind, self._after_failure(state, reason), True)
         final = Final(finish(state.record, EmailStatus.SENT, None, now=utcnow()))
+        if self.gate is not None:
+            self.gate.succeeded(sender)
         return self._attempted(started, kind, final, True)
+
+    def _hold(self, state: AttemptState, wait: float, why: str | None, now: datetime) -> Next:
+        """Wait for the sender's account; a pause or a daily limit shows in the status."""
+        if why is None:  # over the pace: a moment, not worth a write
+            return Hold(wait)
+        record = held(state.record, f"{why}; resumes in {wait:.0f}s", now)
+        try:
+            if not self.store.save(record):
+                return self._dropped(state)
+        except StoreError:
+            return Hold(wait)  # the status shows it later; the wait is the same
+        state.record = record
+        return Hold(wait)
+
+    def _limited(
+        self, state: AttemptState, sender: Sender, reason: str, started: float
+    ) -> Outcome | None:
+        """The gate's judgement of a failed transaction: when the reply says the account is
+        over its limit, the message waits for the pause, that attempt not counted; None
+        otherwise (the failure takes its usual course, counted towards the breaker)."""
+        if self.gate is None:
+            return None
+        pause = self.gate.judge(sender, reason, connect_failed=False)
+        if pause is None:
+            return None
+        record = held(state.record, f"sender paused: {reason}; resumes in {pause:.0f}s",
+                      utcnow(), uncount=True)  # fmt: skip
+        try:
+            owned = self.store.save(record)
+        except StoreError:
+            owned = True  # still ours: the next attempt records `sending` first
+        if not owned:
+            return Outcome(self._dropped(state), True)
+        state.record = record
+        self.events.emit(Attempted(record, self._clock() - started, "transient", True))
+        return Outcome(Hold(pause), True)
 
     def _dropped(self, state: AttemptState) -> Dropped:
         """Why the store would not let this attempt begin: the request ended meanwhile (a

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 
 from mailservice.config import Settings
 from mailservice.delivery.accepting import Acceptor
+from mailservice.delivery.account_gate import AccountGate
 from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.failure_notices import FailureNotifier
+from mailservice.delivery.gate_backends import GateBackend, MemoryGateBackend, RedisGateBackend
 from mailservice.delivery.notice_policy import reason_class
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.scheduler import DueScheduler
@@ -37,6 +39,7 @@ from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import SenderDirectory
 from mailservice.stores import store_from_url
 from mailservice.stores.contract import StatusStore
+from mailservice.stores.redis_store import RedisStatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class DeliveryStack:
     notices: FailureNotifier | None
     scheduler: DueScheduler
     watch: StatusWatch
+    gate: AccountGate
 
     def start(self) -> None:
         """Take up what stopped processes left on a durable store, and keep the lease; take
@@ -76,6 +80,14 @@ class DeliveryStack:
         self.leases.stop()
         self.request_log.close()
         return left
+
+
+def gate_backend(store: StatusStore) -> GateBackend:
+    """The sender gate's state: in the store's Redis, shared by every process, when the store
+    is Redis; else this process's own (delivery/account_gate.py)."""
+    if isinstance(store, RedisStatusStore):
+        return RedisGateBackend(store.client)
+    return MemoryGateBackend()
 
 
 def build_stack(
@@ -103,12 +115,18 @@ def build_stack(
         settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout,
         settings.smtp_ehlo_name,
     )  # fmt: skip
+    gate = AccountGate(
+        gate_backend(store),
+        pause_seconds=settings.sender_pause_seconds,
+        failures=settings.sender_breaker_failures,
+    )
     attempt = DeliveryAttempt(
         store,
         smtp,
         events,
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
+        gate=gate,
     )
     dispatcher = make_dispatcher(attempt)
     webhooks = WebhookNotifier(
@@ -125,7 +143,9 @@ def build_stack(
     leases = LeaseKeeper(
         store, dispatcher, senders, settings.lease_seconds, recoveries=(webhooks.recover,)
     )
-    metrics.watch(state_gauges(dispatcher.stats, smtp.open_connections))  # read at scrape time
+    accounts = senders.accounts()
+    paused = lambda: dict.fromkeys(gate.pauses(accounts), 1.0)  # noqa: E731
+    metrics.watch(state_gauges(dispatcher.stats, smtp.open_connections, paused))  # at scrape
     acceptor = Acceptor(store, dispatcher, events, deployment_webhook=bool(settings.webhook_url))
     notices = None
     if settings.admin_email:  # after the request log: a failure's line comes before its notice's
@@ -138,5 +158,5 @@ def build_stack(
     scheduler = DueScheduler(store, dispatcher, senders, events)
     return DeliveryStack(
         store, request_log, metrics, events, smtp, attempt, dispatcher, webhooks, leases,
-        acceptor, notices, scheduler, watch,
+        acceptor, notices, scheduler, watch, gate,
     )  # fmt: skip

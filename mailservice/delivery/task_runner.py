@@ -22,6 +22,7 @@ from mailservice.delivery.attempt import (
     AttemptState,
     DeliveryAttempt,
     Final,
+    Hold,
     Next,
     Retry,
     WaitForStore,
@@ -45,6 +46,7 @@ class TaskResult(StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"  # its expires_at came before it could be sent
     RETRY = "retry"  # handed over again, for a later attempt
+    HELD = "held"  # handed over again once its sender's account may send (pace, pause)
     DROPPED = "dropped"  # another process took it over during the attempt
 
 
@@ -91,6 +93,9 @@ class TaskRunner:
         if isinstance(step, WaitForStore):  # `sending` not recorded: it is still ours, unsent
             self.dispatcher.later(state.request_id, step.delay, state.possibly_delivered)
             return TaskResult.RETRY
+        if isinstance(step, Hold):  # its sender's account may not send now: ours, unsent
+            self.dispatcher.later(state.request_id, step.delay, state.possibly_delivered)
+            return TaskResult.HELD
         if step.ended is not None:  # canceled or expired meanwhile: nothing was sent
             logger.info("request_id=%s: %s", state.request_id, step.reason)
         else:

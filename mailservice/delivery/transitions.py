@@ -1,6 +1,7 @@
 """A request's status transitions, as pure functions of its record: no store, no SMTP, no clock.
 
     (scheduled ->) queued -> sending -> (retrying -> sending ->) sent | failed
+    queued | sending -> retrying (held for the sender's account: paused, or over its limit)
     scheduled | queued | retrying -> expired, once its expires_at came before it was sent
 
 `taken_when_due()` is a scheduled request's way to `queued` when it falls due, `begin()` starts
@@ -80,6 +81,16 @@ def taken_when_due(record: StatusRecord, now: datetime, owner: str) -> StatusRec
     if expired(taken, now):
         return expire(taken, now=now)
     return replace(taken, status=EmailStatus.QUEUED).noted()
+
+
+def held(record: StatusRecord, reason: str, now: datetime, uncount: bool = False) -> StatusRecord:
+    """A request that waits for its sender's account (paused, or over its daily limit):
+    `retrying` with the reason, its attempts as they were (`uncount`: the attempt that met
+    the account's limit is not counted either)."""
+    attempts = record.attempts - 1 if uncount and record.attempts else record.attempts
+    return replace(
+        record, status=EmailStatus.RETRYING, error=reason, attempts=attempts, updated_at=now
+    ).noted()
 
 
 def begin(record: StatusRecord, now: datetime) -> StatusRecord:

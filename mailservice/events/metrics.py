@@ -122,10 +122,22 @@ class PoolState(Protocol):
     def threads(self) -> int: ...
 
 
-def state_gauges(pool: Callable[[], PoolState], connections: Callable[[], int]) -> list[StateGauge]:
+def state_gauges(
+    pool: Callable[[], PoolState],
+    connections: Callable[[], int],
+    paused: Callable[[], dict[str, float]] = dict,
+) -> list[StateGauge]:
     """The gauges that are state: `pool` is the dispatcher's `stats`, `connections` the SMTP
-    client's `open_connections`, both read-only."""
+    client's `open_connections`, `paused` the sender accounts paused now (1 each), all
+    read-only."""
     return [
+        StateGauge(
+            "mail_sender_paused",
+            "1 for a sender account paused because its SMTP server said it is over its limit "
+            "(or after a run of transient failures); its messages wait, spending no attempt.",
+            paused,
+            label="sender",
+        ),
         StateGauge(
             "mail_queue_depth",
             "Requests this process holds that have not ended (queued, sending, retrying, or "

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -42,11 +43,18 @@ SAMPLE_SECONDS = 1.0  # multiprocess mode: how old another worker's state gauges
 
 @dataclass(frozen=True, slots=True)
 class StateGauge:
-    """A gauge whose value is state read from the service (`read`), not counted."""
+    """A gauge whose value is state read from the service (`read`), not counted. With a
+    `label`, `read` gives a value for each label value (those it leaves out are 0)."""
 
     name: str
     documentation: str
-    read: Callable[[], float]
+    read: Callable[[], Any]
+    label: str = ""
+
+    def values(self) -> dict[tuple[str, ...], float]:
+        if not self.label:
+            return {(): float(self.read())}
+        return {(key,): float(value) for key, value in self.read().items()}
 
 
 def library_multiprocess() -> bool:
@@ -64,7 +72,16 @@ class _StateCollector(Collector):
         return [GaugeMetricFamily(g.name, g.documentation) for g in self._gauges]
 
     def collect(self) -> Iterable[Metric]:
-        return [GaugeMetricFamily(g.name, g.documentation, value=g.read()) for g in self._gauges]
+        families = []
+        for gauge in self._gauges:
+            if not gauge.label:
+                families.append(GaugeMetricFamily(gauge.name, gauge.documentation, gauge.read()))
+                continue
+            family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=[gauge.label])
+            for labels, value in gauge.values().items():
+                family.add_metric(list(labels), value)
+            families.append(family)
+        return families
 
 
 class _StateSampler:
@@ -73,18 +90,35 @@ class _StateSampler:
     readable after a drain), and at once by `sample()`."""
 
     def __init__(self, gauges: Sequence[StateGauge], interval: float) -> None:
+        # A labelled gauge is state every process reads alike (a sender's pause): the most
+        # any live process says, not their sum.
         self._gauges = [
-            (Gauge(g.name, g.documentation, registry=None, multiprocess_mode="livesum"), g.read)
+            (
+                Gauge(
+                    g.name, g.documentation, [g.label] if g.label else [], registry=None,
+                    multiprocess_mode="livemax" if g.label else "livesum",
+                ),
+                g,
+            )
             for g in gauges
-        ]
+        ]  # fmt: skip
+        self._seen: dict[str, set[tuple[str, ...]]] = {g.name: set() for g in gauges}
         self._interval = interval
         self.sample()
         self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
         self._thread.start()
 
     def sample(self) -> None:
-        for gauge, read in self._gauges:
-            gauge.set(read())
+        for gauge, state in self._gauges:
+            if not state.label:
+                gauge.set(state.read())
+                continue
+            now = state.values()
+            for labels in self._seen[state.name] - set(now):
+                gauge.labels(*labels).set(0)  # gone from the state: 0, not its last value
+            for labels, value in now.items():
+                gauge.labels(*labels).set(value)
+            self._seen[state.name] |= set(now)
 
     def _run(self) -> None:
         while True:

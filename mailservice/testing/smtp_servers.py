@@ -44,6 +44,7 @@ class Received:
     rcpt_tos: list[str]
     content: bytes
     mail_options: list[str] = field(default_factory=list)
+    at: float = field(default_factory=time.monotonic)  # when its DATA came in
 
     @property
     def message(self) -> EmailMessage:

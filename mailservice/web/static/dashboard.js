@@ -81,6 +81,22 @@
     }
   }
 
+  function showPaused(paused) {
+    const box = document.getElementById("paused");
+    const list = document.getElementById("paused-list");
+    if (!box || !list) {
+      return;
+    }
+    box.hidden = !paused || paused.length === 0;
+    list.replaceChildren(...(paused || []).map((pause) => {
+      const item = document.createElement("li");
+      const who = document.createElement("strong");
+      who.textContent = pause.sender;
+      item.append(who, " until " + pause.until + ": " + pause.reason);
+      return item;
+    }));
+  }
+
   function showChart(sends) {
     if (!chart) {
       return;
@@ -148,6 +164,7 @@
       } else {
         const state = await answer.json();
         showCounts(state.counts);
+        showPaused(state.paused);
         showChart(state.sends);
         showRows(state.requests);
         showOlder(state.next);
