@@ -242,6 +242,10 @@ class DashboardState(Answer):
     """GET /dashboard/data: what the dashboard shows (API.md section 11)."""
 
     counts: dict[str, int]
+    paused: list[dict[str, str]] = Field(
+        description="The sender accounts paused now, each `{sender, reason, until}` (API.md "
+        "section 3, Protecting the sender's account)."
+    )
     sends: list[dict[str, Any]]
     requests: list[dict[str, Any]]
     next: str | None
