@@ -189,6 +189,10 @@ class SenderDirectory:
         """The SMTP servers (host, port) the senders send through."""
         return {(s.smtp_host, s.smtp_port) for _, s in self._by_digest.values()}
 
+    def senders(self) -> list[Sender]:
+        """Every distinct sender once, in the file's order (keys may share one)."""
+        return list(dict.fromkeys(sender for _, sender in self._by_digest.values()))
+
     def by_email(self, email: str) -> Sender | None:
         """The sender whose address this is (used to resume recorded requests)."""
         return self._by_email.get(email.lower())
