@@ -5,7 +5,7 @@ A send request goes: content type (415) -> size (413) -> strict JSON (400) -> ke
 fields (400/403) -> `Acceptor.accept()` records it (202, or 503 when it can't). The routes are
 blueprints in `mailservice.api` (`core_routes`, `legacy_routes` for the older services), the
 problem answers in `mailservice.api.problems`; docs/ARCHITECTURE.md is the map.
-Run it with `python mail_server.py [--demo]` or `gunicorn 'mail_server:create_app()'`.
+Run it with `python mail_server.py [--demo | --check]` or `gunicorn 'mail_server:create_app()'`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from mailservice.api.problems import register_error_handlers
 from mailservice.api.rate_limit import init_rate_limit
 from mailservice.api.request_path import EXTENSION, Service, credential_digest
 from mailservice.api.schemas import check_header_value
+from mailservice.api.sender_check_routes import EXTENSION as SENDER_CHECK
+from mailservice.api.sender_check_routes import sender_check_blueprint
 from mailservice.api.sms_gateways import gateway_table
 from mailservice.api.template_routes import template_blueprint
 from mailservice.api.tokens import TokenIssuer
@@ -44,6 +46,8 @@ from mailservice.api.v1_routes import v1_blueprint
 from mailservice.config import Settings, load_settings
 from mailservice.delivery.attempt import DeliveryAttempt
 from mailservice.delivery.dispatcher import Dispatcher
+from mailservice.delivery.sender_check import SenderCheck, check_deadline
+from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.delivery.stack import build_stack
 from mailservice.demo import demo_secrets, demo_senders, start_catcher
 from mailservice.errors import ConfigError
@@ -85,6 +89,8 @@ def create_app(
     app.extensions[EXTENSION] = Service(settings, senders, stack, tokens, templates)
     app.extensions[ADMIN] = AdminAuth(settings.admin_token)  # the operator's pages
     app.extensions[METRICS] = stack.metrics
+    # The check logs in with the senders' own client: what it sees is what sending sees.
+    app.extensions[SENDER_CHECK] = SenderCheck(senders, stack.smtp, check_deadline(settings))
     # A gunicorn worker that starts to stop calls these before it waits for the requests in
     # progress: long polls answer their current status at once (serving/long_poll.py).
     app.extensions[STOP_HOOKS] = [stack.watch.close]
@@ -99,6 +105,7 @@ def create_app(
     app.register_blueprint(v1_blueprint(rate_limited, gateway_table(settings.sms_gateways)))
     app.register_blueprint(template_blueprint())
     app.register_blueprint(metrics_blueprint())  # GET /metrics, ADMIN_TOKEN only
+    app.register_blueprint(sender_check_blueprint())  # GET /senders/check, ADMIN_TOKEN only
     app.register_blueprint(dashboard_blueprint(None if outbox is None else Outbox(outbox)))
     app.register_blueprint(docs_blueprint(settings))  # GET /openapi.json, /docs
     register_error_handlers(app)
@@ -182,13 +189,32 @@ def _serve(app: Flask, settings: Settings) -> int:
     return 0
 
 
+def check_senders(settings: Settings) -> int:
+    """`--check`: every sender's SMTP login tried (nothing sent), one line each; 0 when all
+    are ok, 1 otherwise. A bad senders file raises ConfigError (2, as for serving)."""
+    senders = load_senders(settings)
+    client = SmtpClient.for_settings(settings)
+    report = SenderCheck(senders, client, check_deadline(settings)).run()
+    for check in report.checks:
+        print(check.line(), flush=True)
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Transactional email service")
-    parser.add_argument("--demo", action="store_true", help="embedded SMTP catcher, demo key")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--demo", action="store_true", help="embedded SMTP catcher, demo key")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="log in to every sender's SMTP server, send nothing, and exit: 0 all ok, 1 not",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(demo=args.demo)
         configure_logging(settings)  # LOG_LEVEL, LOG_FORMAT (aiosmtpd's chatter kept quiet)
+        if args.check:  # needs no store, log file or port: only the senders and SMTP
+            return check_senders(settings)
         check_named_resources(settings)  # as the gunicorn master does
         if args.demo:
             smtp_host, smtp_port = settings.smtp_host, settings.smtp_port

@@ -9,10 +9,14 @@
     ├── DeliveryError        one SMTP attempt failed
     │   ├── TransientDelivery    4xx, dropped connection, time-out: retried with backoff
     │   │   ├── ConnectFailed        no connection or no greeting: counts towards pausing
-    │   │   │                        the server (dispatch_queue)
+    │   │   │   │                    the server (dispatch_queue)
+    │   │   │   └── TlsFailed        the TLS handshake broke off, or a 4xx to STARTTLS
     │   │   └── PossiblyDelivered    no reply to the final "." of DATA: the server may have
     │   │                            the message; retried with the same Message-ID
     │   └── PermanentDelivery    5xx, refused login, bad TLS: failed at once
+    │       ├── LoginRefused     the server refused the login, or offers no AUTH for it
+    │       ├── TlsRejected      the server's certificate is not trusted, or a 5xx to STARTTLS
+    │       └── StartTlsMissing  SMTP_SECURITY=starttls and the server offers no STARTTLS
     ├── WebhookError         one webhook try failed: non-2xx, time-out, refused connection,
     │                        TLS, or a host that does not resolve or resolves to an address
     │                        not allowed; retried on the webhook's own schedule
@@ -62,6 +66,10 @@ class ConnectFailed(TransientDelivery):
     """The server could not be reached, or did not greet or finish the handshake in time."""
 
 
+class TlsFailed(ConnectFailed):
+    """The TLS handshake did not complete (a protocol error, a drop), or STARTTLS got a 4xx."""
+
+
 class PossiblyDelivered(TransientDelivery):
     """The message was handed over but the reply to its final "." never came (time-out or a
     dropped connection): the server may have it, so a retry may make a copy."""
@@ -69,6 +77,20 @@ class PossiblyDelivered(TransientDelivery):
 
 class PermanentDelivery(DeliveryError):
     """Not worth retrying: a 5xx reply, a refused login, a failed certificate check."""
+
+
+# The kinds below say which step of the handshake failed, so that the sender check
+# (delivery/sender_check.py) names the problem from the type, not from the message.
+class LoginRefused(PermanentDelivery):
+    """The server refused the login (535), or offers no AUTH for it."""
+
+
+class TlsRejected(PermanentDelivery):
+    """The server's certificate is not trusted, or the server refused STARTTLS with a 5xx."""
+
+
+class StartTlsMissing(PermanentDelivery):
+    """SMTP_SECURITY is starttls and the server does not offer STARTTLS: no login is tried."""
 
 
 class WebhookError(ServiceError):

@@ -253,6 +253,23 @@ class DashboardState(Answer):
     problem: str | None
 
 
+class ServerCheckAnswer(Answer):
+    """One login of GET /senders/check on one server (API.md section 3, Sender check)."""
+
+    sender: str = Field(description="The sender's address: its SMTP login.")
+    server: str = Field(description="The SMTP server, `host:port` (an IPv6 host in brackets).")
+    security: Literal["starttls", "ssl", "none"]
+    result: Literal["ok", "auth_failed", "tls_failed", "unreachable", "starttls_missing"]
+    detail: str = Field(description="The server's reply or the error; never a password.")
+
+
+class SenderCheckAnswer(Answer):
+    """GET /senders/check: every sender's login tried, nothing sent."""
+
+    senders: list[ServerCheckAnswer]
+    ok: bool = Field(description="true when every result is `ok`.")
+
+
 ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     FieldProblem,
     Problem,
@@ -278,4 +295,6 @@ ANSWER_MODELS: tuple[type[BaseModel], ...] = (
     TokenAnswer,
     OAuthError,
     DashboardState,
+    ServerCheckAnswer,
+    SenderCheckAnswer,
 )

@@ -1,7 +1,8 @@
 """The operator's routes in the OpenAPI document: the dashboard's pages, its data, login and
-logout, its static files, and /metrics (API.md sections 10 and 11), as rows of the same
-`Operation` table as `openapi_routes.py`, which `api/openapi.py` joins. Their pages answer
-HTML, a 401 included (the login form); /metrics and /dashboard/data answer problem+json.
+logout, its static files, /metrics and /senders/check (API.md sections 3, 10 and 11), as rows
+of the same `Operation` table as `openapi_routes.py`, which `api/openapi.py` joins. Their
+pages answer HTML, a 401 included (the login form); /metrics, /senders/check and
+/dashboard/data answer problem+json.
 """
 
 from __future__ import annotations
@@ -193,5 +194,30 @@ OPERATOR_OPERATIONS: tuple[Operation, ...] = (
             500: INTERNAL,
         },
         auth="operator",
+    ),
+    Operation(
+        "/senders/check",
+        "GET",
+        "checkSenders",
+        "Log in to every sender's SMTP server, sending nothing",
+        OPERATOR,
+        {
+            200: json(
+                "The check ran: each sender's login on each server, `ok` or the problem.",
+                "SenderCheckAnswer",
+                "Cache-Control",
+            ),
+            401: problem(
+                "No operator's credential (ADMIN_TOKEN as a Bearer token).",
+                "Problem",
+                "WWW-Authenticate",
+            ),
+            429: TOO_MANY,
+            500: INTERNAL,
+        },
+        auth="operator",
+        description="Connects, says EHLO, STARTTLS and logs in as a send would, then QUIT: "
+        "never MAIL FROM. Each distinct (login, server) once, at most 8 at a time, within "
+        "twice SMTP_TIMEOUT in all.",
     ),
 )

@@ -10,7 +10,10 @@ reply to the final "." of DATA within `data_timeout` is a `PossiblyDelivered`. M
 declares `BODY=8BITMIME` for 8-bit data (SMTPUTF8 messages; build_message's others are 7-bit
 safe) and refuses, before MAIL FROM, to send 8-bit data to a server that does not offer it.
 The EHLO name is SMTP_EHLO_NAME, else the machine's fully qualified name, else the address
-literal of the connection's own end (RFC 5321 4.1.1.1, 4.1.3).
+literal of the connection's own end (RFC 5321 4.1.1.1, 4.1.3). `check()` opens a connection
+as a send would, logs in and QUITs: the sender check (sender_check.py) is built on it, and the
+handshake's failures have types of their own (`LoginRefused`, `TlsFailed`, `TlsRejected`,
+`StartTlsMissing`) so that the check names them without reading messages.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ import ssl
 import threading
 from dataclasses import dataclass, field
 
+from mailservice.config import Settings
 from mailservice.errors import (
     ConnectFailed,
+    LoginRefused,
     PermanentDelivery,
     PossiblyDelivered,
+    StartTlsMissing,
+    TlsFailed,
+    TlsRejected,
     TransientDelivery,
 )
 from mailservice.senders import Sender
@@ -123,6 +131,16 @@ class SmtpClient:
         self._all_lock = threading.Lock()
         self.sessions_opened = 0
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> SmtpClient:
+        """The client of SMTP_TIMEOUT, SMTP_CA_FILE, SMTP_DATA_TIMEOUT and SMTP_EHLO_NAME."""
+        return cls(
+            settings.smtp_timeout,
+            settings.smtp_ca_file,
+            settings.smtp_data_timeout,
+            settings.smtp_ehlo_name,
+        )
+
     def _connections(self) -> dict[tuple[str, int, str, str], smtplib.SMTP]:
         conns = getattr(self._local, "conns", None)
         if conns is None:
@@ -130,6 +148,19 @@ class SmtpClient:
         return conns
 
     def _open(self, target: SmtpTarget) -> smtplib.SMTP:
+        conn = self._connect(target)
+        try:
+            self._handshake(conn, target)
+        except BaseException:
+            self._close(conn)
+            raise
+        with self._all_lock:
+            self._all.add(conn)
+            self.sessions_opened += 1
+        return conn
+
+    def _connect(self, target: SmtpTarget) -> smtplib.SMTP:
+        """A connection greeted with 220 (over TLS for `ssl`), before EHLO."""
         # Connected apart from construction: the EHLO name may be the socket's own address,
         # known only once connected. A placeholder local_hostname keeps smtplib from calling
         # getfqdn() for every connection.
@@ -152,45 +183,70 @@ class SmtpClient:
             raise _classify(exc.smtp_code, exc.smtp_error, "connect", ConnectFailed) from exc
         except ssl.SSLCertVerificationError as exc:
             conn.close()
-            raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
+            raise TlsRejected(f"TLS certificate not trusted: {exc.verify_message}") from exc
+        except ssl.SSLError as exc:  # an OSError too: a TLS failure, not a refused connection
+            conn.close()
+            reason = f"TLS handshake with {target.host}:{target.port} failed: {exc}"
+            raise TlsFailed(reason) from exc
         except (OSError, smtplib.SMTPException) as exc:
             conn.close()
             raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {exc}") from exc
-        try:
-            self._handshake(conn, target)
-        except BaseException:
-            self._close(conn)
-            raise
-        with self._all_lock:
-            self._all.add(conn)
-            self.sessions_opened += 1
         return conn
 
-    def _handshake(self, conn: smtplib.SMTP, target: SmtpTarget) -> None:
+    def _handshake(self, conn: smtplib.SMTP, target: SmtpTarget) -> tuple[int, bytes] | None:
+        """EHLO, STARTTLS and EHLO again for `starttls`, and the login when there is a
+        password: the server's reply to the login, or None without one."""
         try:
             conn.ehlo()
             if target.security == "starttls":
                 if not conn.has_extn("starttls"):
-                    raise PermanentDelivery(
+                    raise StartTlsMissing(
                         "server does not offer STARTTLS (SMTP_SECURITY=starttls); "
                         "refusing to log in over a plain connection"
                     )
-                conn.starttls(context=self._ssl_context)
+                self._starttls(conn)
                 conn.ehlo()
             if target.password:
-                conn.login(target.username, target.password)
+                return conn.login(target.username, target.password)
+            return None
         except smtplib.SMTPAuthenticationError as exc:
-            raise PermanentDelivery(
+            raise LoginRefused(
                 f"login refused: {describe_reply(exc.smtp_code, exc.smtp_error)}"
             ) from exc
         except smtplib.SMTPNotSupportedError as exc:
-            raise PermanentDelivery("server offers no AUTH for the configured login") from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise PermanentDelivery(f"TLS certificate not trusted: {exc.verify_message}") from exc
+            raise LoginRefused("server offers no AUTH for the configured login") from exc
         except smtplib.SMTPResponseException as exc:
             raise _classify(exc.smtp_code, exc.smtp_error, "handshake", ConnectFailed) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise ConnectFailed(f"connection lost during handshake: {exc}") from exc
+
+    def _starttls(self, conn: smtplib.SMTP) -> None:
+        """STARTTLS, its failures told apart: a refusal (4xx, 5xx) or a broken handshake is a
+        TLS problem, not a lost connection."""
+        try:
+            conn.starttls(context=self._ssl_context)
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsRejected(f"TLS certificate not trusted: {exc.verify_message}") from exc
+        except ssl.SSLError as exc:
+            raise TlsFailed(f"TLS handshake failed after STARTTLS: {exc}") from exc
+        except smtplib.SMTPResponseException as exc:
+            reason = f"{describe_reply(exc.smtp_code, exc.smtp_error)} (at STARTTLS)"
+            if 500 <= exc.smtp_code < 600:
+                raise TlsRejected(reason) from exc
+            raise TlsFailed(reason) from exc
+
+    def check(self, target: SmtpTarget) -> str:
+        """Connect, greet, STARTTLS and log in as a send's new connection does, then QUIT:
+        never MAIL FROM, and never one of the reused connections. Raises what that
+        connection would (errors.py); returns the server's reply to the login."""
+        conn = self._connect(target)
+        try:
+            login = self._handshake(conn, target)
+        finally:
+            self._close(conn)
+        if login is None:
+            return "connected; no password, so no login"
+        return describe_reply(*login)
 
     def _close(self, conn: smtplib.SMTP) -> None:
         with self._all_lock:

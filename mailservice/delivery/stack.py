@@ -111,10 +111,7 @@ def build_stack(
     events = EventBus()
     events.subscribe(request_log.on_event, flush=request_log.flush)  # the first subscriber
     events.subscribe(DeliveryMetrics(metrics, reason_class).on_event)  # counts, in line
-    smtp = SmtpClient(
-        settings.smtp_timeout, settings.smtp_ca_file, settings.smtp_data_timeout,
-        settings.smtp_ehlo_name,
-    )  # fmt: skip
+    smtp = SmtpClient.for_settings(settings)
     gate = AccountGate(
         gate_backend(store),
         pause_seconds=settings.sender_pause_seconds,

@@ -7,10 +7,11 @@ A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply; 
 `("KEEP", seconds)` keeps the message first and then delays the 250 (a server that has it but
 answers late). `GreetingServer` answers every connection with one line (a 421) and closes it;
 `SilentServer` accepts connections and never says a word. `SmtpServer(eight_bit_mime=False)`
-does not offer 8BITMIME in its EHLO answer (a server of RFC 6152's "7-bit only" kind), and
-`handler.ehlo_names` records the name each client gave in EHLO. `CountingController` is aiosmtpd's
-Controller with sessions that tell their handler of each connection opened and closed; the
-bench's counting sink (bench/sink.py) runs on it too.
+does not offer 8BITMIME in its EHLO answer (a server of RFC 6152's "7-bit only" kind),
+`handler.ehlo_names` records the name each client gave in EHLO, and `handler.quits` counts the
+sessions ended with QUIT. `CountingController` is aiosmtpd's Controller with sessions that tell
+their handler of each connection opened and closed; the bench's counting sink (bench/sink.py)
+runs on it too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class ScriptedHandler:
         self.transactions = 0
         self.eight_bit_mime = True  # False: EHLO does not offer 8BITMIME
         self.ehlo_names: list[str] = []  # the name each EHLO gave, in order
+        self.quits = 0  # sessions the client ended with QUIT
         self._lock = threading.Lock()
 
     def connection_opened(self, session: SmtpProtocol) -> None:
@@ -102,6 +104,11 @@ class ScriptedHandler:
         if not self.eight_bit_mime:
             responses = [r for r in responses if r[4:].upper() != "8BITMIME"]
         return responses
+
+    async def handle_QUIT(self, server: SmtpProtocol, session: Session, envelope: Envelope) -> str:
+        with self._lock:
+            self.quits += 1
+        return "221 Bye"
 
     async def handle_MAIL(
         self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, options
