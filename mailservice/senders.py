@@ -192,6 +192,7 @@ class SenderDirectory:
     def accounts(self) -> list[str]:
         """Every sender's SMTP account (`Sender.account`), once each."""
         return sorted({sender.account for _, sender in self._by_digest.values()})
+
     def senders(self) -> list[Sender]:
         """Every distinct sender once, in the file's order (keys may share one)."""
         return list(dict.fromkeys(sender for _, sender in self._by_digest.values()))
