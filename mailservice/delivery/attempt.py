@@ -25,7 +25,8 @@ from datetime import datetime
 
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
 from mailservice.delivery.outgoing import outgoing
-from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
+from mailservice.delivery.relays import Relays
+from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.delivery.transitions import (
     JITTER,
     Final,
@@ -135,9 +136,11 @@ class DeliveryAttempt:
         retry_backoff: float = 2.0,
         jitter: Callable[[float, float], float] = random.uniform,
         clock: Callable[[], float] = time.monotonic,
+        relays: Relays | None = None,
     ) -> None:
         self.store = store
         self.smtp = smtp
+        self.relays = relays or Relays()  # a sender's second server (delivery/relays.py)
         self.events = events
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
@@ -169,8 +172,9 @@ class DeliveryAttempt:
         out = outgoing(spec, sender, state.request_id, record.created_at, record.pending)
         started = self._clock()
         try:
-            outcome = self.smtp.send(
-                SmtpTarget.for_sender(sender),
+            outcome = self.relays.send(
+                self.smtp,
+                sender,
                 out.mail_from,
                 list(out.rcpt_to),
                 out.data,
