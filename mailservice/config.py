@@ -47,6 +47,7 @@ class Settings:
     sender_breaker_failures: int = 5  # transient failures in a row that pause an account
     smtp_ca_file: str = ""
     smtp_ehlo_name: str = ""  # empty: the machine's FQDN, else the connection's address literal
+    relay_failback_seconds: float = 300.0  # on a sender's second server before the first again
     workers: int = 8
     queue_max: int = 10000
     queue_max_bytes: int = 256 * 1024 * 1024
@@ -242,6 +243,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SENDER_BREAKER_FAILURES": ("sender_breaker_failures", _positive(int)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
     "SMTP_EHLO_NAME": ("smtp_ehlo_name", str.strip),
+    "RELAY_FAILBACK_SECONDS": ("relay_failback_seconds", _positive(float)),
     "WORKERS": ("workers", _positive(int)),
     "QUEUE_MAX": ("queue_max", _positive(int)),
     "QUEUE_MAX_BYTES": ("queue_max_bytes", _positive(int)),

@@ -104,14 +104,18 @@ def sender(**fields: Any) -> Sender:
 
 
 def test_the_gate_pauses_on_a_limit_and_doubles_after_a_failed_probe():
-    gate = AccountGate(MemoryGateBackend(), pause_seconds=10.0, failures=3)
+    gate = AccountGate(MemoryGateBackend(), pause_seconds=0.3, failures=3)
     me = sender()
+    limit = "421 4.7.0 rate limit exceeded (at MAIL FROM)"
     assert gate.ask(me, "r1") == (0.0, None)
-    assert gate.judge(me, "421 4.7.0 rate limit exceeded (at MAIL FROM)", False) == 10.0
+    assert gate.judge(me, limit, False) == 0.3
     wait, why = gate.ask(me, "r1")
     assert wait > 0 and why is not None and why.startswith("sender paused: 421 4.7.0")
+    # A message already on its way meets the same limit: the same pause, not a longer one.
+    assert gate.judge(me, limit, False) <= 0.3
+    assert wait_for(lambda: gate.ask(me, "probe") == (0.0, None), timeout=5)
     # The probe's failure (a limit again, naming no time) doubles the pause.
-    assert gate.judge(me, "421 4.7.0 rate limit exceeded (at MAIL FROM)", False) == 20.0
+    assert gate.judge(me, limit, False) == 0.6
     assert list(gate.pauses([me.account])) == [me.account]
     gate.succeeded(me)
     assert gate.pauses([me.account]) == {}

@@ -26,7 +26,8 @@ from datetime import datetime
 from mailservice.delivery.account_gate import AccountGate, account_limit
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
 from mailservice.delivery.outgoing import outgoing
-from mailservice.delivery.smtp_client import SmtpClient, SmtpTarget
+from mailservice.delivery.relays import Relays
+from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.delivery.transitions import (
     JITTER,
     Final,
@@ -146,9 +147,11 @@ class DeliveryAttempt:
         jitter: Callable[[float, float], float] = random.uniform,
         clock: Callable[[], float] = time.monotonic,
         gate: AccountGate | None = None,
+        relays: Relays | None = None,
     ) -> None:
         self.store = store
         self.smtp = smtp
+        self.relays = relays or Relays()  # a sender's second server (delivery/relays.py)
         self.events = events
         self.gate = gate
         self.max_attempts = max_attempts
@@ -185,8 +188,9 @@ class DeliveryAttempt:
         out = outgoing(spec, sender, state.request_id, record.created_at, record.pending)
         started = self._clock()
         try:
-            outcome = self.smtp.send(
-                SmtpTarget.for_sender(sender),
+            outcome = self.relays.send(
+                self.smtp,
+                sender,
                 out.mail_from,
                 list(out.rcpt_to),
                 out.data,

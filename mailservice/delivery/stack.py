@@ -26,11 +26,12 @@ from mailservice.delivery.failure_notices import FailureNotifier
 from mailservice.delivery.gate_backends import GateBackend, MemoryGateBackend, RedisGateBackend
 from mailservice.delivery.notice_policy import reason_class
 from mailservice.delivery.recovery import LeaseKeeper
+from mailservice.delivery.relays import Relays
 from mailservice.delivery.scheduler import DueScheduler
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
-from mailservice.events.metrics import DeliveryMetrics, state_gauges
+from mailservice.events.metrics import DeliveryMetrics, relay_failovers, state_gauges
 from mailservice.events.metrics_registry import MetricsRegistry
 from mailservice.events.request_log import RequestLog
 from mailservice.events.status_watch import StatusWatch
@@ -124,6 +125,7 @@ def build_stack(
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
         gate=gate,
+        relays=Relays(settings.relay_failback_seconds, on_failover=relay_failovers(metrics).inc),
     )
     dispatcher = make_dispatcher(attempt)
     webhooks = WebhookNotifier(

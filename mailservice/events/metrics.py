@@ -5,10 +5,10 @@ state gauges read from the dispatcher and the SMTP client.
 (requests accepted, by the route they came in by), `Finished` (one counter per final status:
 sent; failed, by kind and reason class; expired; canceled), `Attempted` (the SMTP
 transaction's time by what the server made of it, and retries) and `WebhookTried` (webhook
-tries by target and outcome). `state_gauges()` names the
-gauges that are state, each read through a read-only method at scrape time. The metric names
-and labels are the contract of docs/API.md, "Metrics"; every label takes a bounded set of
-values.
+tries by target and outcome). `state_gauges()` names the gauges that are state, each read
+through a read-only method at scrape time, and `relay_failovers()` the one counter no event
+feeds (a relay failover is no request's event). The metric names and labels are the contract
+of docs/API.md, "Metrics"; every label takes a bounded set of values.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Protocol
+
+from prometheus_client import Counter
 
 from mailservice.events.bus import Accepted, Attempted, Event, Finished, WebhookTried
 from mailservice.events.metrics_registry import MetricsRegistry, StateGauge
@@ -107,6 +109,16 @@ class DeliveryMetrics:
                 self.retried.inc()
         elif isinstance(event, WebhookTried):
             self.webhook_tries.labels(event.target, event.outcome).inc()
+
+
+def relay_failovers(registry: MetricsRegistry) -> Counter:
+    """The counter of moves to a sender's second SMTP server (delivery/relays.py counts them
+    as they happen: a move is no request's event)."""
+    return registry.counter(
+        "mail_relay_failovers",
+        "Times delivery moved from a sender's first SMTP server, which could not be reached, "
+        "to its second (smtp_host2).",
+    )
 
 
 class PoolState(Protocol):

@@ -258,7 +258,25 @@ class SmtpServer:
         while handler.open_sessions and time.monotonic() < deadline:
             time.sleep(0.005)
 
+    def stop_listening(self, timeout: float = 2.0) -> None:
+        """Refuse new connections from now on (the sessions open stay open)."""
+        loop, closed = self.controller.loop, threading.Event()
+
+        def close() -> None:
+            if self.controller.server is not None:
+                self.controller.server.close()
+            closed.set()
+
+        if loop.is_closed() or not loop.is_running():
+            return
+        loop.call_soon_threadsafe(close)
+        closed.wait(timeout)
+
     def stop(self) -> None:
+        # The listener first: a client busy sending reconnects at once to every session
+        # closed, and close_sessions() would wait in vain while the server kept serving.
+        with contextlib.suppress(Exception):
+            self.stop_listening()
         # Open sessions left to the loop's shutdown leak their sockets (a ResourceWarning).
         with contextlib.suppress(Exception):
             self.close_sessions()
