@@ -22,9 +22,13 @@ attachments (which that release could not send), not every request stored since 
 The content is kept as base64 text (RFC 4648, no line breaks); a stored attachment that is not
 an object of those members, or whose content is not strict base64, is a `PayloadError`.
 
-A text with attachments is written ASCII-only (`\\uXXXX` escapes): Python keeps a string at
-1, 2 or 4 bytes a character, by its widest character (PEP 393), so one emoji in the subject
-would make the held payload, base64 included, four times its size in memory.
+`raw` joined version 1 the same way: the bytes of a message submitted whole over SMTP
+(delivery/raw_message.py), base64 like an attachment's content, written only for such
+messages.
+
+A text with attachments (or `raw`) is written ASCII-only (`\\uXXXX` escapes): Python keeps a
+string at 1, 2 or 4 bytes a character, by its widest character (PEP 393), so one emoji in the
+subject would make the held payload, base64 included, four times its size in memory.
 """
 
 from __future__ import annotations
@@ -82,6 +86,10 @@ class MessageSpec:
     # Files attached (multipart/mixed) or, with a content_id, inline parts of the HTML
     # (multipart/related); see delivery/attachments.py.
     attachments: tuple[Attachment, ...] = ()
+    # A message submitted whole (the SMTP listener, delivery/raw_message.py): relayed as these
+    # bytes, to `recipient` (the envelope's RCPT TOs); the other members are not used to build
+    # it (`subject` is kept for the log).
+    raw: bytes | None = field(default=None, repr=False)
 
     @property
     def recipients(self) -> list[str]:
@@ -107,7 +115,10 @@ class MessageSpec:
         }
         if self.attachments:  # only then: see the module docstring (rollback)
             stored["attachments"] = [a.stored() for a in self.attachments]
-        return json.dumps(stored, ensure_ascii=bool(self.attachments), separators=(",", ":"))
+        if self.raw is not None:  # the same: only messages submitted whole carry it
+            stored["raw"] = base64.b64encode(self.raw).decode("ascii")
+        ascii_only = bool(self.attachments) or self.raw is not None
+        return json.dumps(stored, ensure_ascii=ascii_only, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> MessageSpec:
@@ -137,6 +148,7 @@ class MessageSpec:
                 headers=_headers(data.pop("headers", {})),
                 text_alternative=_flag(data.pop("text_alternative", True)),
                 attachments=_attachments(data.pop("attachments", [])),
+                raw=_raw(data.pop("raw", None)),
             )
         except KeyError as exc:
             raise PayloadError(f"the stored message lacks {exc}") from exc
@@ -174,6 +186,15 @@ def _headers(value: Any) -> dict[str, str]:
     ):
         raise PayloadError("the stored message has headers that are not text")
     return value
+
+
+def _raw(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(_text(value), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PayloadError("the stored message's raw content is not base64") from exc
 
 
 def _attachments(value: Any) -> tuple[Attachment, ...]:

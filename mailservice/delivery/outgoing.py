@@ -7,7 +7,9 @@ preview a client reads cannot drift from what the SMTP server gets. MAIL FROM is
 sender address, RCPT TO every recipient still to be sent to (on a new request: to, cc and bcc,
 each once; bcc is in the envelope only, never a header), and the data is `wire_bytes()` of
 `build_message()`. Whether the transaction needs SMTPUTF8 follows from the message's policy:
-`build_message()` takes the UTF-8 one when an address needs it.
+`build_message()` takes the UTF-8 one when an address needs it. A message submitted whole
+(the SMTP listener) goes out as its prepared bytes (delivery/raw_message.py), needing SMTPUTF8
+when its headers or an address are not ASCII (RFC 6531, 6532).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def outgoing(
 ) -> Outgoing:
     """The transaction of the request `request_id` made at `created_at` (its Message-ID and
     Date); `rcpt_to` the recipients still pending, by default all of the spec's."""
-    msg = build_message(spec, sender, request_id, created_at)
     recipients = tuple(spec.recipients if rcpt_to is None else rcpt_to)
+    if spec.raw is not None:  # submitted whole: relayed as prepared (delivery/raw_message.py)
+        head = spec.raw.partition(b"\r\n\r\n")[0]
+        utf8 = not head.isascii() or not all(a.isascii() for a in (sender.email, *recipients))
+        return Outgoing(sender.email, recipients, spec.raw, utf8)
+    msg = build_message(spec, sender, request_id, created_at)
     return Outgoing(sender.email, recipients, wire_bytes(msg), bool(msg.policy.utf8))
