@@ -26,6 +26,7 @@ from mailservice.delivery.notice_policy import reason_class
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.scheduler import DueScheduler
 from mailservice.delivery.smtp_client import SmtpClient
+from mailservice.delivery.suppression import SuppressionFilter
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
 from mailservice.events.metrics import DeliveryMetrics, state_gauges
@@ -109,6 +110,7 @@ def build_stack(
         events,
         max_attempts=settings.max_attempts,
         retry_backoff=settings.retry_backoff,
+        suppression=SuppressionFilter(store, settings.suppression_days),  # every dispatcher's
     )
     dispatcher = make_dispatcher(attempt)
     webhooks = WebhookNotifier(
