@@ -80,6 +80,21 @@ def test_a_recipient_refused_as_unknown_is_suppressed_and_never_asked_again(
     assert sink.handler.asked[asked:] == ["two@example.net"], "never asked again"
 
 
+def test_a_retry_by_hand_takes_its_recipients_off_the_list(
+    client: FlaskClient, sink: SmtpServer
+) -> None:
+    failed = send_to(client, GONE)
+    assert failed["status"] == "failed" and len(entries(client)) == 1
+    assert send_to(client, GONE)["refused"] == {GONE: SUPPRESSED + UNKNOWN}
+    del sink.handler.refuse[GONE]  # the mailbox was created: the cause is fixed
+    retried = client.post(f"/email-status/{failed['request_id']}/retry", headers={
+        "Authorization": f"Bearer {API_KEY}"})  # fmt: skip
+    assert retried.status_code == 202, retried.get_json()
+    assert wait_final(client, failed["request_id"])["status"] == "sent"
+    assert entries(client) == []
+    assert sink.received[-1].rcpt_tos == [GONE]
+
+
 def test_each_sender_has_its_own_list(client: FlaskClient, sink: SmtpServer) -> None:
     send_to(client, GONE, "one@example.net")
     asked = len(sink.handler.asked)

@@ -4,7 +4,9 @@ A recipient that a server refused at RCPT with a permanent "no such user" (550 w
 enhanced status code 5.1.1, 5.1.0 or 5.2.1, RFC 3463) is put on the sender account's list
 for SUPPRESSION_DAYS, with the reply; until then an attempt leaves it out of the transaction
 and lists it in `refused` as "suppressed: <that reply>", without asking the server again.
-`DeliveryAttempt` calls `screen()` before the SMTP transaction and `learn()` after it.
+`DeliveryAttempt` calls `screen()` before the SMTP transaction and `learn()` after it. A
+failed request retried by hand (delivery/lifecycle.py) takes its refused recipients off the
+list first (`forget_refused()`): retrying says the cause is fixed; refused again, they go back.
 
 A store that cannot be read here does not hold the message up or fail it: the attempt sends
 to every pending recipient without the check (a suppressed one gets one more refusal, which
@@ -35,6 +37,20 @@ SUPPRESSED = "suppressed: "  # the start of a suppressed recipient's line in `re
 def no_such_user(reply: str) -> bool:
     """Whether an RCPT reply says the mailbox does not exist (or is disabled) for good."""
     return NO_SUCH_USER.match(reply.strip()) is not None
+
+
+def forget_refused(store: StatusStore, account: str, refused: Mapping[str, str]) -> None:
+    """Take a retried request's recipients that were refused as unknown, or suppressed, off
+    `account`'s list; a store error leaves them on it (the retry is not held up)."""
+    for address, reason in refused.items():
+        if no_such_user(reason.removeprefix(SUPPRESSED)):
+            try:
+                store.unsuppress(account, address)
+            except ValueError:
+                continue
+            except StoreError as exc:
+                logger.warning("suppression list unwritable: %s (entries kept)", exc)
+                return
 
 
 class SuppressionFilter:
