@@ -40,6 +40,7 @@ from mailservice.api.schemas import check_header_value
 from mailservice.api.sender_check_routes import EXTENSION as SENDER_CHECK
 from mailservice.api.sender_check_routes import sender_check_blueprint
 from mailservice.api.sms_gateways import gateway_table
+from mailservice.api.suppression_routes import suppression_blueprint
 from mailservice.api.template_routes import template_blueprint
 from mailservice.api.tokens import TokenIssuer
 from mailservice.api.v1_routes import v1_blueprint
@@ -106,6 +107,7 @@ def create_app(
     app.register_blueprint(template_blueprint())
     app.register_blueprint(metrics_blueprint())  # GET /metrics, ADMIN_TOKEN only
     app.register_blueprint(sender_check_blueprint())  # GET /senders/check, ADMIN_TOKEN only
+    app.register_blueprint(suppression_blueprint())  # /admin/suppressions, ADMIN_TOKEN only
     app.register_blueprint(dashboard_blueprint(None if outbox is None else Outbox(outbox)))
     app.register_blueprint(docs_blueprint(settings))  # GET /openapi.json, /docs
     register_error_handlers(app)

@@ -76,6 +76,7 @@ class Settings:
     templates_dir: str = ""  # empty: only the shipped templates
     batch_max: int = 100
     max_schedule_days: int = 30  # how far ahead a `send_at` may be
+    suppression_days: int = 30  # how long a "no such user" recipient stays suppressed
     webhook_url: str = ""  # empty: no deployment-wide webhook
     webhook_secret: str = field(default="", repr=False)
     webhook_allow_private: bool = False
@@ -272,6 +273,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "TEMPLATES_DIR": ("templates_dir", str.strip),
     "BATCH_MAX": ("batch_max", _positive(int)),
     "MAX_SCHEDULE_DAYS": ("max_schedule_days", _positive(int)),
+    "SUPPRESSION_DAYS": ("suppression_days", _positive(int)),
     "WEBHOOK_URL": ("webhook_url", _http_url),
     "WEBHOOK_SECRET": ("webhook_secret", str),
     "WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _off_switch),

@@ -1,6 +1,6 @@
 """The house's layering, read from the imports: the package never imports the root modules,
 sub-packages import one way only, and the store backends import only the contract (with the
-codec and the dashboard's listing types) and their own helpers."""
+codec, the dashboard's listing types and the suppression list's) and their own helpers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ BACKEND_MAY_IMPORT = {
     "mailservice.stores.contract",
     "mailservice.stores.codec",
     "mailservice.stores.listing",
+    "mailservice.stores.suppressions",
     "mailservice.errors",
 }
 # A backend's own helper modules, imported by that backend alone.
@@ -22,6 +23,9 @@ BACKEND_HELPERS = {
     "sqlite_writes": "sqlite_store",
     "redis_scripts": "redis_store",
     "redis_listing": "redis_store",
+    "memory_suppressions": "memory_store",
+    "sqlite_suppressions": "sqlite_store",
+    "redis_suppressions": "redis_store",
 }
 PACKAGE = Path(__file__).parent.parent / "mailservice"
 

@@ -276,6 +276,19 @@ def test_a_550_ends_failed_with_the_servers_reason(path):
     assert status["refused"] == {"nobody@example.com": "550 5.1.1 no such user"}
 
 
+def test_a_recipient_refused_as_unknown_is_suppressed_and_never_asked_again(path):
+    gone = f"gone-{path.dispatcher}@example.com"
+    path.sink.handler.refuse[gone] = "550 5.1.1 no such user"
+    first = delivered(path, message(recipient=[gone, "user@example.com"]))
+    assert first["refused"] == {gone: "550 5.1.1 no such user"}
+    # The worker (with Celery) recorded it; the next send, sent by a worker too, skips it.
+    again = path.send(message(recipient=[gone]))
+    status = path.final(again.get_json()["request_id"])
+    assert status["status"] == "failed"
+    assert status["refused"] == {gone: "suppressed: 550 5.1.1 no such user"}
+    assert path.sink.handler.asked.count(gone) == 1, "the server was asked once"
+
+
 def test_an_idempotency_key_repeat_is_one_request_and_one_message(path):
     headers = {"Idempotency-Key": f"send-path-{path.dispatcher}"}
     first = path.send(message(subject="Idem"), **headers)

@@ -101,7 +101,7 @@ def test_unversioned_file_is_migrated_to_the_current_version_and_keeps_its_recor
     assert pragma(path, "user_version") == 0
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 5
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 6
         assert store.get(REQUEST_ID) == record  # later columns read as their defaults
         assert store.get(REQUEST_ID).history == ()  # type: ignore[union-attr]
         assert store.payload(REQUEST_ID) == '{"subject": "kept"}'
@@ -151,7 +151,7 @@ def test_version_4_file_is_migrated_keeping_its_counts_and_its_triggers_take_eve
     path = version_4_file(tmp_path / "v4.db", monkeypatch)
     store = SqliteStatusStore(str(path), ttl=60)
     try:
-        assert pragma(path, "user_version") == SCHEMA_VERSION == 5
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 6
         counts = store.counts()
         assert counts[EmailStatus.SENT] == 1 and counts[EmailStatus.QUEUED] == 1
         with contextlib.closing(sqlite3.connect(path)) as db:
@@ -172,6 +172,33 @@ def test_version_4_file_is_migrated_keeping_its_counts_and_its_triggers_take_eve
         finished = store._finished_in([minute])
         assert finished[(minute, EmailStatus.CANCELED)] == 1
         assert store.payload(REQUEST_ID) is None
+    finally:
+        store.close()
+
+
+def test_version_5_file_gets_the_suppression_list_and_keeps_its_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from mailservice.stores import sqlite_schema
+
+    path = tmp_path / "v5.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:5])
+        patch.setattr(sqlite_schema, "SCHEMA_VERSION", 5)
+        old = SqliteStatusStore(str(path), ttl=60)
+        old.create(new_record(), "{}")
+        old.close()
+    assert pragma(path, "user_version") == 5
+    store = SqliteStatusStore(str(path), ttl=60)
+    try:
+        assert pragma(path, "user_version") == SCHEMA_VERSION == 6
+        assert store.get(REQUEST_ID) is not None
+        store.suppress("s@example.com", "gone@example.net", "550 5.1.1", utcnow() + timedelta(1))
+        assert store.suppressed("s@example.com", ["gone@example.net"]) == {
+            "gone@example.net": "550 5.1.1"
+        }
     finally:
         store.close()
 

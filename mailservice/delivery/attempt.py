@@ -11,7 +11,9 @@ another one owns the request now, or it ended elsewhere). A dispatcher (the thre
 Celery task) acts on that answer; `save_retry()` and `save_final()` record the statuses it
 carries, and `save_final()` announces the end (the `Finished` event) once the store has it.
 Each SMTP transaction is announced too (`Attempted`: its time, what the server made of it,
-whether a retry follows), here, the one place that knows.
+whether a retry follows), here, the one place that knows. With a `SuppressionFilter`
+(`suppression.py`), the recipients on the sender account's suppression list leave the
+transaction first, and its "no such user" refusals join the list after it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mailservice.delivery.message_spec import MessageSpec, PayloadError
 from mailservice.delivery.outgoing import outgoing
 from mailservice.delivery.relays import Relays
 from mailservice.delivery.smtp_client import SmtpClient
+from mailservice.delivery.suppression import SuppressionFilter
 from mailservice.delivery.transitions import (
     JITTER,
     Final,
@@ -148,8 +151,10 @@ class DeliveryAttempt:
         clock: Callable[[], float] = time.monotonic,
         gate: AccountGate | None = None,
         relays: Relays | None = None,
+        suppression: SuppressionFilter | None = None,
     ) -> None:
         self.store = store
+        self.suppression = suppression
         self.smtp = smtp
         self.relays = relays or Relays()  # a sender's second server (delivery/relays.py)
         self.events = events
@@ -184,6 +189,12 @@ class DeliveryAttempt:
             spec = MessageSpec.from_json(payload)
         except PayloadError as exc:
             return Outcome(self.failed(state, f"the stored request cannot be read: {exc}"), None)
+        if self.suppression is not None:  # suppressed recipients leave the transaction
+            record = state.record = self.suppression.screen(record, sender.account)
+            if not record.pending:  # nobody left: no SMTP connection at all
+                ended = finish(record, EmailStatus.SENT, None, now=utcnow(),
+                               possibly_delivered=state.possibly_delivered)  # fmt: skip
+                return Outcome(Final(ended), None)
         # The same transaction a dry run shows (delivery/outgoing.py).
         out = outgoing(spec, sender, state.request_id, record.created_at, record.pending)
         started = self._clock()
@@ -213,6 +224,8 @@ class DeliveryAttempt:
             if at_limit and (limited := self._limited(state, sender, at_limit, started)):
                 return limited  # every recipient still pending, for after the pause
         state.record = delivered(record, outcome.refused, outcome.deferred)
+        if self.suppression is not None:
+            self.suppression.learn(sender.account, outcome.refused, state.request_id)
         state.deferred = dict(outcome.deferred)
         # Someone took it; else a deferred recipient makes it worth another try; else every
         # recipient was refused.

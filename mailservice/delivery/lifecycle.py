@@ -11,7 +11,9 @@ change is tried again on a fresh read, a few times.
 The process that canceled or retried a request becomes its owner: its lease covers the
 canceled request's webhook, and the retried request's attempts, which its own dispatcher
 makes. A cancel is announced (`Finished`) once the store took it, as any end is; a retry
-(`Accepted`, source "retry") likewise, and then it is handed to the dispatcher. Nothing here
+(`Accepted`, source "retry") likewise, and then it is handed to the dispatcher; its recipients
+refused as unknown leave the sender's suppression list first (`suppression.forget_refused`).
+Nothing here
 knows of HTTP: the routes (api/lifecycle_routes.py) map `Unknown` to 404 and `Refused` to 409.
 """
 
@@ -21,6 +23,7 @@ import sys
 from dataclasses import replace
 
 from mailservice.delivery.dispatcher import Dispatcher
+from mailservice.delivery.suppression import forget_refused
 from mailservice.events.bus import Accepted, EventBus, Finished
 from mailservice.senders import Sender
 from mailservice.stores.contract import (
@@ -141,6 +144,7 @@ class Lifecycle:
             )
             new = retry_record(record, self.dispatcher.owner, webhook)
             if self.store.replace(new, record, restore=True):
+                forget_refused(self.store, sender.account, record.refused)  # the cause is fixed
                 self.events.emit(Accepted(new, RETRY_SOURCE))
                 self.dispatcher.submit(new, payload, sender)
                 return new

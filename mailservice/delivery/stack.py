@@ -29,6 +29,7 @@ from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.relays import Relays
 from mailservice.delivery.scheduler import DueScheduler
 from mailservice.delivery.smtp_client import SmtpClient
+from mailservice.delivery.suppression import SuppressionFilter
 from mailservice.errors import ConfigError
 from mailservice.events.bus import EventBus
 from mailservice.events.metrics import DeliveryMetrics, relay_failovers, state_gauges
@@ -126,6 +127,7 @@ def build_stack(
         retry_backoff=settings.retry_backoff,
         gate=gate,
         relays=Relays(settings.relay_failback_seconds, on_failover=relay_failovers(metrics).inc),
+        suppression=SuppressionFilter(store, settings.suppression_days),  # every dispatcher's
     )
     dispatcher = make_dispatcher(attempt)
     webhooks = WebhookNotifier(

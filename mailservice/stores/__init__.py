@@ -3,18 +3,21 @@
     contract.py      the record, its statuses, the StatusStore interface
     codec.py         a record as text fields (Redis, SQLite)
     listing.py       what the dashboard reads: recent pages, searches, per-minute counts
-    memory_store.py  memory://   one process
+    suppressions.py  each sender account's suppression list: its values and interface part
+    memory_store.py  memory://   one process (memory_suppressions.py: its suppression lists)
     sqlite_store.py  sqlite:///  durable, one machine
     sqlite_schema.py             its file's schema version and migrations
     sqlite_listing.py            its reads for the dashboard
     sqlite_writes.py             its UPDATEs of save() and replace()
+    sqlite_suppressions.py       its suppression lists
     redis_store.py   redis://    durable, several processes and hosts
     redis_scripts.py             its Lua scripts
     redis_listing.py             its reads for the dashboard
+    redis_suppressions.py        its suppression lists
 
-Backends import only the contract, the codec, the listing types and `mailservice.errors` (and
-their own helper modules); this registry alone imports the backends (Redis and SQLite on use).
-tests/test_layering.py checks both rules.
+Backends import only the contract, the codec, the listing and suppression types and
+`mailservice.errors` (and their own helper modules); this registry alone imports the backends
+(Redis and SQLite on use). tests/test_layering.py checks both rules.
 """
 
 from __future__ import annotations

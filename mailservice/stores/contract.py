@@ -7,8 +7,9 @@ payload is dropped (a failed request's is kept apart for `failed_content_ttl`, f
 retry) and the status is kept for `ttl` seconds. A request accepted for later is `scheduled`
 until `due()` lists it. The store knows nothing of SMTP or HTTP. What the operator's dashboard
 reads (the recent list, the counts by status, the sends per minute) are bounded queries whose
-value types live in `stores/listing.py`. `tests/test_status_store.py` is the contract's test
-suite, run on every backend.
+value types live in `stores/listing.py`. Each sender account's suppression list is the
+interface's part `stores/suppressions.SuppressionStore`. `tests/test_status_store.py` is the
+contract's test suite, run on every backend.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+from mailservice.stores.suppressions import SuppressionStore
 
 if TYPE_CHECKING:  # listing.py builds on the record defined here
     from mailservice.stores.listing import MinuteSends, RecentPage, Search
@@ -221,7 +224,7 @@ class OutageLog:
                 self._logger.warning(self._up_line)
 
 
-class StatusStore(ABC):
+class StatusStore(SuppressionStore, ABC):
     """The interface every backend implements; `tests/test_status_store.py` is its contract.
 
     `durable` says whether an accepted request outlives this process in the store. A durable
@@ -238,7 +241,8 @@ class StatusStore(ABC):
     owner named in a hand-over (a task on a broker) to the one that received it, whether that
     owner's lease is alive or not. A final record whose webhook is still `pending` is
     found by `webhook_orphans()` and taken over by `claim_webhook()` in the same way, so that a
-    webhook outlives the process that owed it.
+    webhook outlives the process that owed it. A durable store keeps each account's
+    suppression list too (`SuppressionStore`), shared by every process.
     """
 
     durable = False
@@ -379,7 +383,7 @@ class StatusStore(ABC):
         given minutes (`listing.minute_of` keys), in one call; counters are kept `MINUTES_KEPT`
         minutes."""
 
-    def heartbeat(self, owner: str, lease_seconds: float) -> None:  # noqa: B027
+    def heartbeat(self, owner: str, lease_seconds: float) -> None:
         """Renew `owner`'s lease on its records; 0 gives them up at once."""
 
     def orphans(self, limit: int) -> list[str]:
@@ -422,12 +426,12 @@ class StatusStore(ABC):
         Atomic: of two claimants, one gets it."""
         return None
 
-    def purge_expired(self) -> None:  # noqa: B027
+    def purge_expired(self) -> None:
         """Delete what has expired, for backends that don't expire by themselves."""
 
     def durability_warnings(self) -> list[str]:
         """What in the backend's setup can lose accepted requests (logged at start-up)."""
         return []
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections."""

@@ -32,6 +32,8 @@ from mailservice.stores.listing import (
     parse_cursor,
     sort_key,
 )
+from mailservice.stores.memory_suppressions import MemorySuppressions
+from mailservice.stores.suppressions import Suppression, SuppressionPage
 
 MEMORY_MAX_FINISHED = 100_000
 
@@ -45,7 +47,7 @@ class MemoryStatusStore(StatusStore):
     bounded structures, changed under the same lock as the records: the newest
     RECENT_WINDOW ids sorted by creation, the counters by status and those per minute. A
     failed request's content waits apart from the payloads, with its deadline; scheduled
-    requests are a list sorted by send_at.
+    requests are a list sorted by send_at. The suppression lists are `MemorySuppressions`.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class MemoryStatusStore(StatusStore):
         self._scheduled: list[tuple[int, str]] = []  # (send_at, id) ascending, scheduled ones
         self._counts: Counter[EmailStatus] = Counter()
         self._finished: dict[str, Counter[EmailStatus]] = {}  # minute -> final statuses
+        self._lists = MemorySuppressions()
 
     def _counted(self, old: StatusRecord | None, new: StatusRecord) -> None:
         """The counters after `old` (None: a new request) became `new`; under the lock."""
@@ -278,3 +281,17 @@ class MemoryStatusStore(StatusStore):
                 for minute in minutes
                 for status, count in self._finished.get(minute, Counter()).items()
             }
+
+    def _suppress(self, entry: Suppression) -> None:
+        self._lists.suppress(entry)
+
+    def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
+        return self._lists.suppressed(account, addresses)
+
+    def _suppressions(
+        self, account: str | None, limit: int, after: tuple[str, str] | None
+    ) -> SuppressionPage:
+        return self._lists.suppressions(account, limit, after)
+
+    def _unsuppress(self, account: str, address: str) -> bool:
+        return self._lists.unsuppress(account, address)

@@ -8,7 +8,9 @@ Keys are namespaced: `mail:req:<request_id>` (the record and, until final, its p
 walked with SSCAN, a bounded part per call), `mail:recent`, `mail:counts` and
 `mail:finished:<minute>:<status>` (the dashboard's index and counters, changed by the create
 and save scripts; read by `redis_listing.py`), `mail:owner:<owner>` (a process's lease,
-expiring unless renewed) and `mail:idem:<scope>` (Idempotency-Keys, 24 h). Each write is one
+expiring unless renewed), `mail:idem:<scope>` (Idempotency-Keys, 24 h), and the suppression
+lists' `mail:supp:<account> <address>` and `mail:suppressions` (`redis_suppressions.py`,
+which names them). Each write is one
 round trip: a short Lua script that checks and writes atomically (the owner check of `save`,
 the compare-and-set of `replace` with its restore, the hand-over of `take` with the record it
 returns, the set-if-absent of an Idempotency-Key with the create, and every record of a batch
@@ -67,6 +69,8 @@ from mailservice.stores.redis_scripts import (
     TAKE,
     WEBHOOK_ORPHANS,
 )
+from mailservice.stores.redis_suppressions import RedisSuppressions
+from mailservice.stores.suppressions import Suppression, SuppressionPage
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +127,7 @@ class RedisStatusStore(StatusStore):
         self._outage = OutageLog(logger)
         self._webhook_scan: tuple[str, int] = ("0", 0)  # where webhook_orphans() goes on
         self._listing = RedisListing(client, KEY_PREFIX, RECENT, COUNTS, FINISHED_PREFIX)
+        self._lists = RedisSuppressions(client)
 
     @classmethod
     def from_url(
@@ -323,6 +328,24 @@ class RedisStatusStore(StatusStore):
     def ping(self) -> None:
         with self._guard():
             self.client.ping()
+
+    def _suppress(self, entry: Suppression) -> None:
+        with self._guard():
+            self._lists.suppress(entry)
+
+    def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
+        with self._guard():
+            return self._lists.suppressed(account, addresses)
+
+    def _suppressions(
+        self, account: str | None, limit: int, after: tuple[str, str] | None
+    ) -> SuppressionPage:
+        with self._guard():
+            return self._lists.suppressions(account, limit, after)
+
+    def _unsuppress(self, account: str, address: str) -> bool:
+        with self._guard():
+            return self._lists.unsuppress(account, address)
 
     def durability_warnings(self) -> list[str]:
         """What in the server's configuration can lose accepted requests."""

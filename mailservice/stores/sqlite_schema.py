@@ -133,6 +133,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         END;
         """,
     ),
+    # Version 6: each sender account's suppression list (API.md section 3, "Suppression
+    # list"), in (account, address) order for its listing; times in epoch seconds, `until`
+    # indexed for purge_expired().
+    (
+        6,
+        """
+        CREATE TABLE IF NOT EXISTS suppressions (
+            account TEXT NOT NULL, address TEXT NOT NULL, reason TEXT NOT NULL,
+            created_at REAL NOT NULL, until REAL NOT NULL,
+            PRIMARY KEY (account, address)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS suppressions_until ON suppressions (until);
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -12,7 +12,8 @@ in `kept_payload` until `kept_until`. Expired statuses and kept content are dele
 `purge_expired()`. The dashboard's reads (`sqlite_listing.py`) go through an
 index and the counters that the schema's triggers keep in the same statement as each write.
 The file's schema version and its migrations live in `sqlite_schema.py`, the UPDATE statements
-of `save()` and `replace()` in `sqlite_writes.py`.
+of `save()` and `replace()` in `sqlite_writes.py`, the suppression lists (the `suppressions`
+table) in `sqlite_suppressions.py`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ from mailservice.stores.contract import (
 )
 from mailservice.stores.listing import RecentPage, Search, check_limit, parse_cursor
 from mailservice.stores.sqlite_schema import open_database
+from mailservice.stores.sqlite_suppressions import PURGE as PURGE_SUPPRESSIONS
+from mailservice.stores.sqlite_suppressions import SqliteSuppressions
 from mailservice.stores.sqlite_writes import FORGET_KEPT, KEPT_OF, replace_update, save_update
+from mailservice.stores.suppressions import Suppression, SuppressionPage
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,7 @@ class SqliteStatusStore(StatusStore):
             self._db = open_database(path, timeout=BUSY_TIMEOUT)
         except (sqlite3.Error, OSError) as exc:
             raise ConfigError(f"STATUS_STORE_URL: cannot open SQLite file {path}: {exc}") from exc
+        self._lists = SqliteSuppressions(self._transaction, clock)
 
     @classmethod
     def from_url(
@@ -361,7 +366,22 @@ class SqliteStatusStore(StatusStore):
             db.execute("DELETE FROM requests WHERE expires_at <= ?", (now,))
             db.execute(FORGET_KEPT, {"now": now})
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            db.execute(PURGE_SUPPRESSIONS, {"now": now})
             db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
+
+    def _suppress(self, entry: Suppression) -> None:
+        self._lists.suppress(entry)
+
+    def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
+        return self._lists.suppressed(account, addresses)
+
+    def _suppressions(
+        self, account: str | None, limit: int, after: tuple[str, str] | None
+    ) -> SuppressionPage:
+        return self._lists.suppressions(account, limit, after)
+
+    def _unsuppress(self, account: str, address: str) -> bool:
+        return self._lists.unsuppress(account, address)
 
     def close(self) -> None:
         with self._lock:

@@ -8,10 +8,10 @@ A scripted `DROP` closes the connection; `("SLEEP", seconds)` delays the reply; 
 answers late). `GreetingServer` answers every connection with one line (a 421) and closes it;
 `SilentServer` accepts connections and never says a word. `SmtpServer(eight_bit_mime=False)`
 does not offer 8BITMIME in its EHLO answer (a server of RFC 6152's "7-bit only" kind),
-`handler.ehlo_names` records the name each client gave in EHLO, and `handler.quits` counts the
-sessions ended with QUIT. `CountingController` is aiosmtpd's Controller with sessions that tell
-their handler of each connection opened and closed; the bench's counting sink (bench/sink.py)
-runs on it too.
+`handler.ehlo_names` records the name each client gave in EHLO, `handler.asked` every RCPT TO
+address (refused ones too), and `handler.quits` counts the sessions ended with QUIT.
+`CountingController` is aiosmtpd's Controller with sessions that tell their handler of each
+connection opened and closed; the bench's counting sink (bench/sink.py) runs on it too.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ class ScriptedHandler:
         self.rejected: list[Received] = []  # messages whose DATA got a scripted answer
         self.scripts: dict[str, deque[Any]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
         self.refuse: dict[str, str] = {}  # recipient -> reply, every time
+        self.asked: list[str] = []  # every RCPT TO address, accepted or refused, in order
         self.connections = 0
         self.disconnections = 0
         self.open_sessions: set[SmtpProtocol] = set()
@@ -125,6 +126,8 @@ class ScriptedHandler:
     async def handle_RCPT(
         self, server: SmtpProtocol, session: Session, envelope: Envelope, address: str, options
     ) -> str:
+        with self._lock:
+            self.asked.append(address)
         if address in self.refuse:
             return self.refuse[address]
         reply = await self._scripted("RCPT", server)
