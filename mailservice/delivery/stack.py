@@ -39,9 +39,8 @@ from mailservice.events.status_watch import StatusWatch
 from mailservice.events.webhook_client import WebhookClient
 from mailservice.events.webhooks import WebhookNotifier
 from mailservice.senders import SenderDirectory
-from mailservice.stores import store_from_url
+from mailservice.stores import redis_client_of, store_from_url
 from mailservice.stores.contract import StatusStore
-from mailservice.stores.redis_store import RedisStatusStore
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +86,8 @@ class DeliveryStack:
 def gate_backend(store: StatusStore) -> GateBackend:
     """The sender gate's state: in the store's Redis, shared by every process, when the store
     is Redis; else this process's own (delivery/account_gate.py)."""
-    if isinstance(store, RedisStatusStore):
-        return RedisGateBackend(store.client)
-    return MemoryGateBackend()
+    client = redis_client_of(store)
+    return MemoryGateBackend() if client is None else RedisGateBackend(client)  # type: ignore[arg-type]
 
 
 def build_stack(

@@ -75,3 +75,11 @@ def store_from_url(url: str, ttl: int, failed_content_ttl: int = FAILED_CONTENT_
         known = ", ".join(f"{name}://" for name in STORE_BACKENDS)
         raise ConfigError(f"STATUS_STORE_URL scheme {scheme!r} is not supported (use {known})")
     return factory(url, ttl, failed_content_ttl)
+
+
+def redis_client_of(store: StatusStore) -> object | None:
+    """The Redis client of a Redis store (its server also keeps what every process of a
+    deployment shares besides statuses: the sender gate's counts and pauses), else None."""
+    from mailservice.stores.redis_store import RedisStatusStore
+
+    return store.client if isinstance(store, RedisStatusStore) else None
