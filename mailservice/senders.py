@@ -99,7 +99,7 @@ class Sender:
     # A secret of this sender's own for HS256 JWTs its clients sign (the older FastAPI services'
     # clients); empty: such a JWT verifies under the API key itself.
     jwt_secret: str = field(default="", repr=False)
-    # The account's own limits (delivery/pacing.py): None, unlimited.
+    # The account's own limits (delivery/account_gate.py): None, unlimited.
     rate: Rate | None = None
     daily_limit: int | None = None
     # A second SMTP server for the same login (relay failover); empty host: none.

@@ -108,16 +108,19 @@ def test_the_gate_pauses_on_a_limit_and_doubles_after_a_failed_probe():
     me = sender()
     limit = "421 4.7.0 rate limit exceeded (at MAIL FROM)"
     assert gate.ask(me, "r1") == (0.0, None)
-    assert gate.judge(me, limit, False) == 0.3
+    assert gate.judge(me, limit, "transient") == 0.3
     wait, why = gate.ask(me, "r1")
     assert wait > 0 and why is not None and why.startswith("sender paused: 421 4.7.0")
     # A message already on its way meets the same limit: the same pause, not a longer one.
-    assert gate.judge(me, limit, False) <= 0.3
+    assert gate.judge(me, limit, "transient") <= 0.3
     assert wait_for(lambda: gate.ask(me, "probe") == (0.0, None), timeout=5)
     # The probe's failure (a limit again, naming no time) doubles the pause.
-    assert gate.judge(me, limit, False) == 0.6
+    assert gate.judge(me, limit, "transient") == 0.6
     assert list(gate.pauses([me.account])) == [me.account]
-    gate.succeeded(me)
+    gate.succeeded(me)  # sent before this pause: it stays
+    assert list(gate.pauses([me.account])) == [me.account]
+    assert wait_for(lambda: gate.ask(me, "probe 2") == (0.0, None), timeout=5)
+    gate.succeeded(me)  # the second probe is accepted: the pause is over
     assert gate.pauses([me.account]) == {}
 
 
@@ -125,11 +128,11 @@ def test_a_run_of_transient_failures_pauses_the_account_but_not_other_replies():
     gate = AccountGate(MemoryGateBackend(), pause_seconds=10.0, failures=3)
     me, other = sender(), sender(email="b@x.test")
     for _ in range(5):  # connection failures pause the server (dispatch_queue), not this
-        assert gate.judge(me, "cannot connect", connect_failed=True) is None
-    assert gate.judge(me, "550 5.7.1 denied (at RCPT TO)", False) is None
+        assert gate.judge(me, "cannot connect", "connect") is None
+    assert gate.judge(me, "550 5.7.1 denied (at RCPT TO)", "transient") is None
     assert gate.pauses([me.account]) == {}
     for _ in range(3):
-        assert gate.judge(me, "451 4.3.0 try later (at end of DATA)", False) is None
+        assert gate.judge(me, "451 4.3.0 try later (at end of DATA)", "transient") is None
     assert list(gate.pauses([me.account, other.account])) == [me.account]
     assert gate.ask(other, "r1") == (0.0, None)  # another account is not slowed
 
@@ -160,8 +163,101 @@ def test_an_unlimited_account_is_not_asked_about_for_every_message():
 def test_a_probe_that_fails_for_another_reason_pauses_again_for_longer():
     gate = AccountGate(MemoryGateBackend(), pause_seconds=0.2, failures=3)
     me = sender()
-    gate.judge(me, "421 4.7.0 rate limit exceeded (at MAIL FROM)", False)
+    gate.judge(me, "421 4.7.0 rate limit exceeded (at MAIL FROM)", "transient")
     assert wait_for(lambda: gate.ask(me, "probe") == (0.0, None), timeout=5)
-    assert gate.judge(me, "451 4.3.0 try later (at end of DATA)", False) is None
+    assert gate.judge(me, "451 4.3.0 try later (at end of DATA)", "transient") is None
     pause = gate.pauses([me.account])[me.account]
     assert pause.seconds == 0.4  # not left waiting for the lost probe's time-out
+
+
+# -- found by review: the breaker's probe, the pace after a pause, what is not a limit ----------
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_success_sent_before_the_pause_does_not_end_it():
+    gate = AccountGate(MemoryGateBackend(), pause_seconds=300.0)
+    me = sender()
+    assert gate.judge(me, "421 4.7.0 rate limit exceeded (at MAIL FROM)", "transient") == 300.0
+    gate.succeeded(me)  # a message of the same account on its way before the pause
+    wait, _ = gate.ask(me, "next")
+    assert wait > 0
+
+
+def test_after_a_pause_the_backlog_keeps_the_pace(backend: GateBackend):
+    go = lambda rid: reserve(backend, rid, interval=0.2)  # noqa: E731
+    assert go("r0") == (0.0, None)
+    for n in range(1, 6):
+        assert go(f"r{n}")[0] > 0
+    backend.pause("a@x.test", 0.5, "sender paused: 421 rate")
+    assert wait_for(lambda: go("r1") == (0.0, None), timeout=5)  # the probe
+    assert backend.resume("a@x.test") is not None
+    sent_now = [rid for rid in ("r2", "r3", "r4", "r5") if go(rid) == (0.0, None)]
+    assert len(sent_now) <= 1, sent_now  # the pace again, not the whole backlog at once
+
+
+def test_the_probe_is_not_held_back_by_its_own_probe_flag():
+    clock = Clock()
+    backend = MemoryGateBackend(clock=clock)
+    go = lambda rid: backend.reserve("a", rid, 10.0, 0, PROBE_TIMEOUT, PROBE_POLL)  # noqa: E731
+    for n in range(5):
+        go(f"old{n}")
+    backend.pause("a", 20.0, "sender paused: 421 rate")
+    clock.now += 20
+    wait, why = go("new")  # the probe, given a pace slot
+    assert why is None and wait > 0
+    clock.now += wait
+    assert go("new") == (0.0, None)  # it goes: it is the probe
+
+
+def test_a_probe_not_sent_after_all_lets_the_next_request_be_the_probe():
+    clock = Clock()
+    backend = MemoryGateBackend(clock=clock)
+    backend.pause("a", 1.0, "sender paused: 421 rate")
+    clock.now += 1
+    assert backend.reserve("a", "p1", 0, 0, PROBE_TIMEOUT, PROBE_POLL) == (0.0, None)
+    assert backend.reserve("a", "p2", 0, 0, PROBE_TIMEOUT, PROBE_POLL)[0] == PROBE_POLL
+    backend.release("a", "p1")
+    assert backend.reserve("a", "p2", 0, 0, PROBE_TIMEOUT, PROBE_POLL) == (0.0, None)
+
+
+def test_a_content_refusal_of_the_probe_does_not_pause_again():
+    gate = AccountGate(MemoryGateBackend(), pause_seconds=0.05)
+    me = sender()
+    gate.judge(me, "421 4.7.0 rate limit exceeded (at MAIL FROM)", "transient")
+    assert wait_for(lambda: gate.ask(me, "probe") == (0.0, None), timeout=5)
+    gate.judge(me, "554 5.7.1 message content rejected (at end of DATA)", "permanent")
+    paused = gate.pauses([me.account])
+    assert me.account not in paused or paused[me.account].seconds == 0.05  # not doubled
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "server does not support SMTPUTF8 for international addresses",
+        "login refused: 535 5.7.8 bad credentials",
+    ],
+)
+def test_permanent_failures_do_not_count_towards_the_breaker(reason: str):
+    gate = AccountGate(MemoryGateBackend(), pause_seconds=300.0, failures=5)
+    me = sender()
+    for _ in range(5):
+        gate.judge(me, reason, "permanent")
+    assert gate.pauses([me.account]) == {}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "421 4.3.0 Temporary System Problem. Try again later (at MAIL FROM)",
+        "451 Temporary failure, client 5.4.5.9 unknown (at MAIL FROM)",
+    ],
+)
+def test_neither_a_plain_try_again_later_nor_an_address_is_a_limit(reply: str):
+    assert account_limit(reply) is None

@@ -271,6 +271,11 @@ def test_the_route_needs_the_admin_token(checked_app):
         "/senders/check", headers={"Authorization": f"Bearer {API_KEY}"}
     )
     assert with_key.status_code == 401  # a sender's key is no operator's credential
+    # Nor the dashboard's session: a cross-site <img> must not make us log in everywhere.
+    browser = app.test_client()
+    assert browser.post("/login", data={"token": ADMIN_TOKEN}).status_code in (302, 303)
+    assert browser.get("/dashboard").status_code == 200  # the session works there
+    assert browser.get("/senders/check").status_code == 401
     assert server.logins_seen == []
 
 

@@ -144,3 +144,23 @@ def test_pacing_holds_across_two_processes_on_redis(
     assert RATE * 0.9 <= rate <= RATE * 1.1, rate  # within 10% of the limit
     # Never faster: no second holds more than the rate allows (one more at a window's edge).
     assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= RATE + 1
+
+
+def test_a_message_that_would_expire_waiting_for_the_daily_limit_ends_expired_at_once(
+    make_app: Callable[..., Any], smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    senders = tmp_path / "limited.csv"
+    senders.write_text(
+        "key,email,app_password,smtp_host,smtp_port,smtp_security,daily_limit\n"
+        f"{API_KEY},{SENDER},,127.0.0.1,{smtp_server.port},none,1\n"
+    )
+    app = make_app(smtp_server.port, senders_file=str(senders))
+    client = app.test_client()
+    assert wait_final(client, accepted(send(client)))["status"] == "sent"
+    soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    body = {"recipient": "user@example.com", "subject": "Code", "body": "123", "expires_at": soon}
+    final = wait_final(client, accepted(send(client, body)))
+    assert final["status"] == "expired"  # not held until tomorrow, then expired
+    assert len(smtp_server.received) == 1

@@ -19,13 +19,11 @@ from datetime import timedelta
 from typing import Any
 
 from email_validator import EmailNotValidError
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from mailservice.addresses import validate_address
-from mailservice.api.admin_auth import EXTENSION as ADMIN
-from mailservice.api.admin_auth import AdminAuth
-from mailservice.api.auth_guard import check_client, count_failure
-from mailservice.api.http_input import bearer_credential, json_body
+from mailservice.api.admin_api import require_admin_token
+from mailservice.api.http_input import json_body
 from mailservice.api.request_path import service
 from mailservice.errors import ApiError, FieldError
 from mailservice.stores.contract import utcnow
@@ -35,22 +33,6 @@ ROUTE = "/admin/suppressions"
 PAGE_DEFAULT = 50
 OPERATOR_REASON = "added by the operator"  # an entry added without a reason
 BODY_FIELDS = ("sender", "address", "reason")
-
-
-def require_admin_token() -> None:
-    """429 for a client past AUTH_FAIL_LIMIT; 401 unless ADMIN_TOKEN is the Bearer token."""
-    check_client()
-    admin: AdminAuth = current_app.extensions[ADMIN]
-    if admin.token_matches(bearer_credential() or ""):
-        return
-    count_failure()
-    raise ApiError(
-        401,
-        "This API needs the operator's credential: Authorization: Bearer <ADMIN_TOKEN>."
-        if admin.enabled
-        else "ADMIN_TOKEN is not set: the operator's API is closed.",
-        headers={"WWW-Authenticate": 'Bearer realm="admin"'},
-    )
 
 
 def invalid(name: str, message: str) -> ApiError:

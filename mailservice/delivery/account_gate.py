@@ -24,6 +24,7 @@ memory backend of this process's own, logged once when it starts and once when i
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -45,10 +46,12 @@ NAMED_PAUSE_MAX = 86400.0  # a reply's "try again in ..." is believed up to a da
 PROBE_POLL = 5.0  # seconds between asks while a probe is out
 CACHE_SECONDS = 1.0  # how long an unlimited account's pause state is believed
 
-_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_RATE_TEXT = re.compile(
-    r"rate|limit|too many|throttl|slow down|exceeded|quota|try again later", re.IGNORECASE
-)
+# The enhanced status code right after the reply's code (RFC 3463), not any dotted number of
+# its text (an address like 5.4.5.9 is not one).
+_ENHANCED = re.compile(r"^\d{3}[ -]([245])\.(\d{1,3})\.(\d{1,3})\b")
+# Words of a reply about sending too much. Not "try again later" alone: Gmail's 421 4.3.0
+# "Temporary System Problem. Try again later" is the server's, not the account's.
+_RATE_TEXT = re.compile(r"rate|limit|too many|throttl|slow down|exceeded|quota", re.IGNORECASE)
 _NAMED_TIME = re.compile(
     r"\b(?:in|after)\s+(\d{1,6})\s*(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h)\b",
     re.IGNORECASE,
@@ -121,25 +124,27 @@ class AccountGate:
         daily = sender.daily_limit or 0
         if not interval and not daily and not self._paused(account):
             return 0.0, None
-        args = (account, request_id, interval, daily, self.probe_timeout, PROBE_POLL)
+        poll = PROBE_POLL * random.uniform(0.75, 1.25)  # the waiting do not ask in step
+        args = (account, request_id, interval, daily, self.probe_timeout, poll)
         return self._call(lambda b: b.reserve(*args))
 
-    def judge(self, sender: Sender, reason: str, connect_failed: bool) -> float | None:
-        """After a failed transaction: the seconds the account is now paused for when the
-        reply says it is over its limit (the message waits them out uncounted), else None."""
+    def judge(self, sender: Sender, reason: str, kind: str) -> float | None:
+        """After a failed transaction (`kind`: "connect", "transient" or "permanent"): the
+        seconds the account is now paused for when the reply says it is over its limit (the
+        message waits them out uncounted), else None."""
         account = sender.account
-        limit = account_limit(reason) if not connect_failed else None
+        limit = account_limit(reason) if kind != "connect" else None
         if limit is not None:
             with self._lock:
                 self._runs[account] = 0
             return self._pause(account, limit.seconds, f"sender paused: {reason}")
-        if self._paused(account):
+        if kind != "permanent" and self._paused(account):
             pause = self._call(lambda b: b.paused(account))
-            if pause is not None and pause.until <= time.time():  # its probe failed
+            if pause is not None and pause.ended:  # the probe failed, unanswered or 4xx
                 self._pause(account, None, pause.reason)
                 return None
-        if connect_failed or reason.startswith("5"):
-            return None  # the server's breaker counts these; a 5xx says nothing of the account
+        if kind != "transient":
+            return None  # connection failures pause the server; a 5xx says nothing of the account
         with self._lock:
             run = self._runs[account] = self._runs.get(account, 0) + 1
             if run < self.failures:
@@ -149,17 +154,25 @@ class AccountGate:
         return None  # this message retries as usual; the ones after it wait
 
     def succeeded(self, sender: Sender) -> None:
-        """An attempt of the account was accepted: its run of failures and its pause end."""
+        """The account's server answered a transaction (took the message, or said something
+        of its recipients): the run of failures ends, and a pause that has ended is over. A
+        pause still running stays: the message was on its way before it began."""
         account = sender.account
         with self._lock:
             self._runs.pop(account, None)
         if not self._paused(account):
             return
         ended = self._call(lambda b: b.resume(account))
-        with self._lock:
-            self._known[account] = (self._clock(), False)
         if ended is not None:
+            with self._lock:
+                self._known[account] = (self._clock(), False)
             logger.warning("sender %s: its probe was accepted; sending resumes", account)
+
+    def release(self, sender: Sender, request_id: str) -> None:
+        """The request let through will not be sent after all: if it was the probe, the next
+        request to ask is."""
+        if self._paused(sender.account):
+            self._call(lambda b: b.release(sender.account, request_id))
 
     def pauses(self, accounts: list[str]) -> dict[str, Pause]:
         """The accounts paused now (for the metrics and the dashboard)."""
@@ -174,9 +187,10 @@ class AccountGate:
         """Pause the account: for the time the reply names, else twice the last pause (its
         probe failed), else SENDER_PAUSE_SECONDS."""
         previous = self._call(lambda b: b.paused(account))
-        now = time.time()
-        if previous is not None and previous.until > now:
-            return previous.until - now  # met by messages already on their way: one pause
+        if previous is not None and not previous.ended:
+            # Met by messages already on their way: the same pause (its end, roughly, on our
+            # clock: only shown in their status).
+            return max(0.05, previous.until - time.time())
         if named is not None:
             seconds = named
         elif previous is not None:  # the probe failed: twice as long

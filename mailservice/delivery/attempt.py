@@ -22,14 +22,22 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 
-from mailservice.delivery.account_gate import AccountGate, account_limit
+from mailservice.delivery.account_gate import AccountGate
+from mailservice.delivery.account_hold import AccountHold
 from mailservice.delivery.message_spec import MessageSpec, PayloadError
 from mailservice.delivery.outgoing import outgoing
 from mailservice.delivery.relays import Relays
 from mailservice.delivery.smtp_client import SmtpClient
+from mailservice.delivery.steps import (
+    AttemptState,
+    Dropped,
+    Hold,
+    Next,
+    Outcome,
+    WaitForStore,
+)
 from mailservice.delivery.suppression import SuppressionFilter
 from mailservice.delivery.transitions import (
     JITTER,
@@ -41,7 +49,6 @@ from mailservice.delivery.transitions import (
     expire,
     expired,
     finish,
-    held,
 )
 from mailservice.errors import (
     ConnectFailed,
@@ -54,55 +61,18 @@ from mailservice.events.bus import Attempted, EventBus, Finished
 from mailservice.senders import Sender
 from mailservice.stores.contract import EmailStatus, StatusRecord, StatusStore, utcnow
 
+# The step types live in delivery/steps.py; the dispatchers import them from here.
+__all__ = [
+    "AttemptState", "DeliveryAttempt", "Dropped", "Final", "Hold", "Next", "Outcome", "Retry",
+    "WaitForStore", "log_retry", "log_unrecorded",
+]  # fmt: skip
+
 logger = logging.getLogger(__name__)
 
 # An attempt put off because the store could not record `sending` waits this long (doubling
 # per refusal in a row, up to the maximum).
 STORE_WAIT_FIRST = 0.25
 STORE_WAIT_MAX = 5.0
-
-
-@dataclass(slots=True, eq=False)
-class AttemptState:
-    """What a dispatcher keeps of one request between its attempts."""
-
-    record: StatusRecord
-    payload: str | None  # the stored spec while it is held in memory; None: read the store's
-    deferred: dict[str, str] = field(default_factory=dict)  # 4xx at RCPT, last attempt
-    possibly_delivered: bool = False  # an attempt got no reply to the end of DATA
-    store_waits: int = 0  # attempts put off in a row because the store refused `sending`
-
-    @property
-    def request_id(self) -> str:
-        return self.record.request_id
-
-
-@dataclass(frozen=True, slots=True)
-class WaitForStore:
-    """The store could not record `sending`: try the attempt again after `delay`, uncounted."""
-
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Hold:
-    """The sender's account may not send now (over its pace, paused, over its daily limit,
-    delivery/account_gate.py): try again after `delay`, no attempt spent."""
-
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    """Nothing more to do here: another process owns the request, or it ended elsewhere
-    (`ended`: its final record as the store has it, canceled or expired by whoever announced
-    it; nothing alarming, nothing to announce again)."""
-
-    reason: str
-    ended: StatusRecord | None = None
-
-
-Next = Retry | Final | WaitForStore | Hold | Dropped
 
 
 def log_unrecorded(record: StatusRecord) -> None:
@@ -128,14 +98,6 @@ def log_retry(step: Retry) -> None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What comes next, and whether the SMTP server answered (None: no connection tried)."""
-
-    next: Next
-    answered: bool | None
-
-
 class DeliveryAttempt:
     """Runs attempts against one store and SMTP client, under one retry policy."""
 
@@ -158,7 +120,7 @@ class DeliveryAttempt:
         self.smtp = smtp
         self.relays = relays or Relays()  # a sender's second server (delivery/relays.py)
         self.events = events
-        self.gate = gate
+        self.hold = AccountHold(gate, store, events, clock) if gate is not None else None
         self.max_attempts = max_attempts
         self.retry_backoff = retry_backoff
         self._jitter = jitter
@@ -174,27 +136,26 @@ class DeliveryAttempt:
             now = utcnow()
             if expired(state.record, now):
                 return Outcome(Final(self._expire(state, now)), None)
-            if self.gate is not None:
-                wait, why = self.gate.ask(sender, state.request_id)
-                if wait > 0:
-                    return Outcome(self._hold(state, wait, why, now), None)
+            if self.hold is not None and (step := self.hold.before(state, sender, now)):
+                return Outcome(self._held(state, step), None)
             record = begin(state.record, now)
             owned = self.store.save(record)
         except StoreError:
             return Outcome(self._wait_for_store(state), None)
         if not owned:
-            return Outcome(self._dropped(state), None)
+            return Outcome(self._released(state, sender, self._dropped(state)), None)
         state.record, state.store_waits, state.deferred = record, 0, {}
         try:
             spec = MessageSpec.from_json(payload)
         except PayloadError as exc:
-            return Outcome(self.failed(state, f"the stored request cannot be read: {exc}"), None)
+            reason = f"the stored request cannot be read: {exc}"
+            return Outcome(self._released(state, sender, self.failed(state, reason)), None)
         if self.suppression is not None:  # suppressed recipients leave the transaction
             record = state.record = self.suppression.screen(record, sender.account)
             if not record.pending:  # nobody left: no SMTP connection at all
                 ended = finish(record, EmailStatus.SENT, None, now=utcnow(),
                                possibly_delivered=state.possibly_delivered)  # fmt: skip
-                return Outcome(Final(ended), None)
+                return Outcome(self._released(state, sender, Final(ended)), None)
         # The same transaction a dry run shows (delivery/outgoing.py).
         out = outgoing(spec, sender, state.request_id, record.created_at, record.pending)
         started = self._clock()
@@ -208,21 +169,22 @@ class DeliveryAttempt:
                 out.smtputf8,
             )
         except PermanentDelivery as exc:
-            if (limited := self._limited(state, sender, exc.reason, started)) is not None:
+            if limited := self._limited(state, sender, exc.reason, "permanent", started):
                 return limited
             return self._attempted(started, "permanent", self.failed(state, exc.reason), True)
         except TransientDelivery as exc:
             state.possibly_delivered |= isinstance(exc, PossiblyDelivered)
             connect = isinstance(exc, ConnectFailed)
-            if not connect and (limited := self._limited(state, sender, exc.reason, started)):
+            kind = "connect" if connect else "transient"
+            if limited := self._limited(state, sender, exc.reason, kind, started):
                 return limited
             step = self._after_failure(state, exc.reason)
             return self._attempted(started, "transient", step, not connect)
-        if not outcome.accepted:  # refused for the account (Gmail's 5.4.5 at RCPT), not them?
-            replies = [*outcome.refused.values(), *outcome.deferred.values()]
-            at_limit = next((r for r in replies if account_limit(r) is not None), None)
-            if at_limit and (limited := self._limited(state, sender, at_limit, started)):
-                return limited  # every recipient still pending, for after the pause
+        if self.hold is not None:
+            if not outcome.accepted and (step := self.hold.after_rcpt(state, sender, outcome,
+                                                                      started)):  # fmt: skip
+                return Outcome(self._held(state, step), True)  # every recipient still pending
+            self.hold.answered(sender)
         state.record = delivered(record, outcome.refused, outcome.deferred)
         if self.suppression is not None:
             self.suppression.learn(sender.account, outcome.refused, state.request_id)
@@ -234,45 +196,28 @@ class DeliveryAttempt:
             reason = "; ".join(f"{a}: {r}" for a, r in outcome.deferred.items())
             return self._attempted(started, kind, self._after_failure(state, reason), True)
         final = Final(finish(state.record, EmailStatus.SENT, None, now=utcnow()))
-        if self.gate is not None:
-            self.gate.succeeded(sender)
         return self._attempted(started, kind, final, True)
 
-    def _hold(self, state: AttemptState, wait: float, why: str | None, now: datetime) -> Next:
-        """Wait for the sender's account; a pause or a daily limit shows in the status."""
-        if why is None:  # over the pace: a moment, not worth a write
-            return Hold(wait)
-        record = held(state.record, f"{why}; resumes in {wait:.0f}s", now)
-        try:
-            if not self.store.save(record):
-                return self._dropped(state)
-        except StoreError:
-            return Hold(wait)  # the status shows it later; the wait is the same
-        state.record = record
-        return Hold(wait)
+    def _held(self, state: AttemptState, step: Hold | Final | str) -> Next:
+        """The gate's step as the attempt's answer (its DROPPED: another process owns it)."""
+        return self._dropped(state) if isinstance(step, str) else step
+
+    def _released(self, state: AttemptState, sender: Sender, step: Next) -> Next:
+        """The gate let the request through, but it is not sent after all: if it was the
+        account's probe, the next request is."""
+        if self.hold is not None:
+            self.hold.released(state, sender)
+        return step
 
     def _limited(
-        self, state: AttemptState, sender: Sender, reason: str, started: float
+        self, state: AttemptState, sender: Sender, reason: str, kind: str, started: float
     ) -> Outcome | None:
-        """The gate's judgement of a failed transaction: when the reply says the account is
-        over its limit, the message waits for the pause, that attempt not counted; None
-        otherwise (the failure takes its usual course, counted towards the breaker)."""
-        if self.gate is None:
+        """The gate's judgement of a failed transaction: the message waits for its account's
+        pause, that attempt not counted; None: the failure takes its usual course."""
+        if self.hold is None:
             return None
-        pause = self.gate.judge(sender, reason, connect_failed=False)
-        if pause is None:
-            return None
-        record = held(state.record, f"sender paused: {reason}; resumes in {pause:.0f}s",
-                      utcnow(), uncount=True)  # fmt: skip
-        try:
-            owned = self.store.save(record)
-        except StoreError:
-            owned = True  # still ours: the next attempt records `sending` first
-        if not owned:
-            return Outcome(self._dropped(state), True)
-        state.record = record
-        self.events.emit(Attempted(record, self._clock() - started, "transient", True))
-        return Outcome(Hold(pause), True)
+        step = self.hold.after_failure(state, sender, reason, kind, started)
+        return None if step is None else Outcome(self._held(state, step), kind != "connect")
 
     def _dropped(self, state: AttemptState) -> Dropped:
         """Why the store would not let this attempt begin: the request ended meanwhile (a

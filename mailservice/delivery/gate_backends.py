@@ -7,17 +7,22 @@ path: one round trip (one Lua script, on Redis's own clock) that answers whether
 an account may go now, and commits what it answers:
 
 1. **Pause.** While the account is paused, wait until the pause ends. Once it has ended, the
-   first request to ask is the probe and goes (a probe out for longer than `probe_timeout` is
-   taken for lost and another may go); the others wait `probe_poll` seconds and ask again, until
-   the probe's outcome ends the pause (`resume`) or starts a longer one (`pause`).
+   first request to ask is the probe, named by its request id, and goes (it goes again when it
+   comes back, say after a pace wait; a probe out for longer than `probe_timeout` is taken for
+   lost and another may go); the others wait `probe_poll` seconds and ask again, until the
+   probe's outcome ends the pause (`resume`), starts a longer one (`pause`), or the probe
+   turns out not to be sent at all (`release`). A pause also renews the pace: slots given out
+   before it are given again after it, from its end, so the backlog does not go at once.
 2. **Day.** With a daily limit reached (UTC days), wait until the next day starts.
 3. **Pace.** With a rate, requests go at most one per `interval` seconds: each is given the next
    free slot (the previous one's slot plus the interval, or now), kept under its request id, so
    that a request that comes back at its slot goes without asking for another one. A request
    that goes counts for the day.
 
-It answers (wait seconds, why): (0, None) go; (s, None) a pace wait; (s, text) a pause or the
-daily limit, which the caller shows in the request's status. Backend errors raise `GateError`.
+Whether a pause has ended is decided on the backend's clock (Redis's own, on Redis), never
+the caller's. It answers (wait seconds, why): (0, None) go; (s, None) a pace wait; (s, text) a
+pause or the daily limit, which the caller shows in the request's status. Backend errors raise
+`GateError`.
 """
 
 from __future__ import annotations
@@ -34,16 +39,19 @@ from mailservice.errors import GateError
 
 PREFIX = "mail:gate:"
 SLOT_GRACE = 3600.0  # seconds a reserved slot is kept past its time for its request to come
+SLOTS_MAX = 100_000  # the memory backend's slots, before stale ones are forgotten
 DAY = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
 class Pause:
-    """An account's pause as it stands: until when (epoch seconds), why, how long it was."""
+    """An account's pause as it stands: until when (epoch seconds, the backend's clock), why,
+    how long it was, and whether it has ended (its probe may be out)."""
 
     until: float
     reason: str
     seconds: float
+    ended: bool = False
 
 
 class GateBackend(ABC):
@@ -62,11 +70,18 @@ class GateBackend(ABC):
     @abstractmethod
     def pause(self, account: str, seconds: float, reason: str) -> None:
         """Pause the account for `seconds` from now (a probe's failure too: the caller
-        passes the longer pause); the probe, if out, is over."""
+        passes the longer pause); the probe, if out, is over; pace slots start after it."""
 
     @abstractmethod
     def resume(self, account: str) -> Pause | None:
-        """End the account's pause (its probe was answered); the pause that ended, if any."""
+        """End the account's pause if it has ended (its probe, or any message sent since,
+        was accepted); the pause that ended, else None. A pause still running stays: a
+        message sent before it began says nothing of the account now."""
+
+    @abstractmethod
+    def release(self, account: str, request_id: str) -> None:
+        """The probe `request_id` will not be sent (taken over, unreadable, all suppressed):
+        the next request to ask is the probe."""
 
     @abstractmethod
     def paused(self, account: str) -> Pause | None:
@@ -76,9 +91,11 @@ class GateBackend(ABC):
 @dataclass(slots=True)
 class _Account:
     tat: float = 0.0  # the next free pace slot
+    epoch: int = 0  # pauses so far: a slot of an earlier epoch is given again
     day: int = -1
     sent_today: int = 0
     pause: Pause | None = None
+    probe: str = ""  # the probe's request id, while it is out
     probe_until: float = 0.0
 
 
@@ -89,7 +106,7 @@ class MemoryGateBackend(GateBackend):
         self._clock = clock
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
-        self._slots: dict[str, float] = {}
+        self._slots: dict[str, tuple[int, float]] = {}  # request id: (epoch, slot)
 
     def reserve(
         self,
@@ -106,64 +123,94 @@ class MemoryGateBackend(GateBackend):
             if state.pause is not None:
                 if now < state.pause.until:
                     return state.pause.until - now, state.pause.reason
-                if now < state.probe_until:
+                if state.probe not in ("", request_id) and now < state.probe_until:
                     return probe_poll, f"{state.pause.reason} (its probe is out)"
-                state.probe_until = now + probe_timeout  # this request is the probe
+                if state.probe != request_id:
+                    state.probe, state.probe_until = request_id, now + probe_timeout
             day = int(now // DAY)
             if state.day != day:
                 state.day, state.sent_today = day, 0
             if daily and state.sent_today >= daily:
                 return (day + 1) * DAY - now, f"daily limit of {daily} reached"
             if interval:
-                slot = self._slots.get(request_id)
-                if slot is None or slot < now - SLOT_GRACE:
+                epoch, slot = self._slots.get(request_id, (-1, 0.0))
+                if epoch != state.epoch or slot < now - SLOT_GRACE:
                     slot = max(now, state.tat)
                     state.tat = slot + interval
-                    self._slots[request_id] = slot
+                    self._slots[request_id] = (state.epoch, slot)
                 if slot > now:
                     return slot - now, None
                 del self._slots[request_id]
             state.sent_today += 1
+            self._forget_stale(now)
             return 0.0, None
+
+    def _forget_stale(self, now: float) -> None:
+        """Slots of requests that never came back (canceled, taken over): bounded."""
+        if len(self._slots) > SLOTS_MAX:
+            for request_id, (_, slot) in list(self._slots.items()):
+                if slot < now - SLOT_GRACE:
+                    del self._slots[request_id]
 
     def pause(self, account: str, seconds: float, reason: str) -> None:
         with self._lock:
             state = self._accounts.setdefault(account, _Account())
-            state.pause = Pause(self._clock() + seconds, reason, seconds)
-            state.probe_until = 0.0
+            until = self._clock() + seconds
+            state.pause = Pause(until, reason, seconds)
+            state.probe, state.probe_until = "", 0.0
+            state.epoch += 1
+            state.tat = max(state.tat, until)
 
     def resume(self, account: str) -> Pause | None:
         with self._lock:
             state = self._accounts.get(account)
-            if state is None or state.pause is None:
+            if state is None or state.pause is None or self._clock() < state.pause.until:
                 return None
-            ended, state.pause, state.probe_until = state.pause, None, 0.0
+            ended, state.pause, state.probe, state.probe_until = state.pause, None, "", 0.0
             return ended
+
+    def release(self, account: str, request_id: str) -> None:
+        with self._lock:
+            state = self._accounts.get(account)
+            if state is not None and state.probe == request_id:
+                state.probe, state.probe_until = "", 0.0
 
     def paused(self, account: str) -> Pause | None:
         with self._lock:
             state = self._accounts.get(account)
-            return state.pause if state is not None else None
+            if state is None or state.pause is None:
+                return None
+            pause = state.pause
+            return Pause(pause.until, pause.reason, pause.seconds, self._clock() >= pause.until)
 
 
-# KEYS: the account's hash, its day counter's prefix, the request's slot key.
-# ARGV: interval, daily, probe_timeout, probe_poll, slot grace (all seconds or counts).
-# Redis's own clock (TIME), so that processes on hosts whose clocks differ agree.
-_RESERVE = """
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+# KEYS: the account's hash, its day counter's prefix, the request's slot key.
+# ARGV: interval, daily, probe_timeout, probe_poll, slot grace, the request id.
+# Redis's own clock (TIME), so that processes on hosts whose clocks differ agree.
+_RESERVE = (
+    _NOW
+    + """
 local interval, daily = tonumber(ARGV[1]), tonumber(ARGV[2])
 local probe_timeout, probe_poll = tonumber(ARGV[3]), tonumber(ARGV[4])
-local state = redis.call('HMGET', KEYS[1], 'until', 'reason', 'probe_until', 'tat')
+local state = redis.call('HMGET', KEYS[1], 'until', 'reason', 'probe', 'probe_until', 'tat',
+                         'epoch')
 if state[1] then
   local paused_until = tonumber(state[1])
   if now < paused_until then
     return {tostring(paused_until - now), state[2]}
   end
-  if state[3] and now < tonumber(state[3]) then
+  local probe = state[3] or ''
+  if probe ~= '' and probe ~= ARGV[6] and now < tonumber(state[4] or '0') then
     return {tostring(probe_poll), state[2] .. ' (its probe is out)'}
   end
-  redis.call('HSET', KEYS[1], 'probe_until', tostring(now + probe_timeout))
+  if probe ~= ARGV[6] then
+    redis.call('HSET', KEYS[1], 'probe', ARGV[6], 'probe_until', tostring(now + probe_timeout))
+  end
 end
 local day = math.floor(now / 86400)
 local day_key = KEYS[2] .. day
@@ -171,11 +218,19 @@ if daily > 0 and tonumber(redis.call('GET', day_key) or '0') >= daily then
   return {tostring((day + 1) * 86400 - now), 'daily limit of ' .. daily .. ' reached'}
 end
 if interval > 0 then
-  local slot = tonumber(redis.call('GET', KEYS[3]) or '')
+  local epoch = state[6] or '0'
+  local held = redis.call('GET', KEYS[3])
+  local slot = nil
+  if held then
+    local sep = string.find(held, ':', 1, true)
+    if string.sub(held, 1, sep - 1) == epoch then
+      slot = tonumber(string.sub(held, sep + 1))
+    end
+  end
   if not slot then
-    slot = math.max(now, tonumber(state[4] or '0'))
+    slot = math.max(now, tonumber(state[5] or '0'))
     redis.call('HSET', KEYS[1], 'tat', tostring(slot + interval))
-    redis.call('SET', KEYS[3], tostring(slot), 'PX',
+    redis.call('SET', KEYS[3], epoch .. ':' .. tostring(slot), 'PX',
                math.ceil((slot - now + tonumber(ARGV[5])) * 1000))
   end
   if slot > now then
@@ -187,6 +242,46 @@ redis.call('INCR', day_key)
 redis.call('EXPIRE', day_key, 172800)
 return {'0', false}
 """
+)
+
+# KEYS: the account's hash. ARGV: seconds, reason.
+_PAUSE = (
+    _NOW
+    + """
+local ends = now + tonumber(ARGV[1])
+local tat = math.max(tonumber(redis.call('HGET', KEYS[1], 'tat') or '0'), ends)
+redis.call('HSET', KEYS[1], 'until', tostring(ends), 'reason', ARGV[2], 'seconds', ARGV[1],
+           'tat', tostring(tat))
+redis.call('HDEL', KEYS[1], 'probe', 'probe_until')
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+)
+
+# KEYS: the account's hash. ARGV: 1 to end the pause if it has ended, 0 to read it.
+_PAUSED = (
+    _NOW
+    + """
+local p = redis.call('HMGET', KEYS[1], 'until', 'reason', 'seconds')
+if not p[1] then
+  return false
+end
+local ended = now >= tonumber(p[1])
+if ARGV[1] == '1' then
+  if not ended then
+    return false
+  end
+  redis.call('HDEL', KEYS[1], 'until', 'reason', 'seconds', 'probe', 'probe_until')
+end
+return {p[1], p[2], p[3], ended and 1 or 0}
+"""
+)
+
+# KEYS: the account's hash. ARGV: the request id.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'probe') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'probe', 'probe_until')
+end
+"""
 
 
 class RedisGateBackend(GateBackend):
@@ -195,6 +290,9 @@ class RedisGateBackend(GateBackend):
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._reserve = client.register_script(_RESERVE)
+        self._pause = client.register_script(_PAUSE)
+        self._paused = client.register_script(_PAUSED)
+        self._release = client.register_script(_RELEASE)
 
     def reserve(
         self,
@@ -206,50 +304,36 @@ class RedisGateBackend(GateBackend):
         probe_poll: float,
     ) -> tuple[float, str | None]:
         keys = [PREFIX + account, f"{PREFIX}{account}:day:", f"{PREFIX}slot:{request_id}"]
-        args = [interval, daily, probe_timeout, probe_poll, SLOT_GRACE]
-        try:
-            wait, why = self._reserve(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise GateError(f"the sender gate's Redis: {exc}") from exc
+        args = [interval, daily, probe_timeout, probe_poll, SLOT_GRACE, request_id]
+        wait, why = self._call(self._reserve, keys, args)
         return float(wait), _text(why) if why else None
 
     def pause(self, account: str, seconds: float, reason: str) -> None:
-        try:
-            (now, micros) = self._client.time()
-            until = now + micros / 1e6 + seconds
-            self._client.hset(
-                PREFIX + account,
-                mapping={"until": repr(until), "reason": reason, "seconds": repr(seconds)},
-            )
-            self._client.hdel(PREFIX + account, "probe_until")
-        except redis.RedisError as exc:
-            raise GateError(f"the sender gate's Redis: {exc}") from exc
+        self._call(self._pause, [PREFIX + account], [repr(seconds), reason])
 
     def resume(self, account: str) -> Pause | None:
-        key = PREFIX + account
-        try:
-            pipe = self._client.pipeline()
-            pipe.hmget(key, "until", "reason", "seconds")
-            pipe.hdel(key, "until", "reason", "seconds", "probe_until")
-            fields, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise GateError(f"the sender gate's Redis: {exc}") from exc
-        return _pause(fields)
+        return _pause(self._call(self._paused, [PREFIX + account], ["1"]))
+
+    def release(self, account: str, request_id: str) -> None:
+        self._call(self._release, [PREFIX + account], [request_id])
 
     def paused(self, account: str) -> Pause | None:
+        return _pause(self._call(self._paused, [PREFIX + account], ["0"]))
+
+    @staticmethod
+    def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
-            fields = self._client.hmget(PREFIX + account, "until", "reason", "seconds")
+            return script(keys=keys, args=args)
         except redis.RedisError as exc:
             raise GateError(f"the sender gate's Redis: {exc}") from exc
-        return _pause(fields)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _pause(fields: list[Any]) -> Pause | None:
-    until, reason, seconds = fields
-    if until is None:
+def _pause(fields: list[Any] | None) -> Pause | None:
+    if not fields:
         return None
-    return Pause(float(until), _text(reason or b""), float(seconds or 0))
+    until, reason, seconds, ended = fields
+    return Pause(float(until), _text(reason or b""), float(seconds or 0), bool(int(ended)))

@@ -116,6 +116,8 @@ def build_stack(
         gate_backend(store),
         pause_seconds=settings.sender_pause_seconds,
         failures=settings.sender_breaker_failures,
+        # Longer than any probe's attempt may take (connect, handshake, DATA's last reply).
+        probe_timeout=max(600.0, settings.smtp_data_timeout + 5 * settings.smtp_timeout),
     )
     attempt = DeliveryAttempt(
         store,

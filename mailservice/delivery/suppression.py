@@ -35,8 +35,11 @@ SUPPRESSED = "suppressed: "  # the start of a suppressed recipient's line in `re
 
 
 def no_such_user(reply: str) -> bool:
-    """Whether an RCPT reply says the mailbox does not exist (or is disabled) for good."""
-    return NO_SUCH_USER.match(reply.strip()) is not None
+    """Whether an RCPT reply says the mailbox does not exist (or is disabled) for good. Not
+    a refusal of our sender address (Postfix's `550 5.1.0 <me@x>: Sender address rejected`,
+    given at RCPT for every recipient): that says nothing of the recipient."""
+    text = reply.strip()
+    return NO_SUCH_USER.match(text) is not None and "sender address" not in text.lower()
 
 
 def forget_refused(store: StatusStore, account: str, refused: Mapping[str, str]) -> None:
