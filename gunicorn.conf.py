@@ -67,7 +67,8 @@ logger_class = "mailservice.serving.gunicorn_logging.ServiceLogger"
 
 
 def worker_exit(server, worker) -> None:
-    """Drain this worker's pool: keep sending for up to DRAIN_SECONDS, then stop."""
+    """Drain this worker's pool: keep sending for up to DRAIN_SECONDS, then stop (its SMTP
+    listener first: Service.shutdown)."""
     from mail_server import EXTENSION
 
     app = getattr(worker, "wsgi", None)
@@ -100,6 +101,17 @@ def post_fork(server, worker) -> None:
 
 def post_worker_init(worker) -> None:
     """Keep full garbage collections off the request path and give big messages' memory
-    back; see runtime.tune_gc and tune_malloc."""
+    back; see runtime.tune_gc and tune_malloc. Start this worker's SMTP listener
+    (SMTP_LISTEN): every worker binds the same port with SO_REUSEPORT and the kernel spreads
+    the connections over them (API.md section 14)."""
     tune_malloc()
     tune_gc(_settings.gc_tuning)
+    from mail_server import start_smtp_listener
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        try:
+            start_smtp_listener(app, reuse_port=True)
+        except ConfigError as exc:
+            worker.log.error("mail_server: configuration error: %s", exc)
+            sys.exit(3)  # gunicorn's "worker failed to boot": the master stops

@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -50,7 +51,7 @@ from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.sender_check import SenderCheck, check_deadline
 from mailservice.delivery.smtp_client import SmtpClient
 from mailservice.delivery.stack import build_stack
-from mailservice.demo import demo_secrets, demo_senders, start_catcher
+from mailservice.demo import DEMO_SENDER, demo_secrets, demo_senders, start_catcher
 from mailservice.errors import ConfigError
 from mailservice.logging_setup import configure_logging
 from mailservice.outbox import Outbox
@@ -58,12 +59,15 @@ from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import SenderDirectory, load_senders
 from mailservice.serving.long_poll import STOP_HOOKS
+from mailservice.smtp_in import build_listener
+from mailservice.smtp_in.listener import SmtpListener
 from mailservice.templating import TemplateLibrary
 from worker_pool import WorkerPool, server_threads
 
 logger = logging.getLogger(__name__)
 
 NOTICES = "mailservice.failure_notices"  # app.extensions key of the FailureNotifier, if any
+SMTP_IN = "mailservice.smtp_in"  # app.extensions key of the SMTP listener, if SMTP_LISTEN
 
 # -- the app ---------------------------------------------------------------------------------
 
@@ -98,7 +102,12 @@ def create_app(
 
     init_http_metrics(app, stack.metrics)  # the first before_request hook: its clock starts first
     rate_limited = init_rate_limit(app, settings, credential_digest)
-    init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients that keep failing 401
+    guard = init_auth_guard(app, settings)  # AUTH_FAIL_LIMIT: 429 for clients failing 401
+    if settings.smtp_listen:  # built here, started by the entry point (start_smtp_listener)
+        listener = build_listener(settings, senders, stack.acceptor, guard, rate_limited.charge)
+        app.extensions[SMTP_IN] = listener
+        service = app.extensions[EXTENSION]
+        app.extensions[EXTENSION] = replace(service, stop_first=(listener.stop,))
     app.register_blueprint(core_blueprint(rate_limited))
     app.register_blueprint(batch_blueprint(rate_limited))  # POST /send-email/batch
     app.register_blueprint(lifecycle_blueprint(rate_limited))  # cancel, retry
@@ -136,6 +145,17 @@ def make_dispatcher(
         or server_threads(settings.workers, len(senders.servers())),
         server_pause=settings.smtp_server_pause,
     )
+
+
+def start_smtp_listener(app: Flask, reuse_port: bool = False) -> SmtpListener | None:
+    """Start the app's SMTP listener (SMTP_LISTEN), if it has one; ConfigError if it cannot
+    bind. `reuse_port`: every gunicorn worker binds the same port with SO_REUSEPORT and the
+    kernel spreads the connections over them (API.md section 14); off for one process, so
+    that a second service started by mistake fails to bind instead of sharing the port."""
+    listener: SmtpListener | None = app.extensions.get(SMTP_IN)
+    if listener is not None:
+        listener.start(reuse_port=reuse_port)
+    return listener
 
 
 def load_templates(settings: Settings) -> TemplateLibrary:
@@ -179,6 +199,13 @@ def _serve(app: Flask, settings: Settings) -> int:
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     logger.info("listening on http://%s:%d", settings.host, settings.port)
+    try:
+        start_smtp_listener(app)
+    except ConfigError as exc:  # SMTP_LISTEN's port is taken: stop as a bad setting does
+        print(f"mail_server: configuration error: {exc}", file=sys.stderr)
+        server.shutdown()
+        app.extensions[EXTENSION].shutdown(0)
+        return 2
     # A short timeout, not a bare wait(): the kernel may hand SIGTERM to any thread, and
     # Python runs the handler only when the main thread next executes; a main thread blocked
     # in an untimed wait could sleep through it (seen under load in make bench).
@@ -232,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
             settings, made_up = demo_secrets(settings)
             app = create_app(settings, senders, outbox)
             secret_lines = "".join(f"  {line}\n" for line in made_up)
+            if settings.smtp_listen:
+                secret_lines += (
+                    f"  SMTP submission: {settings.smtp_listen} (no TLS, loopback only): "
+                    f"username {DEMO_SENDER}, password the demo API key\n"
+                )
             print(
                 f"\n  Demo mode: mail goes to the catcher on {smtp_host}:{smtp_port} and lands "
                 f"in ./outbox/\n  Demo API key: {key}\n{secret_lines}"

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import burst, celery_rows, longpoll_rows, stress_rows
+from bench import burst, celery_rows, longpoll_rows, smtp_in_rows, stress_rows
 from bench.ceiling import run_ceiling
 from bench.counters import CpuProbe, Probe, RedisCounter
 from bench.load import LoadResult, lua_script, run_python, run_wrk
@@ -46,6 +46,7 @@ CONTENT_ROWS = ("gunicorn-memory-templated", "gunicorn-memory-attachment", "guni
 PLAIN_ROW = "gunicorn-memory"
 ROWS = (*THROUGHPUT_ROWS, *CONTENT_ROWS, *stress_rows.SLOW_ROWS, *stress_rows.BIG_ROWS)
 ROWS += longpoll_rows.ROWS  # one gunicorn worker, with and without 200 long polls
+ROWS += smtp_in_rows.ROWS  # submitted over SMTP (SMTP_LISTEN), 8 reused connections
 # slow-clients-gthread (stock gthread, the worker class before http_worker.py) is for a
 # comparison on request: its normal calls time out, which takes the whole --slow-seconds.
 DEFAULT_ROWS = tuple(name for name in ROWS if name != "slow-clients-gthread")
@@ -78,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     celery_rows.add_arguments(parser)
     stress_rows.add_arguments(parser)
     longpoll_rows.add_arguments(parser)
+    smtp_in_rows.add_arguments(parser)
     args = parser.parse_args(argv)
     args.rows = [name.strip() for name in args.rows.split(",") if name.strip()]
     args.rows = celery_rows.with_thread_row(args.rows)
@@ -225,6 +227,9 @@ class Bench:
             return self.celery.row(name)
         if name in longpoll_rows.ROWS:
             return longpoll_rows.waiters_row(name, self, rowdir)
+        if name in smtp_in_rows.ROWS:
+            env = self.base_env(rowdir, self.args.memory_url)
+            return smtp_in_rows.smtp_in_row(self.args, self.sink, env, rowdir)
         return self.service_row(name)
 
     def run(self) -> tuple[list[Row], str]:

@@ -101,6 +101,11 @@ class Settings:
     celery_visibility_timeout: float = 3600.0
     celery_task_time_limit: float = 0.0  # 0: the longest attempt's time plus a margin
     worker_metrics_port: int = 0  # a Celery worker's /metrics; 0: none
+    # The SMTP submission listener (API.md section 14): host:port, empty: off.
+    smtp_listen: str = ""
+    smtp_listen_cert: str = ""
+    smtp_listen_key: str = ""
+    smtp_listen_allow_plain: bool = False  # AUTH before STARTTLS from any address, not loopback
 
 
 def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
@@ -164,6 +169,24 @@ def _switch(raw: str) -> bool:
 def _off_switch(raw: str) -> bool:
     """A switch that is off unless set: empty means off."""
     return bool(raw.strip()) and _switch(raw)
+
+
+def _host_port(raw: str) -> str:
+    """`host:port` (IPv6 as `[::1]:port`), or empty for off."""
+    value = raw.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]"):
+        raise ValueError("must be host:port, e.g. 127.0.0.1:2525")
+    _port(port)
+    return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """(host, port) of a `host:port` setting checked by `_host_port`."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _rate_limit(raw: str) -> str:
@@ -293,6 +316,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "CELERY_VISIBILITY_TIMEOUT": ("celery_visibility_timeout", _positive(float)),
     "CELERY_TASK_TIME_LIMIT": ("celery_task_time_limit", _or_zero(_positive(float, True))),
     "WORKER_METRICS_PORT": ("worker_metrics_port", _or_zero(_port_or_zero)),
+    "SMTP_LISTEN": ("smtp_listen", _host_port),
+    "SMTP_LISTEN_CERT": ("smtp_listen_cert", str.strip),
+    "SMTP_LISTEN_KEY": ("smtp_listen_key", str.strip),
+    "SMTP_LISTEN_ALLOW_PLAIN": ("smtp_listen_allow_plain", _off_switch),
 }
 
 
@@ -318,6 +345,8 @@ def settings_from_mapping(env: Mapping[str, str], **overrides: object) -> Settin
         raise ConfigError("WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are signed")
     if settings.dispatcher == "celery":
         _check_celery(settings)
+    if bool(settings.smtp_listen_cert) != bool(settings.smtp_listen_key):
+        raise ConfigError("SMTP_LISTEN_CERT and SMTP_LISTEN_KEY go together: set both or neither")
     return settings
 
 
@@ -354,7 +383,8 @@ def _check_celery(settings: Settings) -> None:
 
 
 # Demo mode (API.md section 8) sends to its embedded catcher unless told otherwise.
-DEMO_DEFAULTS = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": "8025"}
+# Its SMTP listener too, for apps that only speak SMTP (the banner prints it).
+DEMO_DEFAULTS = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": "8025", "SMTP_LISTEN": "127.0.0.1:2525"}
 
 
 def load_settings(demo: bool = False, **overrides: object) -> Settings:

@@ -218,3 +218,22 @@ def test_the_celery_row_runs_small_on_rabbitmq_in_a_vhost_it_deletes(tmp_path: P
     assert celery.details["broker_counts"]["connections"] >= 2  # the API's and the worker's
     assert celery.details["vhost"].startswith("mailtest-")
     assert celery.details["vhost"] not in list_vhosts()
+
+
+def test_smtp_in_row_submits_over_reused_connections_and_counts_deliveries(tmp_path) -> None:
+    from bench.smtp_in_rows import smtp_in_row
+    from bench.workload import write_senders_file
+
+    args = parse_args(["--rows", "smtp-in", "--messages", "8", "--concurrency", "1",
+                       "--smtp-connections", "2"])  # fmt: skip
+    sink = SinkProcess(free_port()).start()
+    try:
+        senders = write_senders_file(tmp_path / "data.csv", sink.port)
+        env = {"SENDERS_FILE": str(senders), "SMTP_SECURITY": "none", "RATE_LIMIT": "",
+               "STATUS_STORE_URL": "memory://", "EMAIL_LOG": str(tmp_path / "log.txt"),
+               "DRAIN_SECONDS": "5"}  # fmt: skip
+        row = smtp_in_row(args, sink, env, tmp_path)
+    finally:
+        sink.stop()
+    assert (row.accepted, row.delivered) == (8, 8)
+    assert row.accepted_per_s and row.delivered_per_s and not row.notes

@@ -63,7 +63,14 @@ def demo(tmp_path: Path) -> Iterator[DemoProcess]:
     port, smtp_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "STATUS_"))}
     env.update(
-        {"PORT": str(port), "SMTP_PORT": str(smtp_port), "HOST": "127.0.0.1", "DRAIN_SECONDS": "5"}
+        {
+            "PORT": str(port),
+            "SMTP_PORT": str(smtp_port),
+            "HOST": "127.0.0.1",
+            "DRAIN_SECONDS": "5",
+            # its SMTP listener on a free port, not the default 2525 another run may hold
+            "SMTP_LISTEN": f"127.0.0.1:{free_port()}",
+        }
     )
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout.open("wb") as out, stderr.open("wb") as err:

@@ -128,11 +128,7 @@ class AuthGuard:
 
     def check(self, address: str | None, username: str | None = None) -> None:
         """Raise ApiError 429 with Retry-After when this client must wait before trying again."""
-        if not self._items:
-            return
-        client = client_id(address)
-        user = None if username is None else username_id(username)
-        wait = self._with_storage(lambda storage: self._wait(storage, client, user))
+        wait = self.waiting(address, username)
         if wait is None:
             return
         if wait.by_user:
@@ -145,6 +141,20 @@ class AuthGuard:
                 f"Too many failed authentications from this address; try again in {wait.seconds} s."
             )
         raise ApiError(429, detail, headers={"Retry-After": str(wait.seconds)})
+
+    def retry_after(self, address: str | None) -> int | None:
+        """Seconds this client address must wait before trying again, None when it may try
+        now: `check()` for a caller that answers in its own protocol (the SMTP listener)."""
+        wait = self.waiting(address)
+        return None if wait is None else wait.seconds
+
+    def waiting(self, address: str | None, username: str | None = None) -> _Wait | None:
+        """How long this client must wait, and why; None when it may try now."""
+        if not self._items:
+            return None
+        client = client_id(address)
+        user = None if username is None else username_id(username)
+        return self._with_storage(lambda storage: self._wait(storage, client, user))
 
     def failed(self, address: str | None, username: str | None = None) -> None:
         """Count one failed authentication from this address (and, on /token, for a username)."""

@@ -62,6 +62,9 @@ class Service:
     stack: DeliveryStack
     tokens: TokenIssuer
     templates: TemplateLibrary
+    # The other ways in (the SMTP listener's stop), closed before the stack drains, so that
+    # nothing is accepted into a dispatcher that has stopped taking work.
+    stop_first: tuple[Callable[[], None], ...] = ()
 
     @property
     def store(self) -> StatusStore:
@@ -89,6 +92,8 @@ class Service:
 
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""
+        for stop in self.stop_first:
+            stop()
         return self.stack.shutdown(drain_seconds)
 
 

@@ -77,6 +77,7 @@ class Acceptor:
         idempotency: tuple[str, str] | None = None,
         extras: RequestExtras | None = None,
         source: str = "",
+        request_id: str | None = None,
     ) -> StatusRecord | IdempotencyClaim:
         """Record the request as queued and dispatch it (or as scheduled, to wait for its
         send_at); Unavailable or StoreError if not.
@@ -84,8 +85,10 @@ class Acceptor:
         With `idempotency` (scope, fingerprint) already used, nothing is created and the
         earlier claim is returned instead of a record. `extras` are the client's own, kept
         with the status. `source` names where it came in (the `Accepted` event's).
+        `request_id`: the id chosen by the caller (a fresh uuid4 string), for a message that
+        carries it before it is recorded (the SMTP listener's Message-ID); None: a fresh one.
         """
-        record, payload = self._queued(spec, sender, extras or RequestExtras())
+        record, payload = self._queued(spec, sender, extras or RequestExtras(), request_id)
         if record.status is EmailStatus.SCHEDULED:
             self.dispatcher.check_open()  # it takes no room until due, but not while draining
         else:
@@ -137,7 +140,11 @@ class Acceptor:
         return [None if place is None else place[0] for place in places]
 
     def _queued(
-        self, spec: MessageSpec, sender: Sender, extras: RequestExtras
+        self,
+        spec: MessageSpec,
+        sender: Sender,
+        extras: RequestExtras,
+        request_id: str | None = None,
     ) -> tuple[StatusRecord, str]:
         """A new request's record, `queued` under a fresh id (`scheduled` when its send_at
         is still ahead), and its stored spec."""
@@ -145,7 +152,7 @@ class Acceptor:
         recipients = tuple(spec.recipients)
         later = extras.send_at is not None and extras.send_at > now
         record = StatusRecord(
-            request_id=str(uuid.uuid4()),
+            request_id=request_id or str(uuid.uuid4()),
             status=EmailStatus.SCHEDULED if later else EmailStatus.QUEUED,
             sender=sender.email,
             recipients=recipients,

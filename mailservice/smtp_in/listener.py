@@ -1,0 +1,300 @@
+"""The SMTP submission listener (SMTP_LISTEN, API.md section 14): aiosmtpd's protocol on an
+asyncio loop in a thread of the service process, with the service's own login and checks.
+
+A session: EHLO; STARTTLS (SMTP_LISTEN_CERT/KEY); AUTH PLAIN or LOGIN with the sender's
+address and its API key (before STARTTLS only from a loopback address, or from any with
+SMTP_LISTEN_ALLOW_PLAIN); MAIL FROM the key's own address, charged to the key's RATE_LIMIT;
+at most MAX_RECIPIENTS RCPT TO; DATA up to MAX_REQUEST_BYTES (advertised as SIZE), handed to
+`Submission` on an executor thread, whose reply ends the transaction. Failed logins count
+against the client address in the same AuthGuard as the HTTP 401s (AUTH_FAIL_LIMIT).
+
+Why not aiosmtpd's `Controller`: it forwards `server_kwargs` to the SMTP protocol, not to
+`create_server`, so it cannot bind with SO_REUSEPORT; and it checks that it started by
+connecting to its own port, which under SO_REUSEPORT the kernel may hand to another worker.
+`SmtpListener` binds the loop's server itself, `reuse_port` when every gunicorn worker runs
+one (mail_server.start_smtp_listener says when), and stops in order: no new connections,
+the submissions in progress finished (recorded and handed over), every session told 421.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from email_validator import EmailNotValidError
+
+from mailservice.addresses import validate_address
+from mailservice.api.auth_guard import AuthGuard
+from mailservice.errors import ConfigError
+from mailservice.senders import Sender, SenderDirectory, key_digest
+from mailservice.smtp_in.submission import Submission
+
+logger = logging.getLogger(__name__)
+
+STOP_SECONDS = 10.0  # for the submissions in progress to be recorded at shutdown
+EXECUTOR_THREADS = 8  # blocking store and limiter calls, off the loop
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A session's login: the key's sender and the key's digest (never the key)."""
+
+    sender: Sender
+    key_digest: bytes = field(repr=False)
+
+
+def plain_auth_allowed(peer_host: str | None, allow_plain: bool) -> bool:
+    """AUTH before STARTTLS: only from a loopback address, or from any with
+    SMTP_LISTEN_ALLOW_PLAIN (a listener behind a TLS-terminating proxy, or a trusted LAN)."""
+    if allow_plain:
+        return True
+    try:
+        ip = ipaddress.ip_address(peer_host or "")
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _peer_host(session: Session) -> str | None:
+    peer: Any = session.peer
+    return peer[0] if isinstance(peer, tuple) and peer else None
+
+
+@dataclass
+class SubmissionHandler:
+    """aiosmtpd's handler (MAIL, RCPT, DATA) and authenticator; see the module docstring.
+
+    `guard`: the AuthGuard of AUTH_FAIL_LIMIT; `charge(key_digest)`: the key's RATE_LIMIT,
+    None within it or the seconds to wait; `special_use`: ALLOW_SPECIAL_USE_RECIPIENTS.
+    """
+
+    senders: SenderDirectory
+    submission: Submission
+    guard: AuthGuard
+    charge: Callable[[bytes], int | None]
+    max_recipients: int
+    allow_plain: bool = False
+    special_use: bool = False
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(EXECUTOR_THREADS, "smtp-in")
+    )
+    in_flight: set[asyncio.Future[str]] = field(default_factory=set)
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        """PLAIN and LOGIN: username the sender's address, password its API key."""
+        peer = _peer_host(session)
+        if session.ssl is None and not plain_auth_allowed(peer, self.allow_plain):
+            # SubmissionSmtp already refuses this; kept here so that no version of aiosmtpd
+            # can let a key cross the network in clear.
+            return AuthResult(success=False, handled=False, message=ENCRYPTION_REQUIRED)
+        wait = self.guard.retry_after(peer)
+        if wait is not None:
+            return AuthResult(
+                success=False,
+                handled=False,
+                message=f"454 4.7.0 Too many failed logins from this address; try in {wait} s",
+            )
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        username = data.login.decode("utf-8", "replace")
+        key = data.password.decode("utf-8", "replace")
+        sender = self.senders.authenticate(key)
+        if sender is None or not sender.is_address(username):
+            self.guard.failed(peer)
+            logger.info("smtp login refused from %s", peer)
+            # handled=False: aiosmtpd answers 535; True would leave the client waiting.
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, auth_data=Login(sender, key_digest(key)))
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        login: Login = session.auth_data
+        if not login.sender.is_address(address):
+            return f"550 5.7.1 MAIL FROM must be this login's own address, {login.sender.email}"
+        wait = await self._off_loop(self.charge, login.key_digest)
+        if wait is not None:
+            return f"450 4.7.0 Rate limit reached for this key (RATE_LIMIT); try in {wait} s"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            envelope.too_many = True  # type: ignore[attr-defined]  # DATA refuses it whole
+            return f"452 4.5.3 Too many recipients: at most {self.max_recipients} a message"
+        try:
+            validate_address(address, special_use=self.special_use)
+        except EmailNotValidError:
+            return "553 5.1.3 Not a valid recipient address"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if getattr(envelope, "too_many", False):
+            # Sent to the first MAX_RECIPIENTS only, the others would be lost silently by
+            # clients that ignore a 452 (Django's backend does): nothing is sent instead.
+            return (
+                f"554 5.5.3 Too many recipients: at most {self.max_recipients} a message; "
+                "nothing was sent"
+            )
+        login: Login = session.auth_data
+        data = envelope.original_content or b""
+        rcpts = list(envelope.rcpt_tos)
+        return await self._off_loop(
+            self.submission.submit, data, login.sender, login.key_digest, rcpts
+        )
+
+    async def _off_loop(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A blocking call (store, limiter) on the executor, tracked for a clean stop."""
+        future = asyncio.get_running_loop().run_in_executor(self.executor, call, *args)
+        self.in_flight.add(future)
+        try:
+            return await asyncio.shield(future)  # a dropped session does not cancel a record
+        finally:
+            self.in_flight.discard(future)
+
+
+ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+
+
+class SubmissionSmtp(SMTP):
+    """aiosmtpd's protocol, with AUTH before STARTTLS decided per connection (its
+    `auth_require_tls` is one setting for all) and long lines left to `prepare_raw`, which
+    answers them 554 5.6.0 (aiosmtpd's own limit, 1001 octets, answers 500 instead)."""
+
+    line_length_limit = 8192  # longer lines still get aiosmtpd's 500; none is relayed
+
+    def __init__(self, handler: SubmissionHandler, sessions: set[SMTP], **kwargs: Any) -> None:
+        super().__init__(handler, authenticator=handler.authenticate, **kwargs)
+        self._handler_ref = handler
+        self._sessions = sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # again after STARTTLS, with the TLS transport
+        self._sessions.add(self)
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        # Read by aiosmtpd at EHLO (AUTH advertised or not) and at AUTH (538 or not).
+        self._auth_require_tls = not plain_auth_allowed(host, self._handler_ref.allow_plain)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sessions.discard(self)
+        super().connection_lost(error)
+
+
+class SmtpListener:
+    """The listener on `host:port`; `start(reuse_port)`, `stop()`; see the module docstring."""
+
+    def __init__(
+        self,
+        handler: SubmissionHandler,
+        host: str,
+        port: int,
+        *,
+        tls_context: ssl.SSLContext | None,
+        data_size_limit: int,
+        hostname: str,
+    ) -> None:
+        self.handler = handler
+        self.host = host
+        self.port = port
+        self._smtp_kwargs: dict[str, Any] = {
+            "tls_context": tls_context,
+            "data_size_limit": data_size_limit,
+            "hostname": hostname,
+            "auth_required": True,
+            "enable_SMTPUTF8": True,  # UTF-8 headers (RFC 6532) are relayed as they came
+            "decode_data": False,
+        }
+        self._sessions: set[SMTP] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"SmtpListener({self.host}:{self.port})"
+
+    def start(self, reuse_port: bool = False) -> None:
+        """Bind and serve in a thread; ConfigError when the address cannot be bound."""
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        failure: list[OSError] = []
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(
+                    loop.create_server(self._protocol, self.host, self.port, reuse_port=reuse_port)
+                )
+            except OSError as exc:
+                failure.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="smtp-in", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            loop.close()
+            raise ConfigError(
+                f"SMTP_LISTEN={self.host}:{self.port} cannot listen ({failure[0]}); "
+                "set it to a free port"
+            )
+        logger.info("smtp submission listening on %s:%d", self.host, self.port)
+
+    def _protocol(self) -> SMTP:
+        assert self._loop is not None
+        return SubmissionSmtp(self.handler, self._sessions, loop=self._loop, **self._smtp_kwargs)
+
+    def stop(self) -> None:
+        """No new connections, submissions in progress recorded, sessions closed with 421."""
+        if self._thread is None or self._loop is None:
+            return
+        loop = self._loop
+        try:
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(STOP_SECONDS + 5)
+        except TimeoutError:
+            logger.warning("smtp submission: sessions still open at shutdown")
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join()
+        self._thread = None
+        self.handler.executor.shutdown(wait=True)  # nothing accepted is left half-way
+        loop.close()
+        logger.info("smtp submission stopped")
+
+    async def _close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        if self.handler.in_flight:
+            await asyncio.wait(list(self.handler.in_flight), timeout=STOP_SECONDS)
+        for session in list(self._sessions):
+            transport = session.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(b"421 4.3.2 Service shutting down\r\n")
+                transport.close()
+        this = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not this]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
