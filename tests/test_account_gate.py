@@ -261,3 +261,12 @@ def test_permanent_failures_do_not_count_towards_the_breaker(reason: str):
 )
 def test_neither_a_plain_try_again_later_nor_an_address_is_a_limit(reply: str):
     assert account_limit(reply) is None
+
+
+def test_the_pauses_of_many_accounts_are_read_at_once(backend: GateBackend):
+    backend.pause("a@x.test", 30.0, "sender paused: 421 rate")
+    backend.pause("c@x.test", 60.0, "sender paused: 550 5.4.5")
+    found = backend.paused_many(["a@x.test", "b@x.test", "c@x.test"])
+    assert sorted(found) == ["a@x.test", "c@x.test"]
+    assert found["c@x.test"].reason == "sender paused: 550 5.4.5" and not found["c@x.test"].ended
+    assert backend.paused_many([]) == {}

@@ -88,6 +88,11 @@ class GateBackend(ABC):
     def paused(self, account: str) -> Pause | None:
         """The account's pause, ended or not, until a probe's outcome ends it."""
 
+    def paused_many(self, accounts: list[str]) -> dict[str, Pause]:
+        """The pauses of those of `accounts` that have one (one round trip on Redis)."""
+        found = {account: self.paused(account) for account in accounts}
+        return {account: pause for account, pause in found.items() if pause is not None}
+
 
 @dataclass(slots=True)
 class _Account:
@@ -220,6 +225,19 @@ class RedisGateBackend(GateBackend):
 
     def paused(self, account: str) -> Pause | None:
         return _pause(self._call(self._paused, [PREFIX + account], ["0"]))
+
+    def paused_many(self, accounts: list[str]) -> dict[str, Pause]:
+        if not accounts:
+            return {}
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for account in accounts:
+                self._paused(keys=[PREFIX + account], args=["0"], client=pipe)
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            raise GateError(f"the sender gate's Redis: {exc}") from exc
+        found = {account: _pause(reply) for account, reply in zip(accounts, replies, strict=True)}
+        return {account: pause for account, pause in found.items() if pause is not None}
 
     @staticmethod
     def _call(script: Any, keys: list[str], args: list[Any]) -> Any:
