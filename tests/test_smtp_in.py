@@ -249,6 +249,32 @@ def test_the_same_message_id_resubmitted_is_sent_once(listen):
     assert ids.count("<once@client.test>") == 1 and len(ids) == 2
 
 
+def test_the_same_message_id_to_other_recipients_is_sent_to_each(listen):
+    # Postfix as a smarthost client splits one message into transactions of at most
+    # smtp_destination_recipient_limit recipients, each with the same Message-ID.
+    service = listen()
+    data = message("plain", "<split@client.test>").as_bytes(policy=policy.SMTP)
+    ids = []
+    for rcpts in (
+        ["a@example.org", "b@example.org"],
+        ["c@example.org"],
+        ["b@EXAMPLE.org", "a@example.ORG"],
+    ):
+        with service.client() as smtp:
+            smtp.mail(SENDER)
+            for rcpt in rcpts:
+                smtp.rcpt(rcpt)
+            code, reply = smtp.data(data)
+        assert code == 250, reply
+        ids.append(QUEUED.search(reply.decode()).group(1))
+    assert ids[0] != ids[1]
+    assert ids[2] == ids[0]  # the same recipients in another order and case: a resubmission
+    wait_for(lambda: len(service.sink.received) >= 2)
+    assert service.status(ids[1])["status"] == "sent"
+    delivered = sorted(r for got in service.sink.received for r in got.rcpt_tos)
+    assert delivered == ["a@example.org", "b@example.org", "c@example.org"]
+
+
 # -- logins ---------------------------------------------------------------------------------------
 
 
