@@ -5,12 +5,14 @@ Message-ID where it had none). Then every refusal, and the store down at DATA.""
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
@@ -291,6 +293,54 @@ def test_a_wrong_login_is_535_and_the_failed_login_limit_then_refuses_all(listen
             smtp.login(SENDER, API_KEY)  # the right login, from an address past the limit
         assert caught.value.smtp_code == 454
         assert b"Too many failed logins" in caught.value.smtp_error
+
+
+def test_a_slow_failed_login_guard_does_not_stall_other_sessions(listen):
+    # The guard's storage may be Redis at its socket timeout: while one AUTH waits on it,
+    # another session's NOOP must be answered (the guard runs off the listener's loop).
+    service = listen(auth_fail_limit="10/minute")
+    guard = service.listener.handler.guard
+    real = guard.retry_after
+    entered, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def slow(address: str | None) -> int | None:
+        entered.set()
+        released.append(release.wait(10))  # False: released by its own deadline only
+        return real(address)
+
+    guard.retry_after = slow  # type: ignore[method-assign]
+    other = service.client(login=False)
+    logins: list[tuple[int, bytes]] = []
+
+    def log_in() -> None:
+        with service.client(login=False) as smtp:
+            logins.append(smtp.login(SENDER, API_KEY))
+
+    login = threading.Thread(target=log_in)
+    login.start()
+    assert entered.wait(10)
+    assert other.noop()[0] == 250
+    release.set()
+    login.join(20)
+    other.quit()
+    assert released == [True]
+    assert [code for code, _ in logins] == [235]
+
+
+def test_auth_plain_and_login_as_clients_send_them(listen):
+    service = listen()
+    with service.client(login=False) as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("AUTH", "PLAIN !!not-base64")[:1] == (501,)
+        assert smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"no-nul").decode())[0] == 501
+        smtp.user, smtp.password = SENDER, API_KEY
+        assert smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)[0] == 235
+    with service.client(login=False) as smtp:
+        smtp.ehlo()
+        plain = base64.b64encode(f"\0{SENDER}\0{API_KEY}".encode()).decode()
+        assert smtp.docmd("AUTH", "PLAIN")[0] == 334  # the response asked for
+        assert smtp.docmd(plain)[0] == 235
 
 
 def test_plain_auth_is_for_loopback_or_allow_plain_only():

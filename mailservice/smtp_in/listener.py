@@ -6,7 +6,8 @@ address and its API key (before STARTTLS only from a loopback address, or from a
 SMTP_LISTEN_ALLOW_PLAIN); MAIL FROM the key's own address, charged to the key's RATE_LIMIT;
 at most MAX_RECIPIENTS RCPT TO; DATA up to MAX_REQUEST_BYTES (advertised as SIZE), handed to
 `Submission` on an executor thread, whose reply ends the transaction. Failed logins count
-against the client address in the same AuthGuard as the HTTP 401s (AUTH_FAIL_LIMIT).
+against the client address in the same AuthGuard as the HTTP 401s (AUTH_FAIL_LIMIT), checked
+on a thread of their own (smtp_in/login.py).
 
 Why not aiosmtpd's `Controller`: it forwards `server_kwargs` to the SMTP protocol, not to
 `create_server`, so it cannot bind with SO_REUSEPORT; and it checks that it started by
@@ -19,7 +20,6 @@ the submissions in progress finished (recorded and handed over), every session t
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import threading
@@ -34,35 +34,21 @@ from email_validator import EmailNotValidError
 from mailservice.addresses import validate_address
 from mailservice.api.auth_guard import AuthGuard
 from mailservice.errors import ConfigError
-from mailservice.senders import Sender, SenderDirectory, key_digest
+from mailservice.senders import SenderDirectory
+from mailservice.smtp_in.login import (
+    NO_BUILTIN_AUTH,
+    Login,
+    LoginCheck,
+    plain_auth_allowed,
+    read_login,
+    read_plain,
+)
 from mailservice.smtp_in.submission import Submission
 
 logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0  # for the submissions in progress to be recorded at shutdown
 EXECUTOR_THREADS = 8  # blocking store and limiter calls, off the loop
-
-
-@dataclass(frozen=True, slots=True)
-class Login:
-    """A session's login: the key's sender and the key's digest (never the key)."""
-
-    sender: Sender
-    key_digest: bytes = field(repr=False)
-
-
-def plain_auth_allowed(peer_host: str | None, allow_plain: bool) -> bool:
-    """AUTH before STARTTLS: only from a loopback address, or from any with
-    SMTP_LISTEN_ALLOW_PLAIN (a listener behind a TLS-terminating proxy, or a trusted LAN)."""
-    if allow_plain:
-        return True
-    try:
-        ip = ipaddress.ip_address(peer_host or "")
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def _peer_host(session: Session) -> str | None:
@@ -72,7 +58,7 @@ def _peer_host(session: Session) -> str | None:
 
 @dataclass
 class SubmissionHandler:
-    """aiosmtpd's handler (MAIL, RCPT, DATA) and authenticator; see the module docstring.
+    """aiosmtpd's handler (AUTH, MAIL, RCPT, DATA); see the module docstring.
 
     `guard`: the AuthGuard of AUTH_FAIL_LIMIT; `charge(key_digest)`: the key's RATE_LIMIT,
     None within it or the seconds to wait; `special_use`: ALLOW_SPECIAL_USE_RECIPIENTS.
@@ -88,35 +74,34 @@ class SubmissionHandler:
     executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(EXECUTOR_THREADS, "smtp-in")
     )
+    # One thread: the failed logins of an address are counted in the order they came.
+    auth_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, "smtp-in-auth")
+    )
     in_flight: set[asyncio.Future[str]] = field(default_factory=set)
 
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        """PLAIN and LOGIN: username the sender's address, password its API key."""
-        peer = _peer_host(session)
-        if session.ssl is None and not plain_auth_allowed(peer, self.allow_plain):
-            # SubmissionSmtp already refuses this; kept here so that no version of aiosmtpd
-            # can let a key cross the network in clear.
-            return AuthResult(success=False, handled=False, message=ENCRYPTION_REQUIRED)
-        wait = self.guard.retry_after(peer)
-        if wait is not None:
-            return AuthResult(
-                success=False,
-                handled=False,
-                message=f"454 4.7.0 Too many failed logins from this address; try in {wait} s",
-            )
-        if not isinstance(data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        username = data.login.decode("utf-8", "replace")
-        key = data.password.decode("utf-8", "replace")
-        sender = self.senders.authenticate(key)
-        if sender is None or not sender.is_address(username):
-            self.guard.failed(peer)
-            logger.info("smtp login refused from %s", peer)
-            # handled=False: aiosmtpd answers 535; True would leave the client waiting.
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=Login(sender, key_digest(key)))
+    def __post_init__(self) -> None:
+        self.login_check = LoginCheck(self.senders, self.guard, self.allow_plain)
+
+    async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """AUTH PLAIN, awaited by aiosmtpd in place of its own (see smtp_in/login.py)."""
+        return await self._login(server, await read_plain(server, args))
+
+    async def auth_LOGIN(self, server: SMTP, args: list[str]) -> AuthResult:
+        """AUTH LOGIN, awaited by aiosmtpd in place of its own (see smtp_in/login.py)."""
+        return await self._login(server, await read_login(server, args))
+
+    async def _login(self, server: SMTP, credentials: LoginPassword | None) -> AuthResult:
+        if credentials is None:  # a 501 was answered already
+            return AuthResult(success=False, handled=True)
+        session = server.session
+        assert session is not None
+        peer, tls = _peer_host(session), session.ssl is not None
+        # The guard's storage calls block: on their own thread, never on the loop.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.auth_executor, self.login_check.check, peer, tls, credentials
+        )
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
@@ -170,9 +155,6 @@ class SubmissionHandler:
             self.in_flight.discard(future)
 
 
-ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
-
-
 class SubmissionSmtp(SMTP):
     """aiosmtpd's protocol, with AUTH before STARTTLS decided per connection (its
     `auth_require_tls` is one setting for all) and long lines left to `prepare_raw`, which
@@ -181,7 +163,9 @@ class SubmissionSmtp(SMTP):
     line_length_limit = 8192  # longer lines still get aiosmtpd's 500; none is relayed
 
     def __init__(self, handler: SubmissionHandler, sessions: set[SMTP], **kwargs: Any) -> None:
-        super().__init__(handler, authenticator=handler.authenticate, **kwargs)
+        # The handler's auth_PLAIN/auth_LOGIN replace aiosmtpd's; its authenticator, called
+        # only by its own mechanisms, refuses.
+        super().__init__(handler, authenticator=lambda *_: NO_BUILTIN_AUTH, **kwargs)
         self._handler_ref = handler
         self._sessions = sessions
 
@@ -280,6 +264,7 @@ class SmtpListener:
         self._thread.join()
         self._thread = None
         self.handler.executor.shutdown(wait=True)  # nothing accepted is left half-way
+        self.handler.auth_executor.shutdown(wait=True)
         loop.close()
         logger.info("smtp submission stopped")
 
