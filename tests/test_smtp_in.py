@@ -277,6 +277,52 @@ def test_the_same_message_id_to_other_recipients_is_sent_to_each(listen):
     assert delivered == ["a@example.org", "b@example.org", "c@example.org"]
 
 
+# -- shutdown -------------------------------------------------------------------------------------
+
+
+def test_shutdown_answers_250_to_what_it_recorded_and_421_to_what_it_did_not(listen):
+    # A DATA ending while stop() waits for the submissions in progress must not be
+    # recorded and then told 421: the client would send it again, and it would go twice.
+    service = listen()
+    handler = service.listener.handler
+    real = handler.submission.submit
+    entered, release = threading.Event(), threading.Event()
+    recorded: list[str] = []
+
+    def held(*args: Any) -> str:
+        entered.set()
+        release.wait(10)
+        reply = real(*args)
+        recorded.append(reply)
+        return reply
+
+    handler.submission.submit = held  # type: ignore[method-assign]
+    data = message("plain").as_bytes(policy=policy.SMTP)
+    first, second = service.client(), service.client()
+    for smtp in (first, second):
+        smtp.mail(SENDER)
+        smtp.rcpt("you@example.org")
+    replies: dict[str, tuple[int, bytes]] = {}
+
+    def submit(name: str, smtp: smtplib.SMTP) -> None:
+        replies[name] = smtp.data(data)
+
+    threads = [threading.Thread(target=submit, args=("first", first))]
+    threads[0].start()
+    assert entered.wait(10)  # the first is being recorded
+    threads.append(threading.Thread(target=service.listener.stop))
+    threads[1].start()
+    wait_for(lambda: handler.closing)  # stop() has begun
+    submit("second", second)  # its DATA ends while stop() waits for the first
+    release.set()
+    for thread in threads:
+        thread.join(20)
+    first.close()
+    second.close()
+    assert recorded == [f"250 {replies['first'][1].decode()}"]  # the one recorded, told so
+    assert replies["second"][:1] == (421,) and replies["second"][1].startswith(b"4.3.2")
+
+
 # -- logins ---------------------------------------------------------------------------------------
 
 

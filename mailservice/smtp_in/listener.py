@@ -13,8 +13,11 @@ Why not aiosmtpd's `Controller`: it forwards `server_kwargs` to the SMTP protoco
 `create_server`, so it cannot bind with SO_REUSEPORT; and it checks that it started by
 connecting to its own port, which under SO_REUSEPORT the kernel may hand to another worker.
 `SmtpListener` binds the loop's server itself, `reuse_port` when every gunicorn worker runs
-one (mail_server.start_smtp_listener says when), and stops in order: no new connections,
-the submissions in progress finished (recorded and handed over), every session told 421.
+one (mail_server.start_smtp_listener says when), and stops in order: no new connections and
+no new MAIL or DATA (421, before anything is recorded), the submissions in progress finished
+and their 250 sent, then every other session told 421. A session whose submission is still
+running at the deadline is closed without a 421: it may be recorded, and a 421 would make the
+client send it again.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from mailservice.smtp_in.submission import Submission
 logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0  # for the submissions in progress to be recorded at shutdown
+STOP_LIMIT = STOP_SECONDS + 5  # the whole stop(): gunicorn's graceful_timeout leaves room
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
 EXECUTOR_THREADS = 8  # blocking store and limiter calls, off the loop
 
 
@@ -79,6 +84,9 @@ class SubmissionHandler:
         default_factory=lambda: ThreadPoolExecutor(1, "smtp-in-auth")
     )
     in_flight: set[asyncio.Future[str]] = field(default_factory=set)
+    # Sessions between their DATA's submission and its reply pushed: never told 421.
+    replying: set[SMTP] = field(default_factory=set)
+    closing: bool = False  # stop() began: no new transaction is started
 
     def __post_init__(self) -> None:
         self.login_check = LoginCheck(self.senders, self.guard, self.allow_plain)
@@ -106,6 +114,8 @@ class SubmissionHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
     ) -> str:
+        if self.closing:
+            return SHUTTING_DOWN
         login: Login = session.auth_data
         if not login.sender.is_address(address):
             return f"550 5.7.1 MAIL FROM must be this login's own address, {login.sender.email}"
@@ -138,6 +148,9 @@ class SubmissionHandler:
                 f"554 5.5.3 Too many recipients: at most {self.max_recipients} a message; "
                 "nothing was sent"
             )
+        if self.closing:  # nothing recorded: the client keeps the message and tries again
+            return SHUTTING_DOWN
+        self.replying.add(server)  # until SubmissionSmtp.smtp_DATA has pushed the reply
         login: Login = session.auth_data
         data = envelope.original_content or b""
         rcpts = list(envelope.rcpt_tos)
@@ -179,7 +192,20 @@ class SubmissionSmtp(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         self._sessions.discard(self)
+        self._handler_ref.replying.discard(self)
         super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)  # the handler's reply pushed, when it had one
+        finally:
+            self._handler_ref.replying.discard(self)
+
+    async def push(self, status: str | bytes) -> None:
+        await super().push(status)
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        if text.startswith("421") and self.transport is not None:
+            self.transport.close()  # RFC 5321 3.8: a 421 ends the session
 
 
 class SmtpListener:
@@ -257,7 +283,7 @@ class SmtpListener:
             return
         loop = self._loop
         try:
-            asyncio.run_coroutine_threadsafe(self._close(), loop).result(STOP_SECONDS + 5)
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(STOP_LIMIT)
         except TimeoutError:
             logger.warning("smtp submission: sessions still open at shutdown")
         loop.call_soon_threadsafe(loop.stop)
@@ -270,16 +296,40 @@ class SmtpListener:
 
     async def _close(self) -> None:
         assert self._server is not None
+        handler = self.handler
+        handler.closing = True  # first: a DATA ending from now on is 421, never recorded
         self._server.close()
-        if self.handler.in_flight:
-            await asyncio.wait(list(self.handler.in_flight), timeout=STOP_SECONDS)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SECONDS
+        # Until every submission begun is recorded and its 250 pushed (which happens on this
+        # loop after the executor's future is done, hence the polling).
+        await _until(lambda: not (handler.in_flight or handler.replying), deadline)
         for session in list(self._sessions):
             transport = session.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(b"421 4.3.2 Service shutting down\r\n")
-                transport.close()
+            if transport is None or transport.is_closing():
+                continue
+            if session in handler.replying:
+                logger.warning("smtp submission: a submission still running at shutdown")
+            else:
+                transport.write(SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            transport.close()
+        # A TLS session closes once its close_notify is answered: give the clients a moment,
+        # then drop the rest, so that no transport outlives the loop.
+        await _until(lambda: not self._sessions, loop.time() + 1.0)
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        await _until(lambda: not self._sessions, loop.time() + 1.0)
         this = asyncio.current_task()
         tasks = [task for task in asyncio.all_tasks() if task is not this]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _until(condition: Callable[[], bool], deadline: float) -> None:
+    """Poll `condition` on the running loop until it holds or the loop's clock passes
+    `deadline` (what it waits for is done by callbacks of this loop, not by a future)."""
+    loop = asyncio.get_running_loop()
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
