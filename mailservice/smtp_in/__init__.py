@@ -18,7 +18,8 @@ from mailservice.config import Settings, listen_address
 from mailservice.delivery.accepting import Acceptor
 from mailservice.errors import ConfigError
 from mailservice.senders import SenderDirectory
-from mailservice.smtp_in.listener import SmtpListener, SubmissionHandler
+from mailservice.smtp_in.handler import SubmissionHandler
+from mailservice.smtp_in.listener import SmtpListener
 from mailservice.smtp_in.submission import Submission
 
 
