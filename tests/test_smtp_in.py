@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
@@ -275,6 +276,65 @@ def test_the_same_message_id_to_other_recipients_is_sent_to_each(listen):
     assert service.status(ids[1])["status"] == "sent"
     delivered = sorted(r for got in service.sink.received for r in got.rcpt_tos)
     assert delivered == ["a@example.org", "b@example.org", "c@example.org"]
+
+
+# -- bounds on sessions ------------------------------------------------------------------------
+
+
+def greeting(port: int) -> tuple[int, bytes]:
+    """A new connection's first reply (smtplib's connect())."""
+    smtp = smtplib.SMTP(timeout=10)
+    try:
+        return smtp.connect("127.0.0.1", port)
+    except smtplib.SMTPServerDisconnected:
+        return (0, b"")
+    finally:
+        smtp.close()
+
+
+def test_sessions_past_the_process_and_the_client_limits_are_421_4_7_0(listen):
+    service = listen(smtp_listen_max_sessions=3, smtp_listen_max_sessions_per_client=2)
+    first, second = service.client(login=False), service.client(login=False)
+    code, text = greeting(service.port)  # a third from the same address
+    assert (code, text[:5]) == (421, b"4.7.0"), text
+    service.listener.bounds = replace(service.listener.bounds, max_per_client=5)
+    third = service.client(login=False)
+    code, text = greeting(service.port)  # a fourth in the process
+    assert (code, text[:5]) == (421, b"4.7.0"), text
+    first.quit()
+    wait_for(lambda: greeting(service.port)[0] == 220)  # a place again once one has gone
+    for smtp in (second, third):
+        smtp.login(SENDER, API_KEY)
+        smtp.quit()
+
+
+def closed_with_421(smtp: smtplib.SMTP) -> bool:
+    try:
+        return smtp.noop()[0] == 421
+    except smtplib.SMTPServerDisconnected:
+        return True
+
+
+def test_a_session_without_a_login_in_time_is_421_and_closed(listen):
+    service = listen()
+    service.listener.bounds = replace(service.listener.bounds, login_seconds=0.3)
+    logged_in = service.client()
+    idle = service.client(login=False)  # connected later: its deadline comes later
+    wait_for(lambda: closed_with_421(idle))
+    idle.close()
+    assert logged_in.noop()[0] == 250  # past its deadline, but logged in in time
+    logged_in.quit()
+
+
+def test_aiosmtpd_counts_the_commands_of_a_session(listen):
+    service = listen()
+    with service.client(login=False) as smtp:
+        replies = [smtp.docmd("NOOP")[0] for _ in range(21)]
+    assert replies[:20] == [250] * 20 and replies[20] == 421
+    with service.client() as smtp:  # MAIL, RCPT and RSET are not counted: connections reuse
+        for _ in range(30):
+            assert smtp.mail(SENDER)[0] == 250 and smtp.rcpt("you@example.org")[0] == 250
+            assert smtp.rset()[0] == 250
 
 
 # -- shutdown -------------------------------------------------------------------------------------

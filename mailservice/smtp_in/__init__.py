@@ -19,7 +19,7 @@ from mailservice.delivery.accepting import Acceptor
 from mailservice.errors import ConfigError
 from mailservice.senders import SenderDirectory
 from mailservice.smtp_in.handler import SubmissionHandler
-from mailservice.smtp_in.listener import SmtpListener
+from mailservice.smtp_in.listener import SessionBounds, SmtpListener
 from mailservice.smtp_in.submission import Submission
 
 
@@ -61,4 +61,8 @@ def build_listener(
         tls_context=tls_context(settings),
         data_size_limit=settings.max_request_bytes,
         hostname=settings.smtp_ehlo_name or socket.getfqdn(),
+        bounds=SessionBounds(
+            max_sessions=settings.smtp_listen_max_sessions,
+            max_per_client=settings.smtp_listen_max_sessions_per_client,
+        ),
     )

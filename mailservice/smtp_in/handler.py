@@ -56,6 +56,11 @@ class SubmissionHandler:
     # Sessions between their DATA's submission and its reply pushed: never told 421.
     replying: set[SMTP] = field(default_factory=set)
     closing: bool = False  # stop() began: no new transaction is started
+    # DATAs being submitted at once: at most one per executor thread, the others wait here,
+    # so that no more messages are being prepared (copied) than threads can take.
+    data_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(EXECUTOR_THREADS)
+    )
 
     def __post_init__(self) -> None:
         self.login_check = LoginCheck(self.senders, self.guard, self.allow_plain)
@@ -123,9 +128,10 @@ class SubmissionHandler:
         login: Login = session.auth_data
         data = envelope.original_content or b""
         rcpts = list(envelope.rcpt_tos)
-        return await self._off_loop(
-            self.submission.submit, data, login.sender, login.key_digest, rcpts
-        )
+        async with self.data_slots:
+            return await self._off_loop(
+                self.submission.submit, data, login.sender, login.key_digest, rcpts
+            )
 
     async def _off_loop(self, call: Callable[..., Any], *args: Any) -> Any:
         """A blocking call (store, limiter) on the executor, tracked for a clean stop."""

@@ -27,6 +27,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
@@ -39,6 +40,25 @@ logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0  # for the submissions in progress to be recorded at shutdown
 STOP_LIMIT = STOP_SECONDS + 5  # the whole stop(): gunicorn's graceful_timeout leaves room
+# Per session, aiosmtpd's count of each command (421 4.7.0 past it). MAIL, RCPT, DATA and RSET
+# are not counted ("*" is all but unbounded): a reused connection sends many messages, and
+# each is charged to RATE_LIMIT already.
+COMMAND_CALL_LIMIT = {
+    "AUTH": 5, "NOOP": 20, "EHLO": 10, "HELO": 10, "STARTTLS": 3, "HELP": 5, "VRFY": 5,
+    "EXPN": 5, "*": 10**9,
+}  # fmt: skip
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections; try again later"
+LOGIN_TOO_LATE = "421 4.7.0 No login in time; closing"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBounds:
+    """SMTP_LISTEN_MAX_SESSIONS in this process, SMTP_LISTEN_MAX_SESSIONS_PER_CLIENT from one
+    address, and the seconds from connect to a successful AUTH."""
+
+    max_sessions: int = 100
+    max_per_client: int = 10
+    login_seconds: float = 60.0
 
 
 class SubmissionSmtp(SMTP):
@@ -48,22 +68,56 @@ class SubmissionSmtp(SMTP):
 
     line_length_limit = 8192  # longer lines still get aiosmtpd's 500; none is relayed
 
-    def __init__(self, handler: SubmissionHandler, sessions: set[SMTP], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: SubmissionHandler,
+        sessions: set[SubmissionSmtp],
+        bounds: SessionBounds,
+        **kwargs: Any,
+    ) -> None:
         # The handler's auth_PLAIN/auth_LOGIN replace aiosmtpd's; its authenticator, called
         # only by its own mechanisms, refuses.
         super().__init__(handler, authenticator=lambda *_: NO_BUILTIN_AUTH, **kwargs)
         self._handler_ref = handler
         self._sessions = sessions
+        self._bounds = bounds
+        self.client_host: str | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # again after STARTTLS, with the TLS transport
-        self._sessions.add(self)
+        first = self.transport is None  # called again after STARTTLS, with the TLS transport
+        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
         # Read by aiosmtpd at EHLO (AUTH advertised or not) and at AUTH (538 or not).
         self._auth_require_tls = not plain_auth_allowed(host, self._handler_ref.allow_plain)
+        if not first:
+            return
+        self.client_host = host
+        from_client = sum(1 for session in self._sessions if session.client_host == host)
+        if (
+            len(self._sessions) >= self._bounds.max_sessions
+            or from_client >= self._bounds.max_per_client
+        ):
+            logger.warning("smtp submission: too many connections; refused one from %s", host)
+            # Written before the greeting's task runs: once closed, its 220 goes nowhere.
+            transport.write(TOO_MANY_SESSIONS.encode("ascii") + b"\r\n")
+            transport.close()
+            return
+        self._sessions.add(self)
+        self._login_timer = self.loop.call_later(self._bounds.login_seconds, self._login_due)
+
+    def _login_due(self) -> None:
+        if self.session is not None and self.session.authenticated:
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            logger.info("smtp submission: no login in time from %s", self.client_host)
+            self.transport.write(LOGIN_TOO_LATE.encode("ascii") + b"\r\n")
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
         self._sessions.discard(self)
         self._handler_ref.replying.discard(self)
         super().connection_lost(error)
@@ -93,8 +147,10 @@ class SmtpListener:
         tls_context: ssl.SSLContext | None,
         data_size_limit: int,
         hostname: str,
+        bounds: SessionBounds | None = None,
     ) -> None:
         self.handler = handler
+        self.bounds = bounds or SessionBounds()
         self.host = host
         self.port = port
         self._smtp_kwargs: dict[str, Any] = {
@@ -104,8 +160,9 @@ class SmtpListener:
             "auth_required": True,
             "enable_SMTPUTF8": True,  # UTF-8 headers (RFC 6532) are relayed as they came
             "decode_data": False,
+            "command_call_limit": COMMAND_CALL_LIMIT,
         }
-        self._sessions: set[SMTP] = set()
+        self._sessions: set[SubmissionSmtp] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -148,7 +205,9 @@ class SmtpListener:
 
     def _protocol(self) -> SMTP:
         assert self._loop is not None
-        return SubmissionSmtp(self.handler, self._sessions, loop=self._loop, **self._smtp_kwargs)
+        return SubmissionSmtp(
+            self.handler, self._sessions, self.bounds, loop=self._loop, **self._smtp_kwargs
+        )
 
     def stop(self) -> None:
         """No new connections, submissions in progress recorded, sessions closed with 421."""
