@@ -486,6 +486,21 @@ def test_auth_before_starttls_is_refused_off_loopback(listen):
         assert smtp.login(SENDER, API_KEY)[0] == 235
 
 
+def test_a_listener_no_remote_client_can_log_in_to_is_a_warning(
+    make_app: Callable[..., Flask], smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+):
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mailservice.smtp_in"]
+
+    caplog.set_level("WARNING", logger="mailservice.smtp_in")
+    make_app(smtp_server.port, smtp_listen=f"0.0.0.0:{free_port()}")
+    assert ["no remote client can log in" in text for text in warnings()] == [True]
+    caplog.clear()
+    make_app(smtp_server.port, smtp_listen=f"127.0.0.1:{free_port()}")
+    make_app(smtp_server.port, smtp_listen=f"0.0.0.0:{free_port()}", smtp_listen_allow_plain=True)
+    assert warnings() == []  # loopback only, or plain AUTH allowed: as meant
+
+
 # -- refusals: the right reply, and nothing sent ---------------------------------------------------
 
 

@@ -39,7 +39,7 @@ class Login:
 
 def plain_auth_allowed(peer_host: str | None, allow_plain: bool) -> bool:
     """AUTH before STARTTLS: only from a loopback address, or from any with
-    SMTP_LISTEN_ALLOW_PLAIN (a listener behind a TLS-terminating proxy, or a trusted LAN)."""
+    SMTP_LISTEN_ALLOW_PLAIN (a trusted LAN; behind a local TLS proxy every client is loopback)."""
     if allow_plain:
         return True
     try:
