@@ -33,6 +33,7 @@ from mailservice.metrics_dir import prepare_metrics_dir
 from mailservice.preflight import check_named_resources
 from mailservice.runtime import pin_to_core, tune_gc, tune_malloc
 from mailservice.senders import load_senders
+from mailservice.smtp_in.listener import STOP_LIMIT
 from mailservice.templating import TemplateLibrary
 
 try:
@@ -59,7 +60,10 @@ workers = _settings.gunicorn_workers
 # gthread let 100 clients sending a byte at a time hold every thread (see http_worker.py).
 worker_class = "mailservice.serving.http_worker.BufferingThreadWorker"
 threads = _settings.gunicorn_threads
-graceful_timeout = int(_settings.drain_seconds) + 10
+# The worker's exit stops its SMTP listener (up to STOP_LIMIT) before the drain: room for both.
+graceful_timeout = (
+    int(_settings.drain_seconds) + 10 + (int(STOP_LIMIT) if _settings.smtp_listen else 0)
+)
 accesslog = None  # off: the request log (EMAIL_LOG) is the record of requests
 loglevel = _settings.log_level.lower()  # gunicorn's own lines, at LOG_LEVEL too
 # gunicorn's error log ("Booting worker", timeouts) through the service's handler and format.

@@ -106,6 +106,8 @@ class Settings:
     smtp_listen_cert: str = ""
     smtp_listen_key: str = ""
     smtp_listen_allow_plain: bool = False  # AUTH before STARTTLS from any address, not loopback
+    smtp_listen_max_sessions: int = 100  # open SMTP sessions in one process
+    smtp_listen_max_sessions_per_client: int = 10  # of those, from one client address
 
 
 def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
@@ -320,6 +322,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "SMTP_LISTEN_CERT": ("smtp_listen_cert", str.strip),
     "SMTP_LISTEN_KEY": ("smtp_listen_key", str.strip),
     "SMTP_LISTEN_ALLOW_PLAIN": ("smtp_listen_allow_plain", _off_switch),
+    "SMTP_LISTEN_MAX_SESSIONS": ("smtp_listen_max_sessions", _positive(int)),
+    "SMTP_LISTEN_MAX_SESSIONS_PER_CLIENT": (
+        "smtp_listen_max_sessions_per_client",
+        _positive(int),
+    ),
 }
 
 

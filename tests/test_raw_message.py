@@ -57,6 +57,26 @@ def test_a_message_id_of_its_own_is_kept_and_bare_lf_becomes_crlf():
     )
 
 
+@pytest.mark.parametrize("empty", ["Message-ID:", "Message-ID:   ", "message-id:\r\n  "])
+def test_an_empty_message_id_is_replaced_not_left_beside_the_added_one(empty: str):
+    data = ("From: me@example.com\r\n" + empty + "\r\nSubject: x\r\n\r\nbody\r\n").encode()
+    prepared = prepare_raw(data, SENDER, RID)
+    assert prepared.message_id == f"<{RID}@example.com>"
+    assert prepared.data == raw(
+        "From: me@example.com", "Subject: x", f"Message-ID: <{RID}@example.com>", body="body\r\n"
+    )
+
+
+def test_resent_bcc_is_removed_and_resent_from_of_the_login_kept():
+    data = raw("From: me@example.com", "Resent-From: Me <me@example.com>",
+               "Resent-Sender: me@example.com", "Resent-Bcc: hidden@example.net",
+               "Message-ID: <a@b>")  # fmt: skip
+    assert prepare_raw(data, SENDER, RID).data == raw(
+        "From: me@example.com", "Resent-From: Me <me@example.com>",
+        "Resent-Sender: me@example.com", "Message-ID: <a@b>",
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("data", "reply"),
     [
@@ -67,6 +87,15 @@ def test_a_message_id_of_its_own_is_kept_and_bare_lf_becomes_crlf():
         (raw("From: me@example.com", "Sender: boss@example.com"), "550 5.7.1 Sender:"),
         (raw("From: me@example.com, boss@example.com"), "554 5.6.0 From: must hold one address"),
         (raw("From: me@example.com", "From: me@example.com"), "554 5.6.0 The message has more"),
+        (raw("From: me@example.com", "Message-ID: <a@b>", "Message-ID: <c@d>"),
+         "554 5.6.0 The message has more than one Message-ID:"),
+        (raw("From: me@example.com", "Message-ID:", "Message-ID: <c@d>"),
+         "554 5.6.0 The message has more than one Message-ID:"),
+        (raw("From: me@example.com", "Resent-From: boss@example.com"), "550 5.7.1 Resent-From:"),
+        (raw("From: me@example.com", "Resent-Sender: boss@example.com"),
+         "550 5.7.1 Resent-Sender:"),
+        (raw("From: me@example.com", "Resent-From: me@example.com, boss@example.com"),
+         "554 5.6.0 Resent-From: must hold one address"),
         (b"no header at all\r\n\r\nbody", "554 5.6.0 The message has a malformed header line"),
         (b"", "554 5.6.0 The message has no header"),
     ],

@@ -5,13 +5,16 @@ Message-ID where it had none). Then every refusal, and the store down at DATA.""
 
 from __future__ import annotations
 
+import base64
 import re
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
@@ -249,6 +252,137 @@ def test_the_same_message_id_resubmitted_is_sent_once(listen):
     assert ids.count("<once@client.test>") == 1 and len(ids) == 2
 
 
+def test_the_same_message_id_to_other_recipients_is_sent_to_each(listen):
+    # Postfix as a smarthost client splits one message into transactions of at most
+    # smtp_destination_recipient_limit recipients, each with the same Message-ID.
+    service = listen()
+    data = message("plain", "<split@client.test>").as_bytes(policy=policy.SMTP)
+    ids = []
+    for rcpts in (
+        ["a@example.org", "b@example.org"],
+        ["c@example.org"],
+        ["b@EXAMPLE.org", "a@example.ORG"],
+    ):
+        with service.client() as smtp:
+            smtp.mail(SENDER)
+            for rcpt in rcpts:
+                smtp.rcpt(rcpt)
+            code, reply = smtp.data(data)
+        assert code == 250, reply
+        ids.append(QUEUED.search(reply.decode()).group(1))
+    assert ids[0] != ids[1]
+    assert ids[2] == ids[0]  # the same recipients in another order and case: a resubmission
+    wait_for(lambda: len(service.sink.received) >= 2)
+    assert service.status(ids[1])["status"] == "sent"
+    delivered = sorted(r for got in service.sink.received for r in got.rcpt_tos)
+    assert delivered == ["a@example.org", "b@example.org", "c@example.org"]
+
+
+# -- bounds on sessions ------------------------------------------------------------------------
+
+
+def greeting(port: int) -> tuple[int, bytes]:
+    """A new connection's first reply (smtplib's connect())."""
+    smtp = smtplib.SMTP(timeout=10)
+    try:
+        return smtp.connect("127.0.0.1", port)
+    except smtplib.SMTPServerDisconnected:
+        return (0, b"")
+    finally:
+        smtp.close()
+
+
+def test_sessions_past_the_process_and_the_client_limits_are_421_4_7_0(listen):
+    service = listen(smtp_listen_max_sessions=3, smtp_listen_max_sessions_per_client=2)
+    first, second = service.client(login=False), service.client(login=False)
+    code, text = greeting(service.port)  # a third from the same address
+    assert (code, text[:5]) == (421, b"4.7.0"), text
+    service.listener.bounds = replace(service.listener.bounds, max_per_client=5)
+    third = service.client(login=False)
+    code, text = greeting(service.port)  # a fourth in the process
+    assert (code, text[:5]) == (421, b"4.7.0"), text
+    first.quit()
+    wait_for(lambda: greeting(service.port)[0] == 220)  # a place again once one has gone
+    for smtp in (second, third):
+        smtp.login(SENDER, API_KEY)
+        smtp.quit()
+
+
+def closed_with_421(smtp: smtplib.SMTP) -> bool:
+    try:
+        return smtp.noop()[0] == 421
+    except smtplib.SMTPServerDisconnected:
+        return True
+
+
+def test_a_session_without_a_login_in_time_is_421_and_closed(listen):
+    service = listen()
+    service.listener.bounds = replace(service.listener.bounds, login_seconds=0.3)
+    logged_in = service.client()
+    idle = service.client(login=False)  # connected later: its deadline comes later
+    wait_for(lambda: closed_with_421(idle))
+    idle.close()
+    assert logged_in.noop()[0] == 250  # past its deadline, but logged in in time
+    logged_in.quit()
+
+
+def test_aiosmtpd_counts_the_commands_of_a_session(listen):
+    service = listen()
+    with service.client(login=False) as smtp:
+        replies = [smtp.docmd("NOOP")[0] for _ in range(21)]
+    assert replies[:20] == [250] * 20 and replies[20] == 421
+    with service.client() as smtp:  # MAIL, RCPT and RSET are not counted: connections reuse
+        for _ in range(30):
+            assert smtp.mail(SENDER)[0] == 250 and smtp.rcpt("you@example.org")[0] == 250
+            assert smtp.rset()[0] == 250
+
+
+# -- shutdown -------------------------------------------------------------------------------------
+
+
+def test_shutdown_answers_250_to_what_it_recorded_and_421_to_what_it_did_not(listen):
+    # A DATA ending while stop() waits for the submissions in progress must not be
+    # recorded and then told 421: the client would send it again, and it would go twice.
+    service = listen()
+    handler = service.listener.handler
+    real = handler.submission.submit
+    entered, release = threading.Event(), threading.Event()
+    recorded: list[str] = []
+
+    def held(*args: Any) -> str:
+        entered.set()
+        release.wait(10)
+        reply = real(*args)
+        recorded.append(reply)
+        return reply
+
+    handler.submission.submit = held  # type: ignore[method-assign]
+    data = message("plain").as_bytes(policy=policy.SMTP)
+    first, second = service.client(), service.client()
+    for smtp in (first, second):
+        smtp.mail(SENDER)
+        smtp.rcpt("you@example.org")
+    replies: dict[str, tuple[int, bytes]] = {}
+
+    def submit(name: str, smtp: smtplib.SMTP) -> None:
+        replies[name] = smtp.data(data)
+
+    threads = [threading.Thread(target=submit, args=("first", first))]
+    threads[0].start()
+    assert entered.wait(10)  # the first is being recorded
+    threads.append(threading.Thread(target=service.listener.stop))
+    threads[1].start()
+    wait_for(lambda: handler.closing)  # stop() has begun
+    submit("second", second)  # its DATA ends while stop() waits for the first
+    release.set()
+    for thread in threads:
+        thread.join(20)
+    first.close()
+    second.close()
+    assert recorded == [f"250 {replies['first'][1].decode()}"]  # the one recorded, told so
+    assert replies["second"][:1] == (421,) and replies["second"][1].startswith(b"4.3.2")
+
+
 # -- logins ---------------------------------------------------------------------------------------
 
 
@@ -265,6 +399,54 @@ def test_a_wrong_login_is_535_and_the_failed_login_limit_then_refuses_all(listen
             smtp.login(SENDER, API_KEY)  # the right login, from an address past the limit
         assert caught.value.smtp_code == 454
         assert b"Too many failed logins" in caught.value.smtp_error
+
+
+def test_a_slow_failed_login_guard_does_not_stall_other_sessions(listen):
+    # The guard's storage may be Redis at its socket timeout: while one AUTH waits on it,
+    # another session's NOOP must be answered (the guard runs off the listener's loop).
+    service = listen(auth_fail_limit="10/minute")
+    guard = service.listener.handler.guard
+    real = guard.retry_after
+    entered, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    def slow(address: str | None) -> int | None:
+        entered.set()
+        released.append(release.wait(10))  # False: released by its own deadline only
+        return real(address)
+
+    guard.retry_after = slow  # type: ignore[method-assign]
+    other = service.client(login=False)
+    logins: list[tuple[int, bytes]] = []
+
+    def log_in() -> None:
+        with service.client(login=False) as smtp:
+            logins.append(smtp.login(SENDER, API_KEY))
+
+    login = threading.Thread(target=log_in)
+    login.start()
+    assert entered.wait(10)
+    assert other.noop()[0] == 250
+    release.set()
+    login.join(20)
+    other.quit()
+    assert released == [True]
+    assert [code for code, _ in logins] == [235]
+
+
+def test_auth_plain_and_login_as_clients_send_them(listen):
+    service = listen()
+    with service.client(login=False) as smtp:
+        smtp.ehlo()
+        assert smtp.docmd("AUTH", "PLAIN !!not-base64")[:1] == (501,)
+        assert smtp.docmd("AUTH", "PLAIN " + base64.b64encode(b"no-nul").decode())[0] == 501
+        smtp.user, smtp.password = SENDER, API_KEY
+        assert smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)[0] == 235
+    with service.client(login=False) as smtp:
+        smtp.ehlo()
+        plain = base64.b64encode(f"\0{SENDER}\0{API_KEY}".encode()).decode()
+        assert smtp.docmd("AUTH", "PLAIN")[0] == 334  # the response asked for
+        assert smtp.docmd(plain)[0] == 235
 
 
 def test_plain_auth_is_for_loopback_or_allow_plain_only():
@@ -302,6 +484,21 @@ def test_auth_before_starttls_is_refused_off_loopback(listen):
         assert smtp.login(SENDER, API_KEY)[0] == 235
     with smtplib.SMTP("127.0.0.1", service.port, timeout=10) as smtp:  # loopback: allowed
         assert smtp.login(SENDER, API_KEY)[0] == 235
+
+
+def test_a_listener_no_remote_client_can_log_in_to_is_a_warning(
+    make_app: Callable[..., Flask], smtp_server: SmtpServer, caplog: pytest.LogCaptureFixture
+):
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "mailservice.smtp_in"]
+
+    caplog.set_level("WARNING", logger="mailservice.smtp_in")
+    make_app(smtp_server.port, smtp_listen=f"0.0.0.0:{free_port()}")
+    assert ["no remote client can log in" in text for text in warnings()] == [True]
+    caplog.clear()
+    make_app(smtp_server.port, smtp_listen=f"127.0.0.1:{free_port()}")
+    make_app(smtp_server.port, smtp_listen=f"0.0.0.0:{free_port()}", smtp_listen_allow_plain=True)
+    assert warnings() == []  # loopback only, or plain AUTH allowed: as meant
 
 
 # -- refusals: the right reply, and nothing sent ---------------------------------------------------

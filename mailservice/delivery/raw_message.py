@@ -1,15 +1,17 @@
 """A message submitted whole (the SMTP listener's DATA): checked, then relayed as received.
 
 `prepare_raw(data, sender, request_id)` checks a submitted message and gives the bytes that go
-out, headers and MIME intact but for two changes: a `Message-ID` is added when it has none
-(`<request_id@the sender's domain>`, the service's own rule, so every attempt carries the same
-one), and `Bcc:` is removed (its addresses are in the envelope only). Line ends become CRLF.
+out, headers and MIME intact but for two changes: a `Message-ID` is added when it has none or
+an empty one (`<request_id@the sender's domain>`, the service's own rule, so every attempt
+carries the same one; the empty field is dropped, not left beside it), and `Bcc:` and
+`Resent-Bcc:` are removed (their addresses are in the envelope only). Line ends become CRLF.
 Nothing is decoded or re-encoded: the body's bytes are the client's.
 
 It refuses, with an SMTP reply (`RawMessageError.reply`), what must not be relayed: a NUL
 anywhere, a line over 998 octets (RFC 5322 2.1.1: such a line is not encoded, whatever its
-part says), no header block, no `From:`, a `From:` (or `Sender:`) that is not the key's own
-address, and more than one `From:` address. The HTTP routes never come here: their messages are
+part says), no header block, no `From:`, more than one `From:` or `Message-ID:` field, a
+`From:`, `Sender:`, `Resent-From:` or `Resent-Sender:` that is not the key's own address, and
+more than one address in any of them. The HTTP routes never come here: their messages are
 built by delivery/message.py.
 """
 
@@ -26,6 +28,14 @@ MAX_LINE = 998  # octets, without the CRLF (RFC 5322 2.1.1)
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 # A header field's name at the start of a line, then the colon (RFC 5322 2.2).
 _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+# The fields that name the message's author or its sender, resent ones too (RFC 5322 3.6.6):
+# each must be the login's own address, as From: is.
+_AUTHOR_FIELDS = {
+    "from": "From",
+    "sender": "Sender",
+    "resent-from": "Resent-From",
+    "resent-sender": "Resent-Sender",
+}
 
 
 class RawMessageError(ValueError):
@@ -62,8 +72,13 @@ def prepare_raw(data: bytes, sender: Sender, request_id: str) -> PreparedMessage
     if not fields:
         raise RawMessageError("554 5.6.0 The message has no header")
     _check_from(fields, sender)
-    kept = [raw for name, raw in fields if name != "bcc"]
-    message_id = next((_unfolded(raw) for name, raw in fields if name == "message-id"), "")
+    ids = [_unfolded(raw) for name, raw in fields if name == "message-id"]
+    if len(ids) > 1:
+        raise RawMessageError("554 5.6.0 The message has more than one Message-ID: header")
+    message_id = ids[0] if ids else ""
+    # An empty Message-ID goes with the Bcc fields: the one added below takes its place.
+    dropped = {"bcc", "resent-bcc"} | ({"message-id"} if not message_id else set())
+    kept = [raw for name, raw in fields if name not in dropped]
     if not message_id:
         message_id = f"<{request_id}@{sender.domain}>"
         kept.append([b"Message-ID: " + message_id.encode("ascii")])
@@ -105,12 +120,13 @@ def _check_from(fields: list[tuple[str, list[bytes]]], sender: Sender) -> None:
         raise RawMessageError("554 5.6.0 The message has no From: header")
     if len(froms) > 1:
         raise RawMessageError("554 5.6.0 The message has more than one From: header")
-    for name in ("from", "sender"):
+    for name in _AUTHOR_FIELDS:
         for value in (_unfolded(raw) for n, raw in fields if n == name):
             addresses = [address for _, address in getaddresses([value]) if address]
             if len(addresses) != 1:
-                raise RawMessageError(f"554 5.6.0 {name.title()}: must hold one address")
+                raise RawMessageError(f"554 5.6.0 {_AUTHOR_FIELDS[name]}: must hold one address")
             if not sender.is_address(addresses[0]):
                 raise RawMessageError(
-                    f"550 5.7.1 {name.title()}: must be this login's own address, {sender.email}"
+                    f"550 5.7.1 {_AUTHOR_FIELDS[name]}: must be this login's own address, "
+                    f"{sender.email}"
                 )

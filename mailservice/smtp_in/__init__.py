@@ -9,6 +9,7 @@ before the delivery stack drains.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections.abc import Callable
@@ -18,8 +19,12 @@ from mailservice.config import Settings, listen_address
 from mailservice.delivery.accepting import Acceptor
 from mailservice.errors import ConfigError
 from mailservice.senders import SenderDirectory
-from mailservice.smtp_in.listener import SmtpListener, SubmissionHandler
+from mailservice.smtp_in.handler import SubmissionHandler
+from mailservice.smtp_in.listener import SessionBounds, SmtpListener
+from mailservice.smtp_in.login import plain_auth_allowed
 from mailservice.smtp_in.submission import Submission
+
+logger = logging.getLogger(__name__)
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -44,6 +49,14 @@ def build_listener(
 ) -> SmtpListener:
     """The listener of SMTP_LISTEN (not started); `charge` is the key's RATE_LIMIT."""
     host, port = listen_address(settings.smtp_listen)
+    loopback = host == "localhost" or plain_auth_allowed(host, False)
+    if not loopback and not settings.smtp_listen_cert and not settings.smtp_listen_allow_plain:
+        # Not an error: a local client can still log in. But it is seldom what was meant.
+        logger.warning(
+            "SMTP_LISTEN=%s is reachable from other machines, but without SMTP_LISTEN_CERT/"
+            "SMTP_LISTEN_KEY (STARTTLS) or SMTP_LISTEN_ALLOW_PLAIN no remote client can log in",
+            settings.smtp_listen,
+        )
     handler = SubmissionHandler(
         senders,
         Submission(acceptor),
@@ -60,4 +73,8 @@ def build_listener(
         tls_context=tls_context(settings),
         data_size_limit=settings.max_request_bytes,
         hostname=settings.smtp_ehlo_name or socket.getfqdn(),
+        bounds=SessionBounds(
+            max_sessions=settings.smtp_listen_max_sessions,
+            max_per_client=settings.smtp_listen_max_sessions_per_client,
+        ),
     )

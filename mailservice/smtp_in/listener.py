@@ -6,171 +6,59 @@ address and its API key (before STARTTLS only from a loopback address, or from a
 SMTP_LISTEN_ALLOW_PLAIN); MAIL FROM the key's own address, charged to the key's RATE_LIMIT;
 at most MAX_RECIPIENTS RCPT TO; DATA up to MAX_REQUEST_BYTES (advertised as SIZE), handed to
 `Submission` on an executor thread, whose reply ends the transaction. Failed logins count
-against the client address in the same AuthGuard as the HTTP 401s (AUTH_FAIL_LIMIT).
+against the client address in the same AuthGuard as the HTTP 401s (AUTH_FAIL_LIMIT), checked
+on a thread of their own (smtp_in/login.py).
 
 Why not aiosmtpd's `Controller`: it forwards `server_kwargs` to the SMTP protocol, not to
 `create_server`, so it cannot bind with SO_REUSEPORT; and it checks that it started by
 connecting to its own port, which under SO_REUSEPORT the kernel may hand to another worker.
 `SmtpListener` binds the loop's server itself, `reuse_port` when every gunicorn worker runs
-one (mail_server.start_smtp_listener says when), and stops in order: no new connections,
-the submissions in progress finished (recorded and handed over), every session told 421.
+one (mail_server.start_smtp_listener says when), and stops in order: no new connections and
+no new MAIL or DATA (421, before anything is recorded), the submissions in progress finished
+and their 250 sent, then every other session told 421. A session whose submission is still
+running at the deadline is closed without a 421: it may be recorded, and a 421 would make the
+client send it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from email_validator import EmailNotValidError
+from aiosmtpd.smtp import SMTP
 
-from mailservice.addresses import validate_address
-from mailservice.api.auth_guard import AuthGuard
 from mailservice.errors import ConfigError
-from mailservice.senders import Sender, SenderDirectory, key_digest
-from mailservice.smtp_in.submission import Submission
+from mailservice.smtp_in.handler import SHUTTING_DOWN, SubmissionHandler
+from mailservice.smtp_in.login import NO_BUILTIN_AUTH, plain_auth_allowed
 
 logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0  # for the submissions in progress to be recorded at shutdown
-EXECUTOR_THREADS = 8  # blocking store and limiter calls, off the loop
+STOP_LIMIT = STOP_SECONDS + 5  # the whole stop(): gunicorn's graceful_timeout leaves room
+# Per session, aiosmtpd's count of each command (421 4.7.0 past it). MAIL, RCPT, DATA and RSET
+# are not counted ("*" is all but unbounded): a reused connection sends many messages, and
+# each is charged to RATE_LIMIT already.
+COMMAND_CALL_LIMIT = {
+    "AUTH": 5, "NOOP": 20, "EHLO": 10, "HELO": 10, "STARTTLS": 3, "HELP": 5, "VRFY": 5,
+    "EXPN": 5, "*": 10**9,
+}  # fmt: skip
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections; try again later"
+LOGIN_TOO_LATE = "421 4.7.0 No login in time; closing"
 
 
 @dataclass(frozen=True, slots=True)
-class Login:
-    """A session's login: the key's sender and the key's digest (never the key)."""
+class SessionBounds:
+    """SMTP_LISTEN_MAX_SESSIONS in this process, SMTP_LISTEN_MAX_SESSIONS_PER_CLIENT from one
+    address, and the seconds from connect to a successful AUTH."""
 
-    sender: Sender
-    key_digest: bytes = field(repr=False)
-
-
-def plain_auth_allowed(peer_host: str | None, allow_plain: bool) -> bool:
-    """AUTH before STARTTLS: only from a loopback address, or from any with
-    SMTP_LISTEN_ALLOW_PLAIN (a listener behind a TLS-terminating proxy, or a trusted LAN)."""
-    if allow_plain:
-        return True
-    try:
-        ip = ipaddress.ip_address(peer_host or "")
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def _peer_host(session: Session) -> str | None:
-    peer: Any = session.peer
-    return peer[0] if isinstance(peer, tuple) and peer else None
-
-
-@dataclass
-class SubmissionHandler:
-    """aiosmtpd's handler (MAIL, RCPT, DATA) and authenticator; see the module docstring.
-
-    `guard`: the AuthGuard of AUTH_FAIL_LIMIT; `charge(key_digest)`: the key's RATE_LIMIT,
-    None within it or the seconds to wait; `special_use`: ALLOW_SPECIAL_USE_RECIPIENTS.
-    """
-
-    senders: SenderDirectory
-    submission: Submission
-    guard: AuthGuard
-    charge: Callable[[bytes], int | None]
-    max_recipients: int
-    allow_plain: bool = False
-    special_use: bool = False
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(EXECUTOR_THREADS, "smtp-in")
-    )
-    in_flight: set[asyncio.Future[str]] = field(default_factory=set)
-
-    def authenticate(
-        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
-    ) -> AuthResult:
-        """PLAIN and LOGIN: username the sender's address, password its API key."""
-        peer = _peer_host(session)
-        if session.ssl is None and not plain_auth_allowed(peer, self.allow_plain):
-            # SubmissionSmtp already refuses this; kept here so that no version of aiosmtpd
-            # can let a key cross the network in clear.
-            return AuthResult(success=False, handled=False, message=ENCRYPTION_REQUIRED)
-        wait = self.guard.retry_after(peer)
-        if wait is not None:
-            return AuthResult(
-                success=False,
-                handled=False,
-                message=f"454 4.7.0 Too many failed logins from this address; try in {wait} s",
-            )
-        if not isinstance(data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        username = data.login.decode("utf-8", "replace")
-        key = data.password.decode("utf-8", "replace")
-        sender = self.senders.authenticate(key)
-        if sender is None or not sender.is_address(username):
-            self.guard.failed(peer)
-            logger.info("smtp login refused from %s", peer)
-            # handled=False: aiosmtpd answers 535; True would leave the client waiting.
-            return AuthResult(success=False, handled=False)
-        return AuthResult(success=True, auth_data=Login(sender, key_digest(key)))
-
-    async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
-    ) -> str:
-        login: Login = session.auth_data
-        if not login.sender.is_address(address):
-            return f"550 5.7.1 MAIL FROM must be this login's own address, {login.sender.email}"
-        wait = await self._off_loop(self.charge, login.key_digest)
-        if wait is not None:
-            return f"450 4.7.0 Rate limit reached for this key (RATE_LIMIT); try in {wait} s"
-        envelope.mail_from = address
-        envelope.mail_options.extend(options)
-        return "250 2.1.0 OK"
-
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list
-    ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            envelope.too_many = True  # type: ignore[attr-defined]  # DATA refuses it whole
-            return f"452 4.5.3 Too many recipients: at most {self.max_recipients} a message"
-        try:
-            validate_address(address, special_use=self.special_use)
-        except EmailNotValidError:
-            return "553 5.1.3 Not a valid recipient address"
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(options)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        if getattr(envelope, "too_many", False):
-            # Sent to the first MAX_RECIPIENTS only, the others would be lost silently by
-            # clients that ignore a 452 (Django's backend does): nothing is sent instead.
-            return (
-                f"554 5.5.3 Too many recipients: at most {self.max_recipients} a message; "
-                "nothing was sent"
-            )
-        login: Login = session.auth_data
-        data = envelope.original_content or b""
-        rcpts = list(envelope.rcpt_tos)
-        return await self._off_loop(
-            self.submission.submit, data, login.sender, login.key_digest, rcpts
-        )
-
-    async def _off_loop(self, call: Callable[..., Any], *args: Any) -> Any:
-        """A blocking call (store, limiter) on the executor, tracked for a clean stop."""
-        future = asyncio.get_running_loop().run_in_executor(self.executor, call, *args)
-        self.in_flight.add(future)
-        try:
-            return await asyncio.shield(future)  # a dropped session does not cancel a record
-        finally:
-            self.in_flight.discard(future)
-
-
-ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+    max_sessions: int = 100
+    max_per_client: int = 10
+    login_seconds: float = 60.0
 
 
 class SubmissionSmtp(SMTP):
@@ -180,22 +68,71 @@ class SubmissionSmtp(SMTP):
 
     line_length_limit = 8192  # longer lines still get aiosmtpd's 500; none is relayed
 
-    def __init__(self, handler: SubmissionHandler, sessions: set[SMTP], **kwargs: Any) -> None:
-        super().__init__(handler, authenticator=handler.authenticate, **kwargs)
+    def __init__(
+        self,
+        handler: SubmissionHandler,
+        sessions: set[SubmissionSmtp],
+        bounds: SessionBounds,
+        **kwargs: Any,
+    ) -> None:
+        # The handler's auth_PLAIN/auth_LOGIN replace aiosmtpd's; its authenticator, called
+        # only by its own mechanisms, refuses.
+        super().__init__(handler, authenticator=lambda *_: NO_BUILTIN_AUTH, **kwargs)
         self._handler_ref = handler
         self._sessions = sessions
+        self._bounds = bounds
+        self.client_host: str | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # again after STARTTLS, with the TLS transport
-        self._sessions.add(self)
+        first = self.transport is None  # called again after STARTTLS, with the TLS transport
+        super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
         # Read by aiosmtpd at EHLO (AUTH advertised or not) and at AUTH (538 or not).
         self._auth_require_tls = not plain_auth_allowed(host, self._handler_ref.allow_plain)
+        if not first:
+            return
+        self.client_host = host
+        from_client = sum(1 for session in self._sessions if session.client_host == host)
+        if (
+            len(self._sessions) >= self._bounds.max_sessions
+            or from_client >= self._bounds.max_per_client
+        ):
+            logger.warning("smtp submission: too many connections; refused one from %s", host)
+            # Written before the greeting's task runs: once closed, its 220 goes nowhere.
+            transport.write(TOO_MANY_SESSIONS.encode("ascii") + b"\r\n")
+            transport.close()
+            return
+        self._sessions.add(self)
+        self._login_timer = self.loop.call_later(self._bounds.login_seconds, self._login_due)
+
+    def _login_due(self) -> None:
+        if self.session is not None and self.session.authenticated:
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            logger.info("smtp submission: no login in time from %s", self.client_host)
+            self.transport.write(LOGIN_TOO_LATE.encode("ascii") + b"\r\n")
+            self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
         self._sessions.discard(self)
+        self._handler_ref.replying.discard(self)
         super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        try:
+            await super().smtp_DATA(arg)  # the handler's reply pushed, when it had one
+        finally:
+            self._handler_ref.replying.discard(self)
+
+    async def push(self, status: str | bytes) -> None:
+        await super().push(status)
+        text = status.decode("ascii", "replace") if isinstance(status, bytes) else status
+        if text.startswith("421") and self.transport is not None:
+            self.transport.close()  # RFC 5321 3.8: a 421 ends the session
 
 
 class SmtpListener:
@@ -210,8 +147,10 @@ class SmtpListener:
         tls_context: ssl.SSLContext | None,
         data_size_limit: int,
         hostname: str,
+        bounds: SessionBounds | None = None,
     ) -> None:
         self.handler = handler
+        self.bounds = bounds or SessionBounds()
         self.host = host
         self.port = port
         self._smtp_kwargs: dict[str, Any] = {
@@ -221,8 +160,9 @@ class SmtpListener:
             "auth_required": True,
             "enable_SMTPUTF8": True,  # UTF-8 headers (RFC 6532) are relayed as they came
             "decode_data": False,
+            "command_call_limit": COMMAND_CALL_LIMIT,
         }
-        self._sessions: set[SMTP] = set()
+        self._sessions: set[SubmissionSmtp] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -265,7 +205,9 @@ class SmtpListener:
 
     def _protocol(self) -> SMTP:
         assert self._loop is not None
-        return SubmissionSmtp(self.handler, self._sessions, loop=self._loop, **self._smtp_kwargs)
+        return SubmissionSmtp(
+            self.handler, self._sessions, self.bounds, loop=self._loop, **self._smtp_kwargs
+        )
 
     def stop(self) -> None:
         """No new connections, submissions in progress recorded, sessions closed with 421."""
@@ -273,28 +215,53 @@ class SmtpListener:
             return
         loop = self._loop
         try:
-            asyncio.run_coroutine_threadsafe(self._close(), loop).result(STOP_SECONDS + 5)
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(STOP_LIMIT)
         except TimeoutError:
             logger.warning("smtp submission: sessions still open at shutdown")
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join()
         self._thread = None
         self.handler.executor.shutdown(wait=True)  # nothing accepted is left half-way
+        self.handler.auth_executor.shutdown(wait=True)
         loop.close()
         logger.info("smtp submission stopped")
 
     async def _close(self) -> None:
         assert self._server is not None
+        handler = self.handler
+        handler.closing = True  # first: a DATA ending from now on is 421, never recorded
         self._server.close()
-        if self.handler.in_flight:
-            await asyncio.wait(list(self.handler.in_flight), timeout=STOP_SECONDS)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SECONDS
+        # Until every submission begun is recorded and its 250 pushed (which happens on this
+        # loop after the executor's future is done, hence the polling).
+        await _until(lambda: not (handler.in_flight or handler.replying), deadline)
         for session in list(self._sessions):
             transport = session.transport
-            if transport is not None and not transport.is_closing():
-                transport.write(b"421 4.3.2 Service shutting down\r\n")
-                transport.close()
+            if transport is None or transport.is_closing():
+                continue
+            if session in handler.replying:
+                logger.warning("smtp submission: a submission still running at shutdown")
+            else:
+                transport.write(SHUTTING_DOWN.encode("ascii") + b"\r\n")
+            transport.close()
+        # A TLS session closes once its close_notify is answered: give the clients a moment,
+        # then drop the rest, so that no transport outlives the loop.
+        await _until(lambda: not self._sessions, loop.time() + 1.0)
+        for session in list(self._sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        await _until(lambda: not self._sessions, loop.time() + 1.0)
         this = asyncio.current_task()
         tasks = [task for task in asyncio.all_tasks() if task is not this]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _until(condition: Callable[[], bool], deadline: float) -> None:
+    """Poll `condition` on the running loop until it holds or the loop's clock passes
+    `deadline` (what it waits for is done by callbacks of this loop, not by a future)."""
+    loop = asyncio.get_running_loop()
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
