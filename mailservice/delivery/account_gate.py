@@ -143,8 +143,11 @@ class AccountGate:
             if pause is not None and pause.ended:  # the probe failed, unanswered or 4xx
                 self._pause(account, None, pause.reason)
                 return None
+        if kind == "permanent":  # the server answered the account: its pause, if over, ends
+            self.succeeded(sender)
+            return None
         if kind != "transient":
-            return None  # connection failures pause the server; a 5xx says nothing of the account
+            return None  # connection failures pause the server, not the account
         with self._lock:
             run = self._runs[account] = self._runs.get(account, 0) + 1
             if run < self.failures:
