@@ -44,8 +44,9 @@ from mailservice.delivery.dispatcher import (
 from mailservice.delivery.retry_scheduler import RetryScheduler
 from mailservice.delivery.store_retry import StoreRetry
 from mailservice.errors import StoreError, Unavailable
+from mailservice.events.bus import Finished
 from mailservice.senders import Sender
-from mailservice.stores.contract import StatusRecord
+from mailservice.stores.contract import EmailStatus, StatusRecord
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,22 @@ class WorkerPool(Dispatcher):
         with self._cond:
             self._held -= job.size
             job.state.payload, job.size = None, 0
+
+    def on_event(self, event: object) -> None:
+        """A request canceled in this process while its job waits out a retry's backoff or a
+        hold for its sender's account (up to a day): the cancel is in the store already, so
+        the job is let go at once, with its place in QUEUE_MAX. A job in an attempt or in a
+        lane finds the request ended when it runs, as before."""
+        if not isinstance(event, Finished) or event.record.status is not EmailStatus.CANCELED:
+            return
+        with self._cond:
+            job = self._jobs.get(event.record.request_id)
+        if job is None:
+            return
+        for waiting in self._retries.remove(lambda candidate: candidate is job):
+            waiting.state.record = event.record
+            waiting.done.set()  # a waiting route has its answer
+            self._forget(waiting)
 
     def _enqueue(self, job: Job) -> None:
         if self.store.durable and job.state.payload is not None and self._queue.paused(job.server):

@@ -164,3 +164,27 @@ def test_a_message_that_would_expire_waiting_for_the_daily_limit_ends_expired_at
     final = wait_final(client, accepted(send(client, body)))
     assert final["status"] == "expired"  # not held until tomorrow, then expired
     assert len(smtp_server.received) == 1
+
+
+def test_a_held_request_canceled_here_lets_go_of_its_place_at_once(
+    make_app: Callable[..., Any], smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    from mail_server import EXTENSION
+    from tests.conftest import API_KEY as KEY
+
+    senders = tmp_path / "limited.csv"
+    senders.write_text(
+        "key,email,app_password,smtp_host,smtp_port,smtp_security,daily_limit\n"
+        f"{KEY},{SENDER},,127.0.0.1,{smtp_server.port},none,1\n"
+    )
+    app = make_app(smtp_server.port, senders_file=str(senders))
+    client = app.test_client()
+    pool = app.extensions[EXTENSION].pool
+    assert wait_final(client, accepted(send(client)))["status"] == "sent"
+    held = accepted(send(client))  # over the daily limit: held until the next UTC day
+    wait_for(lambda: status(client, held)["status"] == "retrying")
+    assert pool.unfinished() == 1
+    answer = client.delete(f"/email-status/{held}", headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 200 and answer.get_json()["status"] == "canceled"
+    assert wait_for(lambda: pool.unfinished() == 0, timeout=5)  # not at midnight
+    assert len(smtp_server.received) == 1

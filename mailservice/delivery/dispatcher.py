@@ -75,6 +75,10 @@ class Dispatcher(ABC):
     def wait(self, request_id: str, timeout: float) -> StatusRecord | None:
         """The final status of a request, waiting up to `timeout`; None if not final by then."""
 
+    def on_event(self, event: object) -> None:  # noqa: B027 - most dispatchers hear nothing
+        """An EventBus subscriber: what this process announces (the thread pool lets go of a
+        request canceled here at once, not when its retry or hold was due)."""
+
     @abstractmethod
     def drain(self, seconds: float) -> int:
         """Stop taking requests, keep sending for up to `seconds`, stop; how many were left."""

@@ -38,6 +38,10 @@ class RetryScheduler(Generic[T]):
                 self._thread.start()
         return True
 
+    def remove(self, match: Callable[[T], bool]) -> list[T]:
+        """Take the waiting jobs `match` picks out, unrun; those taken."""
+        return self._due.remove(match)
+
     def _loop(self) -> None:
         while (job := self._due.take()) is not None:
             try:

@@ -141,6 +141,7 @@ def build_stack(
         events=events,  # its tries, for the metrics
     )
     events.subscribe(webhooks.on_event, flush=webhooks.flush)  # queues; its threads deliver
+    events.subscribe(dispatcher.on_event)  # a cancel here lets its waiting job go at once
     leases = LeaseKeeper(
         store, dispatcher, senders, settings.lease_seconds, recoveries=(webhooks.recover,)
     )

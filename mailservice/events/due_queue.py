@@ -54,6 +54,17 @@ class DueQueue(Generic[T]):
                 self._cond.wait(wait)
             return None
 
+    def remove(self, match: Callable[[T], bool]) -> list[T]:
+        """Take the waiting entries `match` picks out of the queue (a canceled request's job
+        need not wait out its delay to be let go); those taken. Rare: it walks the heap."""
+        with self._cond:
+            taken = [entry for entry in self._heap if match(entry[2])]
+            if taken:
+                self._heap = [entry for entry in self._heap if not match(entry[2])]
+                heapq.heapify(self._heap)
+                self._cond.notify_all()  # idle() may be waiting on one of them
+            return [item for _, _, item in taken]
+
     def done(self) -> None:
         """A taken entry was dealt with (a retry it made is in the queue again)."""
         with self._cond:
