@@ -11,6 +11,8 @@
     │   │   ├── ConnectFailed        no connection or no greeting: counts towards pausing
     │   │   │   │                    the server (dispatch_queue)
     │   │   │   └── TlsFailed        the TLS handshake broke off, or a 4xx to STARTTLS
+    │   │   ├── TemporaryLoginFailure  a 4xx to AUTH (454 4.7.0 too many logins): the
+    │   │   │                        account's, which the sender gate may pause
     │   │   └── PossiblyDelivered    no reply to the final "." of DATA: the server may have
     │   │                            the message; retried with the same Message-ID
     │   └── PermanentDelivery    5xx, refused login, bad TLS: failed at once
@@ -81,6 +83,12 @@ class PermanentDelivery(DeliveryError):
 
 # The kinds below say which step of the handshake failed, so that the sender check
 # (delivery/sender_check.py) names the problem from the type, not from the message.
+class TemporaryLoginFailure(TransientDelivery):
+    """The server answered the login with a 4xx (`454 4.7.0 Too many login attempts`): the
+    account, not the message, and not a wrong password; retried, and the sender gate may
+    pause the account (delivery/account_gate.py)."""
+
+
 class LoginRefused(PermanentDelivery):
     """The server refused the login (535), or offers no AUTH for it."""
 

@@ -188,3 +188,18 @@ def test_a_held_request_canceled_here_lets_go_of_its_place_at_once(
     assert answer.status_code == 200 and answer.get_json()["status"] == "canceled"
     assert wait_for(lambda: pool.unfinished() == 0, timeout=5)  # not at midnight
     assert len(smtp_server.received) == 1
+
+
+def test_a_temporary_refusal_of_the_login_pauses_the_account_and_fails_nothing(
+    make_app: Callable[..., Any], start_smtp: Callable[..., SmtpServer]
+) -> None:
+    server = start_smtp(logins={SENDER: "app-password"})
+    client = make_app(server.port, password="app-password", sender_pause_seconds=0.5).test_client()
+    # smtplib tries PLAIN, then LOGIN: the server refuses both, as a throttled account is.
+    server.handler.script("AUTH", *["454 4.7.0 Too many login attempts, try again later"] * 2)
+    request_id = accepted(send(client))
+    held = wait_for(lambda: (s := status(client, request_id))["status"] == "retrying" and s)
+    assert held["error"].startswith("sender paused: 454 4.7.0 Too many login attempts")
+    assert held["attempts"] == 0  # not a refused login: the account, for now
+    final = wait_final(client, request_id, timeout=20)
+    assert final["status"] == "sent" and final["attempts"] == 1

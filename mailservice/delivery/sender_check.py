@@ -33,6 +33,7 @@ from mailservice.errors import (
     DeliveryError,
     LoginRefused,
     StartTlsMissing,
+    TemporaryLoginFailure,
     TlsFailed,
     TlsRejected,
 )
@@ -53,7 +54,7 @@ class CheckResult(StrEnum):
 
 # The first matching type names the problem; any other DeliveryError is UNREACHABLE.
 PROBLEMS: tuple[tuple[type[DeliveryError] | tuple[type[DeliveryError], ...], CheckResult], ...] = (
-    (LoginRefused, CheckResult.AUTH_FAILED),
+    ((LoginRefused, TemporaryLoginFailure), CheckResult.AUTH_FAILED),
     (StartTlsMissing, CheckResult.STARTTLS_MISSING),
     ((TlsFailed, TlsRejected), CheckResult.TLS_FAILED),
 )

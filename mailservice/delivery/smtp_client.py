@@ -34,6 +34,7 @@ from mailservice.errors import (
     PermanentDelivery,
     PossiblyDelivered,
     StartTlsMissing,
+    TemporaryLoginFailure,
     TlsFailed,
     TlsRejected,
     TransientDelivery,
@@ -210,6 +211,10 @@ class SmtpClient:
                 return conn.login(target.username, target.password)
             return None
         except smtplib.SMTPAuthenticationError as exc:
+            if 400 <= exc.smtp_code < 500:  # "454 4.7.0 Too many login attempts": try later
+                raise TemporaryLoginFailure(
+                    f"{describe_reply(exc.smtp_code, exc.smtp_error)} (at AUTH)"
+                ) from exc
             raise LoginRefused(
                 f"login refused: {describe_reply(exc.smtp_code, exc.smtp_error)}"
             ) from exc

@@ -58,7 +58,9 @@ class ScriptedHandler:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.rejected: list[Received] = []  # messages whose DATA got a scripted answer
-        self.scripts: dict[str, deque[Any]] = {"MAIL": deque(), "RCPT": deque(), "DATA": deque()}
+        self.scripts: dict[str, deque[Any]] = {
+            "MAIL": deque(), "RCPT": deque(), "DATA": deque(), "AUTH": deque(),
+        }  # fmt: skip
         self.refuse: dict[str, str] = {}  # recipient -> reply, every time
         self.asked: list[str] = []  # every RCPT TO address, accepted or refused, in order
         self.connections = 0
@@ -218,6 +220,9 @@ class SmtpServer:
 
     def _authenticator(self, logins: dict[str, str]):
         def authenticate(server, session, envelope, mechanism, auth_data) -> AuthResult:
+            scripted = self.handler.scripts["AUTH"]
+            if scripted:  # a reply of the script's ("454 4.7.0 Too many login attempts")
+                return AuthResult(success=False, handled=False, message=scripted.popleft())
             if isinstance(auth_data, LoginPassword):
                 user = auth_data.login.decode()
                 self.logins_seen.append(user)
