@@ -6,16 +6,26 @@ naming the variable, which the entry point turns into one clear line and a non-z
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from dotenv import dotenv_values, find_dotenv
 
-from mailservice.addresses import validate_address
+from mailservice.config_values import (
+    admin_email,
+    host_port,
+    http_url,
+    off_switch,
+    one_of,
+    or_zero,
+    port_number,
+    port_or_zero,
+    positive,
+    rate_limit,
+    sms_gateways,
+    switch,
+)
 from mailservice.errors import ConfigError
 
 SECURITY_MODES = ("starttls", "ssl", "none")
@@ -24,8 +34,6 @@ LOG_FORMATS = ("text", "json")
 DISPATCHERS = ("thread", "celery")
 # A route that waits for the outcome (API.md section 7) waits SMTP_TIMEOUT plus this long.
 WAIT_MARGIN_SECONDS = 5.0
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,222 +118,81 @@ class Settings:
     smtp_listen_max_sessions_per_client: int = 10  # of those, from one client address
 
 
-def _positive(kind: Callable[[str], T], allow_zero: bool = False) -> Callable[[str], T]:
-    def parse(raw: str) -> T:
-        value = kind(raw)
-        # float() takes "nan" and "inf": an unbounded timeout or backoff, or one that never
-        # compares, so both are refused.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        if value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
-            raise ValueError("must be positive")
-        return value
-
-    return parse
-
-
-def _or_zero(parse: Callable[[str], T]) -> Callable[[str], T | int]:
-    """An empty value means 0 (the setting's automatic default)."""
-    return lambda raw: parse(raw) if raw.strip() else 0
-
-
-def _one_of(choices: tuple[str, ...], fold: Callable[[str], str]) -> Callable[[str], str]:
-    """One of `choices`, in any case (`fold` gives the spelling kept)."""
-
-    def parse(raw: str) -> str:
-        value = fold(raw.strip())
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
-def _port(raw: str) -> int:
-    value = int(raw)
-    if not 0 < value < 65536:
-        raise ValueError("must be a port number, 1 to 65535")
-    return value
-
-
-def _port_or_zero(raw: str) -> int:
-    return 0 if raw.strip() == "0" else _port(raw)
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _switch(raw: str) -> bool:
-    """On or off, in the usual spellings. Empty means the default, on: before these were
-    checked, any value but 0 meant on, an empty one included."""
-    value = raw.strip().lower()
-    if value in _TRUE or not value:
-        return True
-    if value in _FALSE:
-        return False
-    # Refused rather than taken as on: "of" or "disabled" must not quietly mean the opposite.
-    raise ValueError(f"must be one of {', '.join(_TRUE)} or {', '.join(_FALSE)}")
-
-
-def _off_switch(raw: str) -> bool:
-    """A switch that is off unless set: empty means off."""
-    return bool(raw.strip()) and _switch(raw)
-
-
-def _host_port(raw: str) -> str:
-    """`host:port` (IPv6 as `[::1]:port`), or empty for off."""
-    value = raw.strip()
-    if not value:
-        return ""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host.strip("[]"):
-        raise ValueError("must be host:port, e.g. 127.0.0.1:2525")
-    _port(port)
-    return value
-
-
-def listen_address(value: str) -> tuple[str, int]:
-    """(host, port) of a `host:port` setting checked by `_host_port`."""
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _rate_limit(raw: str) -> str:
-    value = raw.strip()
-    if value:
-        from limits import parse_many
-
-        parse_many(value)  # raises ValueError on a malformed limit string
-    return value
-
-
-_GATEWAY_DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
-
-
-def sms_provider_key(name: str) -> str:
-    """A carrier's name as looked up: letters and digits, case-folded (`AT&T`, `At&T` and
-    `att` are one carrier, `T-Mobile` is `tmobile`)."""
-    return "".join(ch for ch in name.casefold() if ch.isalnum())
-
-
-def parse_sms_gateways(raw: str) -> dict[str, str]:
-    """SMS_GATEWAYS (`provider=gateway.domain,...`) as {provider key: domain}; ValueError
-    naming the first bad entry. Empty: no entries."""
-    gateways: dict[str, str] = {}
-    if not raw.strip():
-        return gateways
-    for entry in raw.split(","):
-        name, sep, domain = entry.partition("=")
-        key, domain = sms_provider_key(name), domain.strip().lower()
-        if not sep or not key:
-            raise ValueError(f"entry {entry.strip()!r} is not provider=gateway.domain")
-        if not _GATEWAY_DOMAIN.fullmatch(domain):
-            raise ValueError(f"{domain!r} (for {name.strip()!r}) is not a domain name")
-        if key in gateways:
-            raise ValueError(f"provider {name.strip()!r} is given twice")
-        gateways[key] = domain
-    return gateways
-
-
-def _sms_gateways(raw: str) -> str:
-    parse_sms_gateways(raw)
-    return raw.strip()
-
-
-def _http_url(raw: str) -> str:
-    """Empty, or an absolute http(s) URL with a host (a webhook target)."""
-    value = raw.strip()
-    if value and not re.fullmatch(r"https?://[^/?#\s@]+([/?#]\S*)?", value, re.IGNORECASE):
-        raise ValueError("must be an http:// or https:// URL with a host")
-    return value
-
-
-def _admin_email(raw: str) -> str:
-    value = raw.strip()
-    if value:
-        try:
-            validate_address(value, special_use=True, strict=True)
-        except ValueError as exc:  # EmailNotValidError is a ValueError
-            raise ValueError(f"is not an email address: {exc}") from exc
-    return value
-
-
 # variable name -> (Settings field, parser)
 _VARIABLES: dict[str, tuple[str, Callable[[str], object]]] = {
     "HOST": ("host", str.strip),
-    "PORT": ("port", _port),
+    "PORT": ("port", port_number),
     "SENDERS_FILE": ("senders_file", str.strip),
     "CREDENTIALS_KEY": ("credentials_key", str.strip),
     "SMTP_HOST": ("smtp_host", str.strip),
-    "SMTP_PORT": ("smtp_port", _port),
-    "SMTP_SECURITY": ("smtp_security", _one_of(SECURITY_MODES, str.lower)),
-    "SMTP_TIMEOUT": ("smtp_timeout", _positive(float)),
-    "SMTP_DATA_TIMEOUT": ("smtp_data_timeout", _positive(float)),
+    "SMTP_PORT": ("smtp_port", port_number),
+    "SMTP_SECURITY": ("smtp_security", one_of(SECURITY_MODES, str.lower)),
+    "SMTP_TIMEOUT": ("smtp_timeout", positive(float)),
+    "SMTP_DATA_TIMEOUT": ("smtp_data_timeout", positive(float)),
     # Empty or 0: the default (all of WORKERS for one server, half for several).
-    "SMTP_SERVER_THREADS": ("smtp_server_threads", _or_zero(_positive(int, allow_zero=True))),
-    "SMTP_SERVER_PAUSE": ("smtp_server_pause", _positive(float)),
-    "SENDER_PAUSE_SECONDS": ("sender_pause_seconds", _positive(float)),
-    "SENDER_BREAKER_FAILURES": ("sender_breaker_failures", _positive(int)),
+    "SMTP_SERVER_THREADS": ("smtp_server_threads", or_zero(positive(int, allow_zero=True))),
+    "SMTP_SERVER_PAUSE": ("smtp_server_pause", positive(float)),
+    "SENDER_PAUSE_SECONDS": ("sender_pause_seconds", positive(float)),
+    "SENDER_BREAKER_FAILURES": ("sender_breaker_failures", positive(int)),
     "SMTP_CA_FILE": ("smtp_ca_file", str.strip),
     "SMTP_EHLO_NAME": ("smtp_ehlo_name", str.strip),
-    "RELAY_FAILBACK_SECONDS": ("relay_failback_seconds", _positive(float)),
-    "WORKERS": ("workers", _positive(int)),
-    "QUEUE_MAX": ("queue_max", _positive(int)),
-    "QUEUE_MAX_BYTES": ("queue_max_bytes", _positive(int)),
-    "DRAIN_SECONDS": ("drain_seconds", _positive(float, allow_zero=True)),
-    "LEASE_SECONDS": ("lease_seconds", _positive(float)),
-    "MAX_ATTEMPTS": ("max_attempts", _positive(int)),
-    "RETRY_BACKOFF": ("retry_backoff", _positive(float, allow_zero=True)),
+    "RELAY_FAILBACK_SECONDS": ("relay_failback_seconds", positive(float)),
+    "WORKERS": ("workers", positive(int)),
+    "QUEUE_MAX": ("queue_max", positive(int)),
+    "QUEUE_MAX_BYTES": ("queue_max_bytes", positive(int)),
+    "DRAIN_SECONDS": ("drain_seconds", positive(float, allow_zero=True)),
+    "LEASE_SECONDS": ("lease_seconds", positive(float)),
+    "MAX_ATTEMPTS": ("max_attempts", positive(int)),
+    "RETRY_BACKOFF": ("retry_backoff", positive(float, allow_zero=True)),
     "STATUS_STORE_URL": ("status_store_url", str.strip),
-    "STATUS_TTL": ("status_ttl", _positive(int)),
-    "FAILED_CONTENT_TTL": ("failed_content_ttl", _positive(int, allow_zero=True)),
-    "RATE_LIMIT": ("rate_limit", _rate_limit),
+    "STATUS_TTL": ("status_ttl", positive(int)),
+    "FAILED_CONTENT_TTL": ("failed_content_ttl", positive(int, allow_zero=True)),
+    "RATE_LIMIT": ("rate_limit", rate_limit),
     "RATE_LIMIT_STORAGE_URL": ("rate_limit_storage_url", str.strip),
-    "AUTH_FAIL_LIMIT": ("auth_fail_limit", _rate_limit),
+    "AUTH_FAIL_LIMIT": ("auth_fail_limit", rate_limit),
     "EMAIL_LOG": ("email_log", str.strip),
-    "EMAIL_LOG_MAX_BYTES": ("email_log_max_bytes", _positive(int)),
-    "EMAIL_LOG_BACKUPS": ("email_log_backups", _positive(int, allow_zero=True)),
+    "EMAIL_LOG_MAX_BYTES": ("email_log_max_bytes", positive(int)),
+    "EMAIL_LOG_BACKUPS": ("email_log_backups", positive(int, allow_zero=True)),
     "TOKEN_SECRET": ("token_secret", str),
-    "TOKEN_TTL": ("token_ttl", _positive(int)),
-    "WAIT_MARGIN": ("wait_margin", _positive(float, allow_zero=True)),
-    "MAX_REQUEST_BYTES": ("max_request_bytes", _positive(int)),
-    "MAX_RECIPIENTS": ("max_recipients", _positive(int)),
-    "ALLOW_SPECIAL_USE_RECIPIENTS": ("allow_special_use_recipients", _off_switch),
-    "SMS_GATEWAYS": ("sms_gateways", _sms_gateways),
-    "MAX_ATTACHMENTS": ("max_attachments", _positive(int, allow_zero=True)),
-    "MAX_ATTACHMENT_BYTES": ("max_attachment_bytes", _positive(int, allow_zero=True)),
+    "TOKEN_TTL": ("token_ttl", positive(int)),
+    "WAIT_MARGIN": ("wait_margin", positive(float, allow_zero=True)),
+    "MAX_REQUEST_BYTES": ("max_request_bytes", positive(int)),
+    "MAX_RECIPIENTS": ("max_recipients", positive(int)),
+    "ALLOW_SPECIAL_USE_RECIPIENTS": ("allow_special_use_recipients", off_switch),
+    "SMS_GATEWAYS": ("sms_gateways", sms_gateways),
+    "MAX_ATTACHMENTS": ("max_attachments", positive(int, allow_zero=True)),
+    "MAX_ATTACHMENT_BYTES": ("max_attachment_bytes", positive(int, allow_zero=True)),
     "TEMPLATES_DIR": ("templates_dir", str.strip),
-    "BATCH_MAX": ("batch_max", _positive(int)),
-    "MAX_SCHEDULE_DAYS": ("max_schedule_days", _positive(int)),
-    "SUPPRESSION_DAYS": ("suppression_days", _positive(int)),
-    "WEBHOOK_URL": ("webhook_url", _http_url),
+    "BATCH_MAX": ("batch_max", positive(int)),
+    "MAX_SCHEDULE_DAYS": ("max_schedule_days", positive(int)),
+    "SUPPRESSION_DAYS": ("suppression_days", positive(int)),
+    "WEBHOOK_URL": ("webhook_url", http_url),
     "WEBHOOK_SECRET": ("webhook_secret", str),
-    "WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", _off_switch),
-    "WEBHOOK_TIMEOUT": ("webhook_timeout", _positive(float)),
-    "WEBHOOK_BACKOFF": ("webhook_backoff", _positive(float, allow_zero=True)),
-    "ADMIN_EMAIL": ("admin_email", _admin_email),
+    "WEBHOOK_ALLOW_PRIVATE": ("webhook_allow_private", off_switch),
+    "WEBHOOK_TIMEOUT": ("webhook_timeout", positive(float)),
+    "WEBHOOK_BACKOFF": ("webhook_backoff", positive(float, allow_zero=True)),
+    "ADMIN_EMAIL": ("admin_email", admin_email),
     "ADMIN_TOKEN": ("admin_token", str.strip),
-    "LOG_LEVEL": ("log_level", _one_of(LOG_LEVELS, str.upper)),
-    "LOG_FORMAT": ("log_format", _one_of(LOG_FORMATS, str.lower)),
-    "GUNICORN_WORKERS": ("gunicorn_workers", _positive(int)),
-    "GUNICORN_THREADS": ("gunicorn_threads", _positive(int)),
-    "PIN_CPUS": ("pin_cpus", _switch),
-    "GC_TUNING": ("gc_tuning", _switch),
+    "LOG_LEVEL": ("log_level", one_of(LOG_LEVELS, str.upper)),
+    "LOG_FORMAT": ("log_format", one_of(LOG_FORMATS, str.lower)),
+    "GUNICORN_WORKERS": ("gunicorn_workers", positive(int)),
+    "GUNICORN_THREADS": ("gunicorn_threads", positive(int)),
+    "PIN_CPUS": ("pin_cpus", switch),
+    "GC_TUNING": ("gc_tuning", switch),
     "PROMETHEUS_MULTIPROC_DIR": ("prometheus_multiproc_dir", str.strip),
-    "DISPATCHER": ("dispatcher", _one_of(DISPATCHERS, str.lower)),
+    "DISPATCHER": ("dispatcher", one_of(DISPATCHERS, str.lower)),
     "CELERY_BROKER_URL": ("celery_broker_url", str.strip),
-    "CELERY_VISIBILITY_TIMEOUT": ("celery_visibility_timeout", _positive(float)),
-    "CELERY_TASK_TIME_LIMIT": ("celery_task_time_limit", _or_zero(_positive(float, True))),
-    "WORKER_METRICS_PORT": ("worker_metrics_port", _or_zero(_port_or_zero)),
-    "SMTP_LISTEN": ("smtp_listen", _host_port),
+    "CELERY_VISIBILITY_TIMEOUT": ("celery_visibility_timeout", positive(float)),
+    "CELERY_TASK_TIME_LIMIT": ("celery_task_time_limit", or_zero(positive(float, True))),
+    "WORKER_METRICS_PORT": ("worker_metrics_port", or_zero(port_or_zero)),
+    "SMTP_LISTEN": ("smtp_listen", host_port),
     "SMTP_LISTEN_CERT": ("smtp_listen_cert", str.strip),
     "SMTP_LISTEN_KEY": ("smtp_listen_key", str.strip),
-    "SMTP_LISTEN_ALLOW_PLAIN": ("smtp_listen_allow_plain", _off_switch),
-    "SMTP_LISTEN_MAX_SESSIONS": ("smtp_listen_max_sessions", _positive(int)),
+    "SMTP_LISTEN_ALLOW_PLAIN": ("smtp_listen_allow_plain", off_switch),
+    "SMTP_LISTEN_MAX_SESSIONS": ("smtp_listen_max_sessions", positive(int)),
     "SMTP_LISTEN_MAX_SESSIONS_PER_CLIENT": (
         "smtp_listen_max_sessions_per_client",
-        _positive(int),
+        positive(int),
     ),
 }
 

@@ -11,7 +11,7 @@ messages), else its SMS gateway. SMS_GATEWAYS adds carriers and overrides built-
 
 from __future__ import annotations
 
-from mailservice.config import parse_sms_gateways, sms_provider_key
+from mailservice.config_values import parse_sms_gateways, sms_provider_key
 from mailservice.errors import ConfigError
 
 BUILT_IN: dict[str, str] = {

@@ -15,7 +15,8 @@ import ssl
 from collections.abc import Callable
 
 from mailservice.api.auth_guard import AuthGuard
-from mailservice.config import Settings, listen_address
+from mailservice.config import Settings
+from mailservice.config_values import listen_address
 from mailservice.delivery.accepting import Acceptor
 from mailservice.errors import ConfigError
 from mailservice.senders import SenderDirectory
