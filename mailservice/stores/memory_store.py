@@ -33,7 +33,6 @@ from mailservice.stores.listing import (
     sort_key,
 )
 from mailservice.stores.memory_suppressions import MemorySuppressions
-from mailservice.stores.suppressions import Suppression, SuppressionPage
 
 MEMORY_MAX_FINISHED = 100_000
 
@@ -281,17 +280,3 @@ class MemoryStatusStore(StatusStore):
                 for minute in minutes
                 for status, count in self._finished.get(minute, Counter()).items()
             }
-
-    def _suppress(self, entry: Suppression) -> None:
-        self._lists.suppress(entry)
-
-    def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
-        return self._lists.suppressed(account, addresses)
-
-    def _suppressions(
-        self, account: str | None, limit: int, after: tuple[str, str] | None
-    ) -> SuppressionPage:
-        return self._lists.suppressions(account, limit, after)
-
-    def _unsuppress(self, account: str, address: str) -> bool:
-        return self._lists.unsuppress(account, address)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 
 import redis
@@ -70,7 +70,6 @@ from mailservice.stores.redis_scripts import (
     WEBHOOK_ORPHANS,
 )
 from mailservice.stores.redis_suppressions import RedisSuppressions
-from mailservice.stores.suppressions import Suppression, SuppressionPage
 
 logger = logging.getLogger(__name__)
 
@@ -329,23 +328,8 @@ class RedisStatusStore(StatusStore):
         with self._guard():
             self.client.ping()
 
-    def _suppress(self, entry: Suppression) -> None:
-        with self._guard():
-            self._lists.suppress(entry)
-
-    def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
-        with self._guard():
-            return self._lists.suppressed(account, addresses)
-
-    def _suppressions(
-        self, account: str | None, limit: int, after: tuple[str, str] | None
-    ) -> SuppressionPage:
-        with self._guard():
-            return self._lists.suppressions(account, limit, after)
-
-    def _unsuppress(self, account: str, address: str) -> bool:
-        with self._guard():
-            return self._lists.unsuppress(account, address)
+    def _lists_guard(self) -> AbstractContextManager[object]:
+        return self._guard()  # redis-py's errors as StoreError, the outage logged once
 
     def durability_warnings(self) -> list[str]:
         """What in the server's configuration can lose accepted requests."""

@@ -52,7 +52,6 @@ from mailservice.stores.sqlite_schema import open_database
 from mailservice.stores.sqlite_suppressions import PURGE as PURGE_SUPPRESSIONS
 from mailservice.stores.sqlite_suppressions import SqliteSuppressions
 from mailservice.stores.sqlite_writes import FORGET_KEPT, KEPT_OF, replace_update, save_update
-from mailservice.stores.suppressions import Suppression, SuppressionPage
 
 logger = logging.getLogger(__name__)
 
@@ -368,20 +367,6 @@ class SqliteStatusStore(StatusStore):
             db.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             db.execute(PURGE_SUPPRESSIONS, {"now": now})
             db.execute("DELETE FROM owners WHERE lease_until <= ?", (now - 86400,))
-
-    def _suppress(self, entry: Suppression) -> None:
-        self._lists.suppress(entry)
-
-    def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
-        return self._lists.suppressed(account, addresses)
-
-    def _suppressions(
-        self, account: str | None, limit: int, after: tuple[str, str] | None
-    ) -> SuppressionPage:
-        return self._lists.suppressions(account, limit, after)
-
-    def _unsuppress(self, account: str, address: str) -> bool:
-        return self._lists.unsuppress(account, address)
 
     def close(self) -> None:
         with self._lock:

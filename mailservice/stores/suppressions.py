@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 SEPARATOR = " "  # between account and address in a list key: sorts below any address character
 ADDRESS_MAX = 254  # RFC 5321's bound of a path's address
@@ -175,21 +177,44 @@ class SuppressionStore(ABC):
         """Remove `address` from `account`'s list: False when it was not on it (or expired)."""
         return self._unsuppress(normalized(account), normalized(address))
 
-    @abstractmethod
+    # Each backend keeps its lists in a helper of its own (`memory_suppressions.py`,
+    # `sqlite_suppressions.py`, `redis_suppressions.py`) with these four calls; a backend
+    # whose errors need wrapping as StoreError says how in `_lists_guard`.
+    _lists: SuppressionLists
+
+    def _lists_guard(self) -> AbstractContextManager[object]:
+        return nullcontext()
+
     def _suppress(self, entry: Suppression) -> None:
         """Store `entry` in place of any entry of its account and address."""
+        with self._lists_guard():
+            self._lists.suppress(entry)
 
-    @abstractmethod
     def _suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]:
         """Normalised address -> reason of those of `addresses` (normalised, distinct) that are
         on the list and unexpired; one round trip."""
+        with self._lists_guard():
+            return self._lists.suppressed(account, addresses)
 
-    @abstractmethod
     def _suppressions(
         self, account: str | None, limit: int, after: tuple[str, str] | None
     ) -> SuppressionPage:
         """The page, its arguments checked; a bounded amount of work per call."""
+        with self._lists_guard():
+            return self._lists.suppressions(account, limit, after)
 
-    @abstractmethod
     def _unsuppress(self, account: str, address: str) -> bool:
         """Delete the entry; whether an unexpired one was there."""
+        with self._lists_guard():
+            return self._lists.unsuppress(account, address)
+
+
+class SuppressionLists(Protocol):
+    """A backend's helper that keeps the lists (the four calls `SuppressionStore` makes)."""
+
+    def suppress(self, entry: Suppression) -> None: ...
+    def suppressed(self, account: str, addresses: Sequence[str]) -> dict[str, str]: ...
+    def suppressions(
+        self, account: str | None, limit: int, after: tuple[str, str] | None
+    ) -> SuppressionPage: ...
+    def unsuppress(self, account: str, address: str) -> bool: ...
