@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mailservice.delivery.smtp_client import DeliveryOutcome, SmtpClient, SmtpTarget
 from mailservice.errors import ConnectFailed, DeliveryError
@@ -89,10 +89,9 @@ class Relays:
         smtputf8: bool,
     ) -> DeliveryOutcome:
         """One SMTP transaction through `sender`'s current server (SmtpClient.send's errors)."""
-        first = SmtpTarget.for_sender(sender)
-        if not sender.smtp_host2:
+        first, second = SmtpTarget.for_sender(sender), SmtpTarget.second_for(sender)
+        if second is None:
             return smtp.send(first, mail_from, recipients, data, smtputf8)
-        second = replace(first, host=sender.smtp_host2, port=sender.smtp_port2)
 
         def through(target: SmtpTarget) -> DeliveryOutcome:
             return smtp.send(target, mail_from, recipients, data, smtputf8)

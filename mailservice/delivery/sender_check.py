@@ -112,16 +112,8 @@ def login_targets(senders: SenderDirectory) -> list[SmtpTarget]:
     targets: list[SmtpTarget] = []
     for sender in senders.senders():
         targets.append(SmtpTarget.for_sender(sender))
-        if sender.smtp_host2:
-            targets.append(
-                SmtpTarget(
-                    sender.smtp_host2,
-                    sender.smtp_port2,
-                    sender.smtp_security,
-                    sender.email,
-                    sender.password,
-                )
-            )
+        if (second := SmtpTarget.second_for(sender)) is not None:
+            targets.append(second)
     return list(dict.fromkeys(targets))
 
 

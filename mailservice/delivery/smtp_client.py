@@ -25,7 +25,7 @@ import smtplib
 import socket
 import ssl
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from mailservice.config import Settings
 from mailservice.errors import (
@@ -61,6 +61,13 @@ class SmtpTarget:
             sender.email,
             sender.password,
         )
+
+    @classmethod
+    def second_for(cls, sender: Sender) -> SmtpTarget | None:
+        """The sender's second server (`smtp_host2`), same login and security; None without."""
+        if not sender.smtp_host2:
+            return None
+        return replace(cls.for_sender(sender), host=sender.smtp_host2, port=sender.smtp_port2)
 
     @property
     def key(self) -> tuple[str, int, str, str]:
