@@ -11,6 +11,7 @@ from mailservice.api.dashboard_view import PAGE_DEFAULT, PAGE_MAX
 from mailservice.api.openapi_routes import (
     INTERNAL,
     INVALID,
+    NO_OPERATOR,
     TOO_MANY,
     UNAUTHORIZED,
     UNAVAILABLE,
@@ -185,11 +186,7 @@ OPERATOR_OPERATIONS: tuple[Operation, ...] = (
         OPERATOR,
         {
             200: Reply("The metrics.", {"text/plain": "Text"}),
-            401: problem(
-                "No operator's credential (ADMIN_TOKEN as a Bearer token).",
-                "Problem",
-                "WWW-Authenticate",
-            ),
+            401: NO_OPERATOR,
             429: TOO_MANY,
             500: INTERNAL,
         },
@@ -207,11 +204,7 @@ OPERATOR_OPERATIONS: tuple[Operation, ...] = (
                 "SenderCheckAnswer",
                 "Cache-Control",
             ),
-            401: problem(
-                "No operator's credential (ADMIN_TOKEN as a Bearer token).",
-                "Problem",
-                "WWW-Authenticate",
-            ),
+            401: NO_OPERATOR,
             429: TOO_MANY,
             500: INTERNAL,
         },

@@ -73,6 +73,9 @@ NOT_SENT_OR_INVALID = problem(
     ("InvalidProblem", "FailedProblem"),
 )
 UNAUTHORIZED = problem("No valid key, token or JWT.", "Problem", "WWW-Authenticate")
+# The operator's routes' 401 (api/admin_api.py, /metrics).
+NO_OPERATOR = problem("No operator's credential (ADMIN_TOKEN as a Bearer token).", "Problem",
+                      "WWW-Authenticate")  # fmt: skip
 TOO_MANY = problem("Past RATE_LIMIT, or this client is past AUTH_FAIL_LIMIT failed "
                    "authentications.", "Problem", "Retry-After")  # fmt: skip
 SENDER_ERRORS = {

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from mailservice.api.answers import Answer, Timestamp
-from mailservice.api.openapi_routes import INTERNAL, TOO_MANY, Operation, Reply, json, problem
+from mailservice.api.openapi_routes import (
+    INTERNAL,
+    NO_OPERATOR,
+    TOO_MANY,
+    Operation,
+    Reply,
+    json,
+    problem,
+)
 from mailservice.api.suppression_routes import PAGE_DEFAULT, ROUTE
 from mailservice.stores.suppressions import REASON_MAX, SUPPRESSION_PAGE_MAX
 
@@ -57,7 +65,7 @@ INVALID = problem("A missing or malformed field or parameter; `errors` names it.
                   "InvalidProblem")  # fmt: skip
 ERRORS = {
     400: INVALID,
-    401: problem("No ADMIN_TOKEN as a Bearer token.", "Problem", "WWW-Authenticate"),
+    401: NO_OPERATOR,
     404: problem("No sender of the senders file has this address."),
     429: TOO_MANY,
     500: INTERNAL,
