@@ -40,6 +40,19 @@ STATUS_KEYS = {
 }
 
 
+class ManualClock:
+    """A clock (monotonic or wall) that moves only when the test moves it."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
     """Poll until predicate() is truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -12,7 +12,7 @@ import pytest
 from mailservice.delivery.account_gate import AccountGate, account_limit
 from mailservice.delivery.gate_backends import GateBackend, MemoryGateBackend, RedisGateBackend
 from mailservice.senders import Rate, Sender
-from tests.conftest import wait_for
+from tests.conftest import ManualClock, wait_for
 
 PROBE_TIMEOUT, PROBE_POLL = 60.0, 5.0
 
@@ -173,14 +173,6 @@ def test_a_probe_that_fails_for_another_reason_pauses_again_for_longer():
 # -- found by review: the breaker's probe, the pace after a pause, what is not a limit ----------
 
 
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_success_sent_before_the_pause_does_not_end_it():
     gate = AccountGate(MemoryGateBackend(), pause_seconds=300.0)
     me = sender()
@@ -203,7 +195,7 @@ def test_after_a_pause_the_backlog_keeps_the_pace(backend: GateBackend):
 
 
 def test_the_probe_is_not_held_back_by_its_own_probe_flag():
-    clock = Clock()
+    clock = ManualClock()
     backend = MemoryGateBackend(clock=clock)
     go = lambda rid: backend.reserve("a", rid, 10.0, 0, PROBE_TIMEOUT, PROBE_POLL)  # noqa: E731
     for n in range(5):
@@ -217,7 +209,7 @@ def test_the_probe_is_not_held_back_by_its_own_probe_flag():
 
 
 def test_a_probe_not_sent_after_all_lets_the_next_request_be_the_probe():
-    clock = Clock()
+    clock = ManualClock()
     backend = MemoryGateBackend(clock=clock)
     backend.pause("a", 1.0, "sender paused: 421 rate")
     clock.now += 1

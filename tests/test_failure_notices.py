@@ -23,8 +23,7 @@ from mailservice.events.bus import Accepted, Finished
 from mailservice.senders import Sender, SenderDirectory
 from mailservice.stores.contract import EmailStatus, StatusRecord
 from mailservice.testing.smtp_servers import Received, SmtpServer
-from tests.conftest import OTHER_KEY, OTHER_SENDER, SENDER, send, wait_final, wait_for
-from tests.test_notice_policy import FakeClock
+from tests.conftest import OTHER_KEY, OTHER_SENDER, SENDER, ManualClock, send, wait_final, wait_for
 from tests.test_worker_pool import accepted_id
 
 ADMIN = "admin@example.net"
@@ -87,7 +86,7 @@ def notifier() -> FailureNotifier:
         ADMIN,
         SenderDirectory([("key-1", sender)]),
         RecordingAcceptor(),  # type: ignore[arg-type]  # duck-typed stand-in
-        NoticeWindow(clock=FakeClock()),
+        NoticeWindow(clock=ManualClock()),
     )
 
 
@@ -251,7 +250,7 @@ def test_a_failed_request_sends_one_notice_to_admin_email_as_its_sender(
 def test_five_failures_in_a_minute_give_one_notice_and_the_next_counts_four(
     notifying_app, refusing_server
 ) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     notifier_of(notifying_app).window.clock = clock
     client = notifying_app.test_client()
     first = [accepted_id(send(client, failing())) for _ in range(5)]
@@ -274,7 +273,7 @@ def test_five_failures_in_a_minute_give_one_notice_and_the_next_counts_four(
 
 
 def test_two_classes_or_two_senders_get_separate_notices(notifying_app, refusing_server) -> None:
-    notifier_of(notifying_app).window.clock = FakeClock()  # time stands still: one minute
+    notifier_of(notifying_app).window.clock = ManualClock()  # time stands still: one minute
     client = notifying_app.test_client()
     ids = [
         accepted_id(send(client, failing(NOBODY))),  # refused, SENDER

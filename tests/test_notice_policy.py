@@ -9,22 +9,10 @@ import threading
 import pytest
 
 from mailservice.delivery.notice_policy import REASON_CLASSES, HeldBack, NoticeWindow, reason_class
+from tests.conftest import ManualClock
 
 SENDER = "sender@example.com"
 OTHER_SENDER = "other@example.org"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # -- reason classes ---------------------------------------------------------------------------
@@ -80,7 +68,7 @@ KEY = (SENDER, "refused")
 
 
 def test_window_lets_one_notice_a_minute_through_and_counts_the_rest() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     window = NoticeWindow(clock=clock)
     assert window.admit(KEY, "r0") == HeldBack(0, ())
     for i in range(1, 5):
@@ -94,7 +82,7 @@ def test_window_lets_one_notice_a_minute_through_and_counts_the_rest() -> None:
 
 
 def test_window_keeps_keys_apart() -> None:
-    window = NoticeWindow(clock=FakeClock())
+    window = NoticeWindow(clock=ManualClock())
     assert window.admit((SENDER, "refused"), "a") == HeldBack()
     assert window.admit((SENDER, "transient"), "b") == HeldBack()
     assert window.admit((OTHER_SENDER, "refused"), "c") == HeldBack()
@@ -102,7 +90,7 @@ def test_window_keeps_keys_apart() -> None:
 
 
 def test_window_lists_the_first_ids_and_counts_all() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     window = NoticeWindow(clock=clock)
     window.admit(KEY, "first")
     for i in range(25):
@@ -115,7 +103,7 @@ def test_window_lists_the_first_ids_and_counts_all() -> None:
 
 
 def test_a_notice_given_back_reopens_the_window_and_counts_toward_the_next() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     window = NoticeWindow(clock=clock)
     window.admit(KEY, "r0")
     window.admit(KEY, "r1")  # held back
@@ -128,7 +116,7 @@ def test_a_notice_given_back_reopens_the_window_and_counts_toward_the_next() -> 
 
 
 def test_window_is_bounded_and_forgets_the_oldest_notice_first(caplog) -> None:
-    window = NoticeWindow(max_keys=3, clock=FakeClock())
+    window = NoticeWindow(max_keys=3, clock=ManualClock())
     for n in range(3):
         window.admit((f"s{n}@example.com", "refused"), f"r{n}")
     window.admit(("s0@example.com", "refused"), "held")  # s0 holds one back
@@ -142,7 +130,7 @@ def test_window_is_bounded_and_forgets_the_oldest_notice_first(caplog) -> None:
 
 
 def test_window_admits_exactly_one_of_many_threads_at_once() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     window = NoticeWindow(clock=clock)
     admitted: list[HeldBack] = []
     start = threading.Barrier(8)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 
-from mail_server import EXTENSION, create_app
-from mailservice.config import Settings, settings_from_mapping
+from mail_server import EXTENSION
+from mailservice.config import settings_from_mapping
 from mailservice.errors import ConfigError
 from mailservice.testing.ports import free_port
 from mailservice.testing.smtp_servers import GreetingServer, SmtpServer
@@ -26,38 +26,20 @@ BURST = 200
 
 
 @pytest.fixture
-def failover_app(tmp_path: Path, start_smtp: Callable[..., SmtpServer]) -> Iterator[Any]:
-    """Apps whose one sender has a first and a second SMTP server; drained after the test
-    (before the servers stop: it depends on start_smtp)."""
-    apps: list[Flask] = []
+def failover_app(tmp_path: Path, make_app: Callable[..., Flask]) -> Callable[..., Flask]:
+    """Apps whose one sender has a first and a second SMTP server (conftest's make_app:
+    drained after the test, before the servers stop)."""
 
     def factory(first: int, second: int, **overrides: Any) -> Flask:
-        senders = tmp_path / "data.csv"
+        senders = tmp_path / "failover.csv"
         senders.write_text(
             "key,email,app_password,smtp_host,smtp_port,smtp_security,smtp_host2,smtp_port2\n"
             f"{API_KEY},{SENDER},,127.0.0.1,{first},none,127.0.0.1,{second}\n",
             encoding="utf-8",
         )
-        values: dict[str, Any] = {
-            "senders_file": str(senders),
-            "email_log": str(tmp_path / "email_log.txt"),
-            "smtp_security": "none",
-            "smtp_timeout": 5.0,
-            "workers": 4,
-            "retry_backoff": 0.05,
-            "max_attempts": 3,
-            "rate_limit": "",
-            "smtp_server_pause": 0.2,
-        }
-        values.update(overrides)
-        app = create_app(Settings(**values))
-        apps.append(app)
-        return app
+        return make_app(first, senders_file=str(senders), **{"workers": 4, **overrides})
 
-    yield factory
-    for app in apps:
-        app.extensions[EXTENSION].shutdown(0)
-        app.extensions[EXTENSION].store.close()
+    return factory
 
 
 def send_many(app: Flask, count: int) -> list[str]:

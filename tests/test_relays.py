@@ -22,23 +22,10 @@ from mailservice.stores.contract import EmailStatus, StatusRecord, utcnow
 from mailservice.stores.memory_store import MemoryStatusStore
 from mailservice.testing.ports import free_port
 from mailservice.testing.smtp_servers import GreetingServer, SilentServer
-from tests.conftest import SENDER, wait_for
+from tests.conftest import SENDER, ManualClock, wait_for
 
 FAILBACK = 60.0
 LOGGER = "mailservice.delivery.relays"
-
-
-class Clock:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def two_servers(first: int, second: int, password: str = "") -> Sender:
@@ -55,12 +42,12 @@ def smtp() -> Iterator[SmtpClient]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
-def relays(clock: Clock) -> Relays:
+def relays(clock: ManualClock) -> Relays:
     return Relays(FAILBACK, clock=clock)
 
 

@@ -146,11 +146,10 @@ def test_pacing_holds_across_two_processes_on_redis(
     assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= RATE + 1
 
 
-def test_a_message_that_would_expire_waiting_for_the_daily_limit_ends_expired_at_once(
+def app_at_its_daily_limit(
     make_app: Callable[..., Any], smtp_server: SmtpServer, tmp_path: Path
-) -> None:
-    from datetime import UTC, datetime, timedelta
-
+) -> Any:
+    """An app whose sender may send one message a day, that message sent."""
     senders = tmp_path / "limited.csv"
     senders.write_text(
         "key,email,app_password,smtp_host,smtp_port,smtp_security,daily_limit\n"
@@ -159,6 +158,16 @@ def test_a_message_that_would_expire_waiting_for_the_daily_limit_ends_expired_at
     app = make_app(smtp_server.port, senders_file=str(senders))
     client = app.test_client()
     assert wait_final(client, accepted(send(client)))["status"] == "sent"
+    return app
+
+
+def test_a_message_that_would_expire_waiting_for_the_daily_limit_ends_expired_at_once(
+    make_app: Callable[..., Any], smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    app = app_at_its_daily_limit(make_app, smtp_server, tmp_path)
+    client = app.test_client()
     soon = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
     body = {"recipient": "user@example.com", "subject": "Code", "body": "123", "expires_at": soon}
     final = wait_final(client, accepted(send(client, body)))
@@ -170,21 +179,14 @@ def test_a_held_request_canceled_here_lets_go_of_its_place_at_once(
     make_app: Callable[..., Any], smtp_server: SmtpServer, tmp_path: Path
 ) -> None:
     from mail_server import EXTENSION
-    from tests.conftest import API_KEY as KEY
 
-    senders = tmp_path / "limited.csv"
-    senders.write_text(
-        "key,email,app_password,smtp_host,smtp_port,smtp_security,daily_limit\n"
-        f"{KEY},{SENDER},,127.0.0.1,{smtp_server.port},none,1\n"
-    )
-    app = make_app(smtp_server.port, senders_file=str(senders))
+    app = app_at_its_daily_limit(make_app, smtp_server, tmp_path)
     client = app.test_client()
     pool = app.extensions[EXTENSION].pool
-    assert wait_final(client, accepted(send(client)))["status"] == "sent"
     held = accepted(send(client))  # over the daily limit: held until the next UTC day
     wait_for(lambda: status(client, held)["status"] == "retrying")
     assert pool.unfinished() == 1
-    answer = client.delete(f"/email-status/{held}", headers={"Authorization": f"Bearer {KEY}"})
+    answer = client.delete(f"/email-status/{held}", headers={"Authorization": f"Bearer {API_KEY}"})
     assert answer.status_code == 200 and answer.get_json()["status"] == "canceled"
     assert wait_for(lambda: pool.unfinished() == 0, timeout=5)  # not at midnight
     assert len(smtp_server.received) == 1
