@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,23 @@ def is_long_poll(head: bytes) -> bool:
     parts = line.split(b" ")
     if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
         return False
-    path, _, query = parts[1].partition(b"?")
+    path, _, query = request_path(parts[1]).partition(b"?")
     if not path.startswith(STATUS_PATH) or not query:
         return False
     text = query.decode("latin-1")
     return any(name == WAIT_PARAMETER for name, _ in parse_qsl(text, keep_blank_values=True))
+
+
+def request_path(target: bytes) -> bytes:
+    """The path and query of a request target as the app is routed by them: an absolute-form
+    target (`http://host/email-status/...`, RFC 9112 3.2.2, which servers must accept and
+    forward proxies send) loses its scheme and authority, and the path is percent-decoded
+    (`/email%2Dstatus/` is routed to the status route too)."""
+    if target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        parts = urlsplit(target)
+        target = parts.path + (b"?" + parts.query if parts.query else b"")
+    path, mark, query = target.partition(b"?")
+    return unquote_to_bytes(path) + mark + query
 
 
 def stop_hooks(app: Any) -> Iterable[Callable[[], object]]:
