@@ -24,7 +24,7 @@ from tests.conftest import API_KEY, OTHER_SENDER, SENDER, send, wait_final
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 PROBLEM = "application/problem+json"
-DRY_RUN_KEYS = {"dry_run", "request_id", "envelope", "message"}
+DRY_RUN_KEYS = {"dry_run", "request_id", "envelope", "suppressed", "message"}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4).decode()
 PLAIN = {
     "to": ["ada@example.com"],

@@ -95,6 +95,30 @@ def test_a_retry_by_hand_takes_its_recipients_off_the_list(
     assert sink.received[-1].rcpt_tos == [GONE]
 
 
+def test_a_dry_run_leaves_suppressed_recipients_out_of_its_envelope_as_a_send_does(
+    client: FlaskClient, sink: SmtpServer
+) -> None:
+    send_to(client, GONE)  # now on the list
+    body = {"recipient": [GONE, "one@example.net"], "subject": "Hi", "body": "Hello"}
+    preview = send(client, {**body, "dry_run": True}).get_json()
+    assert preview["envelope"]["rcpt_to"] == ["one@example.net"]
+    assert preview["suppressed"] == {GONE: UNKNOWN}
+    assert "To: gone@example.net, one@example.net\r\n" in preview["message"]  # headers kept
+    assert send_to(client, *body["recipient"])["refused"] == {GONE: SUPPRESSED + UNKNOWN}
+    assert sink.received[-1].rcpt_tos == preview["envelope"]["rcpt_to"]
+
+    # Only to it: an empty envelope, as the real send makes no transaction at all.
+    connections = sink.handler.connections
+    only = send(client, {"recipient": GONE, "subject": "Hi", "body": "x", "dry_run": True})
+    assert only.get_json()["envelope"]["rcpt_to"] == []
+    assert only.get_json()["suppressed"] == {GONE: UNKNOWN}
+    assert sink.handler.connections == connections
+
+    # Another sender's list is its own: nobody is left out of its dry run.
+    other = send(client, {**body, "dry_run": True}, key=OTHER_KEY).get_json()
+    assert other["envelope"]["rcpt_to"] == body["recipient"] and other["suppressed"] == {}
+
+
 def test_each_sender_has_its_own_list(client: FlaskClient, sink: SmtpServer) -> None:
     send_to(client, GONE, "one@example.net")
     asked = len(sink.handler.asked)
@@ -149,6 +173,7 @@ def test_an_unreadable_list_sends_to_everyone_and_logs_the_outage_once(
     with caplog.at_level(logging.INFO, logger="mailservice.delivery.suppression"):
         for _ in range(3):
             assert screen.screen(record, SENDER) == record, "nobody left out, nothing failed"
+            assert screen.lookup(SENDER, record.pending) == {}  # a dry run's read, the same
             screen.learn(SENDER, {GONE: UNKNOWN}, record.request_id)  # lost, not raised
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines  # one outage line for reading, one for writing

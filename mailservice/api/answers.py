@@ -118,7 +118,10 @@ class Envelope(Answer):
     """The SMTP envelope a send would use."""
 
     mail_from: str = Field(description="MAIL FROM: the key's sender address.")
-    rcpt_to: list[str] = Field(description="RCPT TO: every recipient, bcc included, each once.")
+    rcpt_to: list[str] = Field(
+        description="RCPT TO: every recipient, bcc included, each once, but those on the "
+        "sender's suppression list (empty: no transaction would be made)."
+    )
 
 
 class DryRun(Answer):
@@ -130,6 +133,10 @@ class DryRun(Answer):
         json_schema_extra={"format": "uuid"},
     )
     envelope: Envelope
+    suppressed: dict[str, str] = Field(
+        description="The recipients left out of the envelope as on the sender's suppression "
+        "list, each with the reply that put it there; a real send lists them in `refused`."
+    )
     message: str = Field(
         description="The message exactly as DATA would send it (CRLF line ends, before "
         "dot-stuffing), decoded as UTF-8."

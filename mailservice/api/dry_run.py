@@ -10,10 +10,15 @@ fresh request id (the Message-ID) and the time now (the Date), so it is byte for
 the SMTP server would get but for those two values (and the MIME boundaries, random per
 build).
 
+The sender account's suppression list is read (only read) as an attempt reads it before its
+transaction (delivery/suppression.py): a suppressed recipient leaves the envelope and is named
+in `suppressed`, so the envelope is the one the SMTP server would get; a list that cannot be
+read leaves every recipient in, as an attempt sends to them all then.
+
 Nothing is recorded or handed to the dispatcher, no Idempotency-Key is claimed or looked up
 (its form is still checked: a malformed one is 400, as on a real send), no event is emitted:
-no request-log line, metric or webhook. The rate limit has counted the request already: its
-decorator runs before the view, for a dry run as for any request.
+no request-log line, delivery metric or webhook. The rate limit has counted the request
+already: its decorator runs before the view, for a dry run as for any request.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 from flask import Response, jsonify
 
 from mailservice.api.http_input import idempotency_key
-from mailservice.api.request_path import prepared
+from mailservice.api.request_path import prepared, service
 from mailservice.api.schemas import SendRequest
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.outgoing import outgoing
@@ -59,11 +64,15 @@ def preview(spec: MessageSpec, sender: Sender) -> dict[str, Any]:
     never writes other 8-bit data), so it decodes as UTF-8.
     """
     request_id = str(uuid.uuid4())
-    out = outgoing(spec, sender, request_id, utcnow())
+    suppression = service().suppression
+    found = suppression.lookup(sender.account, spec.recipients) if suppression else {}
+    rcpt_to = [address for address in spec.recipients if address not in found]
+    out = outgoing(spec, sender, request_id, utcnow(), rcpt_to)
     return {
         "dry_run": True,
         "request_id": request_id,
         "envelope": {"mail_from": out.mail_from, "rcpt_to": list(out.rcpt_to)},
+        "suppressed": found,
         "message": out.data.decode("utf-8"),
     }
 

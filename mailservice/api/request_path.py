@@ -42,6 +42,7 @@ from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.message_spec import MessageSpec
 from mailservice.delivery.recovery import LeaseKeeper
 from mailservice.delivery.stack import DeliveryStack
+from mailservice.delivery.suppression import SuppressionFilter
 from mailservice.errors import ApiError, FieldError
 from mailservice.events.request_log import RequestLog
 from mailservice.events.webhooks import WebhookNotifier
@@ -89,6 +90,10 @@ class Service:
     @property
     def webhooks(self) -> WebhookNotifier:
         return self.stack.webhooks
+
+    @property
+    def suppression(self) -> SuppressionFilter | None:
+        return self.stack.attempt.suppression
 
     def shutdown(self, drain_seconds: float) -> int:
         """Stop accepting, send for up to `drain_seconds`, give up the lease; jobs left."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -75,17 +75,24 @@ class SuppressionFilter:
             up="suppression list writable again",
         )
 
+    def lookup(self, account: str, recipients: Sequence[str]) -> dict[str, str]:
+        """Which of `recipients` are on `account`'s list, each with the reply that put it
+        there; none when the list cannot be read (the outage logged). Reads only: a dry run
+        asks this too."""
+        try:
+            found = self.store.suppressed(account, recipients)
+        except StoreError as exc:
+            self._reading.failed(exc)
+            return {}
+        self._reading.succeeded()
+        return dict(found)
+
     def screen(self, record: StatusRecord, account: str) -> StatusRecord:
         """`record` with its suppressed pending recipients moved to `refused`; the record as
         it is when none is (or when the list cannot be read)."""
         if not record.pending:
             return record
-        try:
-            found = self.store.suppressed(account, record.pending)
-        except StoreError as exc:
-            self._reading.failed(exc)
-            return record
-        self._reading.succeeded()
+        found = self.lookup(account, record.pending)
         if not found:
             return record
         logger.info(
