@@ -7,11 +7,13 @@ which sends to a real aiosmtpd server; the answer's shape and the message receiv
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, OTHER_SENDER, SENDER, send, wait_final
+from mail_server import EXTENSION
+from tests.conftest import API_KEY, OTHER_SENDER, SENDER, send, wait_final, wait_for
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # The example requests of the seeds' documents (000 and 004), verbatim.
@@ -114,6 +116,41 @@ def test_waiting_route_answers_504_with_request_id_and_the_send_goes_on(make_app
     status = wait_final(client, body["request_id"])
     assert status["status"] == "sent"
     assert status["attempts"] == 1
+
+
+def test_a_waiting_route_whose_request_is_canceled_meanwhile_answers_not_sent(
+    make_app, smtp_server
+):
+    # One sending thread, held 2 s at MAIL by a first message: /mail's request waits queued
+    # behind it, and its sender cancels it (DELETE) while the route waits for the outcome.
+    app = make_app(smtp_server.port, workers=1)
+    client = app.test_client()
+    smtp_server.handler.script("MAIL", ("SLEEP", 2.0))
+    first = send(client).get_json()["request_id"]
+    store = app.extensions[EXTENSION].store
+    wait_for(lambda: store.get(first).status == "sending")
+    answers = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            app.test_client().post("/mail", json=SEED_000_EXAMPLE, headers=AUTH)
+        )
+    )
+    waiting.start()
+
+    def queued() -> str | None:
+        ids = [r.request_id for r in store.recent(10).records if r.status == "queued"]
+        return ids[0] if ids else None
+
+    request_id = wait_for(queued)
+    assert client.delete(f"/email-status/{request_id}", headers=AUTH).status_code == 200
+    waiting.join(20)
+    (answer,) = answers
+    assert answer.status_code == 502, answer.get_data(as_text=True)  # never "message Sent"
+    body = answer.get_json()
+    assert body["detail"] == "The message was not sent: canceled by its sender"
+    assert body["request_id"] == request_id
+    assert wait_final(client, first)["status"] == "sent"
+    assert [r.rcpt_tos for r in smtp_server.received] == [["user@example.com"]]  # the first
 
 
 # -- seed 001: the core POST /send-email with `key` in the body -------------------------------

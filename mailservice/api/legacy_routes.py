@@ -172,13 +172,16 @@ def send_and_answer(
     sent: Callable[[str], Response],
     metadata_of: MetadataOf | None = None,
 ) -> Response:
-    """A waiting route's answer: `sent(request_id)` when sent, problem `failed` when it failed."""
+    """A waiting route's answer: `sent(request_id)` when sent, problem `failed` when it ended
+    any other way (failed, expired, or canceled by its sender while the route waited: the older
+    services knew only sent and failed, and a client must never read "sent" for those)."""
     outcome = send_and_wait(validate, metadata_of)
     if isinstance(outcome, Response):
         return outcome
-    if outcome.status is EmailStatus.FAILED:
+    if outcome.status is not EmailStatus.SENT:
+        reason = outcome.error or f"{outcome.status.value} by its sender"
         return problem(
-            failed, f"{failed_text}: {outcome.error}", members={"request_id": outcome.request_id}
+            failed, f"{failed_text}: {reason}", members={"request_id": outcome.request_id}
         )
     return sent(outcome.request_id)
 
