@@ -416,6 +416,26 @@ def test_a_failed_request_whose_content_is_gone_cannot_be_retried(
     assert smtp_server.received == []
 
 
+def test_a_failed_request_past_its_expires_at_cannot_be_retried(
+    make_app: Callable[..., Flask], smtp_server: SmtpServer, store_url: str
+) -> None:
+    app = make_app(smtp_server.port, status_store_url=store_url)
+    client = app.test_client()
+    smtp_server.handler.script("RCPT", "550 5.1.1 no such user")
+    expires_at = utcnow() + timedelta(seconds=1)
+    request_id = accepted(client, expires_at=expires_at.isoformat())
+    failed = wait_final(client, request_id)
+    assert failed["status"] == "failed" and "550" in failed["error"]
+    wait_for(lambda: utcnow() > expires_at, timeout=10)
+    answer = retry(client, request_id)
+    assert answer.status_code == 409, answer.get_json()
+    assert "expires_at has passed" in answer.get_json()["detail"]
+    kept = status(client, request_id)
+    assert (kept["status"], kept["error"]) == ("failed", failed["error"])  # its reason kept
+    assert app.extensions[EXTENSION].store.kept_payload(request_id) is not None
+    assert smtp_server.received == []
+
+
 def test_a_retry_waits_for_the_failures_webhook_and_reports_its_new_end(
     make_app: Callable[..., Flask], smtp_server: SmtpServer, store_url: str
 ) -> None:

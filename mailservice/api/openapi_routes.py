@@ -121,8 +121,8 @@ RETRY = Operation(
     "Status",
     {202: json("Queued again: the status, `queued`.", "StatusAnswer", "Location"),
      **LIFECYCLE_ERRORS,
-     409: problem("It is not failed, its content is no longer kept (FAILED_CONTENT_TTL), "
-                  "or the webhook of its failure is still pending.")},
+     409: problem("It is not failed, its expires_at has passed, its content is no longer "
+                  "kept (FAILED_CONTENT_TTL), or the webhook of its failure is still pending.")},
     auth="sender", rate_limited=True, path_schemas=REQUEST_ID,
     description="A failed request of the key's sender whose content is still kept goes "
     "back to queued with its attempts reset.",

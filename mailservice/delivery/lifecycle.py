@@ -24,6 +24,7 @@ from dataclasses import replace
 
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.suppression import forget_refused
+from mailservice.delivery.transitions import expired
 from mailservice.events.bus import Accepted, EventBus, Finished
 from mailservice.senders import Sender
 from mailservice.stores.contract import (
@@ -122,8 +123,8 @@ class Lifecycle:
     def retry(self, request_id: str, sender: Sender) -> StatusRecord:
         """Send a failed request of `sender` again: its queued record, stored with its kept
         content as the payload, announced and handed to the dispatcher. Unknown, Refused (not
-        failed, content no longer kept, its webhook still owed), Unavailable (no room),
-        StoreError."""
+        failed, past its expires_at, content no longer kept, its webhook still owed),
+        Unavailable (no room), StoreError."""
         for _ in range(TRIES):
             record = self._read(request_id, sender)
             if record.status is not EmailStatus.FAILED:
@@ -131,6 +132,8 @@ class Lifecycle:
                     record.status,
                     f"Only a failed request can be retried; this one is {record.status}.",
                 )
+            if expired(record, utcnow()):  # it could only end expired, its content deleted
+                raise Refused(record.status, PAST_EXPIRY)
             if record.webhook is WebhookState.PENDING:
                 # Its outcome is still to be saved over the failed record, which would undo
                 # the retry: the webhook of the failure goes first.
@@ -156,6 +159,10 @@ class Lifecycle:
 WEBHOOK_PENDING = (
     "The webhook of this request's failure is still being delivered (webhook: pending); "
     "retry it once the webhook is delivered or failed."
+)
+PAST_EXPIRY = (
+    "This request's expires_at has passed: it cannot be retried; send it again as a new "
+    "request, with a new expires_at."
 )
 CONTENT_GONE = (
     "This request's content is no longer kept (FAILED_CONTENT_TTL): it cannot be retried; "
