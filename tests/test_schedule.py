@@ -369,6 +369,29 @@ def test_the_scheduler_takes_no_more_than_the_dispatcher_has_room_for(smtp_serve
         pool.drain(5)
 
 
+def test_the_scheduler_takes_no_more_content_than_queue_max_bytes_allows(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.script("MAIL", *[("SLEEP", 2.0)] * 10)  # held while the round is read
+    store, events = MemoryStatusStore(60), EventBus()
+    big = MessageSpec(recipient=("user@example.com",), subject="Hi", body="x" * 200_000)
+    for n in range(5):
+        store.create(scheduled(f"r{n}", T0), big.to_json())
+    pool = pool_for(store, smtp_server.port, events, queue_max_bytes=500_000)
+    scheduler = DueScheduler(store, pool, senders(smtp_server.port), events)
+    try:
+        listed, taken, limit = scheduler.take_due()
+        assert (listed, taken, limit) == (5, 2, 2), "two of 200 KB fit in 500 KB, not three"
+        assert pool.held_bytes() <= 500_000
+        assert store.counts()[EmailStatus.SCHEDULED] == 3, "the rest wait in the store"
+        # Later rounds take the rest as the first ones are sent and their bytes given back.
+        wait_for(lambda: scheduler.take_due() and store.counts()[EmailStatus.SCHEDULED] == 0,
+                 timeout=30)  # fmt: skip
+        wait_for(lambda: store.counts()[EmailStatus.SENT] == 5, timeout=30)
+    finally:
+        pool.drain(30)
+
+
 # -- both dispatchers: the thread pool and a real Celery worker ------------------------------
 
 

@@ -6,7 +6,9 @@ and a restart loses nothing. Every process that accepts or sends (an API process
 worker child) runs one `DueScheduler` thread, started by the stack's `start()`. Every
 SCHEDULE_POLL_SECONDS it asks the store for what has fallen due, at most what its dispatcher
 has room for (`room()`: a scheduled request counts against QUEUE_MAX only once due) and at
-most DUE_BATCH at a time, and takes each with `replace()`, a compare-and-set on the record it
+most DUE_BATCH at a time, and takes each whose content still fits (`check_room(size)`:
+QUEUE_MAX_BYTES too, as for a new request; the round ends at the first that does not, the
+rest left scheduled for a later round) with `replace()`, a compare-and-set on the record it
 read: `scheduled` -> `queued`, owned by this process, noted in its history
 (`transitions.taken_when_due`). Of two processes that find one request, one takes it; the
 other's replace changes nothing. The taken request goes to the dispatcher as an accepted one
@@ -22,13 +24,14 @@ logged once when it goes and once when it is back (`OutageLog`), and asked again
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from datetime import datetime
 
 from mailservice.delivery.dispatcher import Dispatcher
 from mailservice.delivery.transitions import taken_when_due
-from mailservice.errors import StoreError
+from mailservice.errors import StoreError, Unavailable
 from mailservice.events.bus import EventBus, Finished
 from mailservice.senders import SenderDirectory
 from mailservice.stores.contract import EmailStatus, OutageLog, StatusStore, utcnow
@@ -111,7 +114,11 @@ class DueScheduler:
         for request_id in listed:
             if self._stop.is_set():
                 break  # stopping: the rest stay scheduled for the next process
-            taken += self._take(request_id, now)
+            try:
+                taken += self._take(request_id, now)
+            except Unavailable:  # full (QUEUE_MAX_BYTES) or draining: the rest wait
+                limit = taken  # what fit was this round's limit
+                break
         if taken:
             logger.info("due scheduler: took %d scheduled request(s) that fell due", taken)
         return len(listed), taken, limit
@@ -126,6 +133,8 @@ class DueScheduler:
             logger.warning("due scheduler: request_id=%s has no content; left", request_id)
             return False
         taken = taken_when_due(record, now, self.dispatcher.owner)
+        if not taken.status.final:
+            self.dispatcher.check_room(sys.getsizeof(payload))  # Unavailable: left scheduled
         if not self.store.replace(taken, record):
             return False  # another process took it, or it changed meanwhile
         if taken.status.final:  # its expires_at came first
