@@ -149,11 +149,13 @@ def test_a_scheduled_request_is_canceled_and_leaves_the_due_index(
     assert smtp_server.received == []
 
 
+@pytest.mark.parametrize("expiring", [False, True], ids=["plain", "expired-before-its-turn"])
 def test_a_queued_request_is_canceled_and_never_sent(
     make_app: Callable[..., Flask],
     smtp_server: SmtpServer,
     store_url: str,
     caplog: pytest.LogCaptureFixture,
+    expiring: bool,
 ) -> None:
     caplog.set_level(logging.INFO)
     app = make_app(smtp_server.port, status_store_url=store_url, workers=1)
@@ -161,7 +163,9 @@ def test_a_queued_request_is_canceled_and_never_sent(
     smtp_server.handler.script("MAIL", ("SLEEP", 3.0))  # the first holds the one thread
     first = accepted(client)
     wait_status(client, first, "sending")
-    second = accepted(client)
+    # Expiring: its expires_at comes too while it waits its turn (the cancel's end stays).
+    fields = {"expires_at": (utcnow() + timedelta(seconds=1)).isoformat()} if expiring else {}
+    second = accepted(client, **fields)
     assert status(client, second)["status"] == "queued"
     answer = cancel(client, second)
     assert answer.status_code == 200, answer.get_json()

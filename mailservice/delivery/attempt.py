@@ -222,13 +222,18 @@ class DeliveryAttempt:
     def _dropped(self, state: AttemptState) -> Dropped:
         """Why the store would not let this attempt begin: the request ended meanwhile (a
         cancel wins over `sending` in the store), or another process owns it now."""
-        try:
-            stored = self.store.get(state.request_id)
-        except StoreError:
-            stored = None
-        if stored is not None and stored.status.final:
-            return Dropped(f"{stored.status} before it was sent", stored)
+        ended = self._ended(state.request_id)
+        if ended is not None:
+            return Dropped(f"{ended.status} before it was sent", ended)
         return Dropped("taken over by another process")
+
+    def _ended(self, request_id: str) -> StatusRecord | None:
+        """The request's final record when the store has one (None too when it cannot say)."""
+        try:
+            stored = self.store.get(request_id)
+        except StoreError:
+            return None
+        return stored if stored is not None and stored.status.final else None
 
     def _attempted(self, started: float, kind: str, step: Retry | Final, answered: bool) -> Outcome:
         """Announce the SMTP transaction that ended (`Attempted`); what comes next."""
@@ -286,6 +291,11 @@ class DeliveryAttempt:
         """Record a final status and announce it; StoreError when the store refused it."""
         if self.store.save(record):
             self.events.emit(Finished(record))
+            return
+        ended = self._ended(record.request_id)
+        if ended is not None:  # it ended meanwhile (a cancel, say): its end stays, no alarm
+            line = "request_id=%s had ended %s before its final status (%s) was recorded"
+            logger.info(line, record.request_id, ended.status, record.status)
             return
         logger.warning(
             "request_id=%s was taken over by another process before its final status (%s) "
