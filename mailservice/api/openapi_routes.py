@@ -207,7 +207,8 @@ OPERATIONS: tuple[Operation, ...] = (
                 "name": "wait",
                 "description": "Seconds to wait for a final status (sent, failed, expired, "
                 "canceled) before answering; answered at once when it is final already, or "
-                f"when {WAITERS_MAX:,} requests wait in the process. Absent: answered at once.",
+                f"when {WAITERS_MAX:,} requests wait in the process (under gunicorn, long polls "
+                "past 256 a worker queue for a thread first). Absent: answered at once.",
                 "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": WAIT_MAX},
             },
         ),
