@@ -404,6 +404,33 @@ def test_a_550_fixed_and_retried_is_delivered(
     assert again.status_code == 409 and "sent" in again.get_json()["detail"]
 
 
+@pytest.mark.parametrize("durable", ["sqlite", "redis"])
+def test_a_failed_request_is_retried_by_the_next_process_after_a_restart(
+    make_app: Callable[..., Flask],
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    durable: str,
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'status.db'}"
+        if durable == "sqlite"
+        else request.getfixturevalue("redis_server").url
+    )
+    first = make_app(smtp_server.port, status_store_url=url)
+    smtp_server.handler.script("RCPT", "550 5.1.1 no such user")
+    request_id = accepted(first.test_client())
+    assert wait_final(first.test_client(), request_id)["status"] == "failed"
+    first.extensions[EXTENSION].shutdown(5)  # the process stops; its failed content is kept
+    first.extensions[EXTENSION].store.close()
+    client = make_app(smtp_server.port, status_store_url=url).test_client()
+    answer = retry(client, request_id)
+    assert answer.status_code == 202, answer.get_json()
+    again = wait_final(client, request_id)
+    assert (again["status"], again["attempts"]) == ("sent", 1)
+    assert message_ids(smtp_server) == [message_id(request_id)]
+
+
 def test_a_failed_request_whose_content_is_gone_cannot_be_retried(
     make_app: Callable[..., Flask], smtp_server: SmtpServer, store_url: str
 ) -> None:
@@ -486,7 +513,7 @@ def test_a_request_that_is_not_failed_is_not_retried(
 # -- Celery -------------------------------------------------------------------------------------
 
 
-def test_a_request_canceled_before_a_celery_worker_takes_it_is_never_sent(
+def test_a_celery_worker_skips_a_canceled_request_expires_a_late_one_and_sends_a_retry(
     tmp_path: Path, smtp_server: SmtpServer, redis_server: Any
 ) -> None:
     base = f"redis://127.0.0.1:{redis_server.port}"
@@ -513,13 +540,29 @@ def test_a_request_canceled_before_a_celery_worker_takes_it_is_never_sent(
         client = app.test_client()
         canceled = accepted(client)  # handed to the broker, where no worker takes it yet
         assert cancel(client, canceled).status_code == 200
+        # Another waits in the broker past its expires_at: the worker must not send it.
+        expires_at = utcnow() + timedelta(seconds=1)
+        late = accepted(client, expires_at=expires_at.isoformat())
+        wait_for(lambda: utcnow() > expires_at, timeout=10)
         worker_env = env | {"EMAIL_LOG": str(tmp_path / "worker_log.txt")}
         worker = CeleryWorker(tmp_path, worker_env, concurrency=1).start()
-        sent = accepted(client)  # its task comes after the canceled one's, on one child
+        sent = accepted(client)  # its task comes after the others', on one child
         assert wait_final(client, sent, timeout=60)["status"] == "sent"
         wait_for(lambda: "skipped" in worker.output, timeout=30)  # the canceled one's task
+        ended = wait_final(client, late, timeout=30)
+        assert (ended["status"], ended["error"]) == ("expired", "expired before it could be sent")
         assert message_ids(smtp_server) == [message_id(sent)]
         assert status(client, canceled)["status"] == "canceled"
+
+        # A manual retry on Celery: refused for good, the cause fixed, retried, sent once.
+        smtp_server.handler.script("RCPT", "550 5.1.1 no such user")
+        fixed = accepted(client)
+        assert wait_final(client, fixed, timeout=30)["status"] == "failed"
+        answer = retry(client, fixed)
+        assert answer.status_code == 202, answer.get_json()
+        again = wait_final(client, fixed, timeout=60)
+        assert (again["status"], again["attempts"]) == ("sent", 1)
+        assert message_ids(smtp_server) == [message_id(sent), message_id(fixed)]
     finally:
         app.extensions[EXTENSION].shutdown(5)
         app.extensions[EXTENSION].store.close()
