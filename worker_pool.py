@@ -159,7 +159,11 @@ class WorkerPool(Dispatcher):
             self._enqueue(self._jobs[record.request_id])
 
     def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
-        state = AttemptState(replace(record, owner=self.owner), payload)
+        # Left `sending` by a process that died: it may have been handed to the server.
+        possibly = record.status is EmailStatus.SENDING
+        state = AttemptState(
+            replace(record, owner=self.owner), payload, possibly_delivered=possibly
+        )
         job = Job(sender, state, sys.getsizeof(payload))
         if not self._hold(job):
             return

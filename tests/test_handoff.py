@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -284,6 +285,18 @@ def test_resume_with_a_sender_hands_it_over(
     wait_for(lambda: broker.published)
     assert broker.published == [Handover("r1", "w1")]
     assert store.get("r1").status is EmailStatus.QUEUED
+
+
+def test_a_request_resumed_from_sending_is_handed_over_as_possibly_delivered(
+    make_dispatcher, store: SqliteStatusStore, broker: Broker
+) -> None:
+    # Left `sending` by a process that died: it may have been handed to the SMTP server.
+    dispatcher = make_dispatcher(owner="w1")
+    record = replace(queued("r1", "w1"), status=EmailStatus.SENDING, attempts=1)
+    store.create(record, "{}")
+    dispatcher.resume(record, "{}", SENDER_AT_NOWHERE)
+    wait_for(lambda: broker.published)
+    assert broker.published == [Handover("r1", "w1", True)]
 
 
 def test_room_stays_queue_max_while_the_broker_is_away_and_is_none_after_drain(

@@ -423,3 +423,39 @@ def test_waiting_for_a_request_another_process_holds_reads_the_store_until_final
     finally:
         timer.join()
     assert service.pool.wait("77777777-7777-4777-8777-00000000ffff", 0.2) is None, "unknown"
+
+
+def test_a_request_resumed_from_sending_past_its_expiry_says_it_was_possibly_delivered(
+    make_app, smtp_server
+):
+    # Left `sending` by a process that died mid-attempt (recovery resumes it here): it may have
+    # been handed to the server, so its expiry must not say it never was.
+    from datetime import timedelta
+
+    from mailservice.delivery.message_spec import MessageSpec
+    from mailservice.stores.contract import EmailStatus, StatusRecord, utcnow
+
+    service = make_app(smtp_server.port).extensions[EXTENSION]
+    now = utcnow()
+    record = StatusRecord(
+        request_id="77777777-7777-4777-8777-000000000002",
+        status=EmailStatus.SENDING,
+        sender="sender@example.com",
+        recipients=("a@example.com",),
+        pending=("a@example.com",),
+        created_at=now - timedelta(minutes=5),
+        updated_at=now - timedelta(minutes=1),
+        attempts=1,
+        owner=service.pool.owner,
+        expires_at=now - timedelta(seconds=1),
+    )
+    payload = MessageSpec(recipient=("a@example.com",), subject="Hi", body="x").to_json()
+    service.store.create(record, payload)
+    service.pool.resume(record, payload, service.senders.by_email("sender@example.com"))
+    ended = wait_for(lambda: (r := service.store.get(record.request_id)).status.final and r)
+    assert ended.status is EmailStatus.EXPIRED
+    assert ended.error == (
+        "expired before it could be sent; an earlier attempt was possibly delivered "
+        "(same Message-ID)"
+    )
+    assert smtp_server.received == []

@@ -31,7 +31,7 @@ from mailservice.delivery.dispatcher import (
 from mailservice.delivery.handoff import Handoff, Handover
 from mailservice.errors import StoreError, Unavailable
 from mailservice.senders import Sender
-from mailservice.stores.contract import StatusRecord
+from mailservice.stores.contract import EmailStatus, StatusRecord
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class CeleryDispatcher(Dispatcher):
                 logger.warning("request_id=%s: %s", record.request_id, exc)
             return
         logger.info("resuming request_id=%s (status %s)", record.request_id, record.status)
-        self.later(record.request_id)
+        # Left `sending` by a process that died: it may have been handed to the server.
+        self.later(record.request_id, possibly_delivered=record.status is EmailStatus.SENDING)
 
     def later(self, request_id: str, delay: float = 0.0, possibly_delivered: bool = False) -> None:
         """Hand the request (owned by this process) over, after `delay` seconds."""

@@ -3,6 +3,7 @@
     (scheduled ->) queued -> sending -> (retrying -> sending ->) sent | failed
     queued | sending -> retrying (held for the sender's account: paused, or over its limit)
     scheduled | queued | retrying -> expired, once its expires_at came before it was sent
+    sending -> expired, recovered from a process that died mid-attempt (possibly delivered)
 
 `taken_when_due()` is a scheduled request's way to `queued` when it falls due, `begin()` starts
 an attempt, `delivered()` takes in what the server said of each recipient, `after_failure()`
