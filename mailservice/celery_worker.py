@@ -74,11 +74,14 @@ class _Process:
     metrics: WorkerMetrics | None = None
     lock = threading.Lock()  # a threads pool's first tasks arrive at once
     threads = 1  # attempts at once in the process that sends: a threads pool's concurrency
+    forks = True  # prefork: each child builds its stack; else the main process builds one
 
 
 def start_child() -> TaskRunner:
     """Build and start this process's delivery stack once; its TaskRunner. A prefork child
-    builds it as it starts; a threads (or solo) pool in the main process, at its first task."""
+    builds it as it starts; a threads (or solo) pool in the main process once the worker is
+    ready (or at its first task, should one come first), so that its due scheduler and lease
+    keeper run before any task does."""
     with _Process.lock:
         if _Process.runner is not None:
             return _Process.runner
@@ -110,8 +113,11 @@ def _setup_logging(**_: Any) -> None:
 @signals.worker_init.connect
 def _worker_started(sender: Any = None, **_: Any) -> None:
     """The main process, before the children are forked."""
-    if sender is not None and "thread" in str(sender.pool_cls).lower():
-        _Process.threads = int(sender.concurrency)
+    if sender is not None:
+        pool = str(sender.pool_cls).lower()
+        _Process.forks = "prefork" in pool
+        if "thread" in pool:
+            _Process.threads = int(sender.concurrency)
     if settings.worker_metrics_port:
         _Process.metrics = WorkerMetrics.start(settings)
     if settings.celery_broker_url.startswith("amqp") and app.conf.task_time_limit >= 1800:
@@ -121,6 +127,18 @@ def _worker_started(sender: Any = None, **_: Any) -> None:
             "time limit, or lower the limit",
             app.conf.task_time_limit,
         )
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_: Any) -> None:
+    """A threads or solo pool sends from the main process: its stack starts now, not at the
+    first task, so that scheduled requests fall due and orphans are recovered without one."""
+    if not _Process.forks:
+        try:
+            start_child()
+        except Exception:  # as a prefork child does: nothing could be sent from here
+            logger.exception("worker could not start its delivery stack; it exits")
+            os._exit(3)
 
 
 @signals.worker_shutdown.connect

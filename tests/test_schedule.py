@@ -408,3 +408,39 @@ def test_a_scheduled_send_is_sent_when_due_on_either_dispatcher(path) -> None:  
     assert history[1][1] >= moment(status["send_at"])
     lines = wait_for(lambda: (got := path.log_lines(request_id)) and len(got) >= 2 and got)
     assert [line.rsplit("Status: ", 1)[1] for line in lines] == ["scheduled", "sent"]
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_a_celery_worker_without_prefork_takes_due_requests_before_any_task(
+    tmp_path: Path, smtp_server: SmtpServer, redis_server: Any, pool: str
+) -> None:
+    # Nothing but the worker runs: no API process, so no task is ever published. Its own due
+    # scheduler must take the request, as a prefork child's does from its start.
+    from mailservice.stores import store_from_url
+    from mailservice.testing.celery_worker import CeleryWorker
+    from tests.conftest import write_senders
+
+    base = f"redis://127.0.0.1:{redis_server.port}"
+    store = store_from_url(f"{base}/8", 3600)
+    request_id = "88888888-8888-4888-8888-000000000001"
+    store.create(scheduled(request_id, T0), SPEC.to_json())
+    env = {
+        "SENDERS_FILE": str(write_senders(tmp_path / "data.csv", smtp_server.port)),
+        "EMAIL_LOG": str(tmp_path / "worker_log.txt"),
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_server.port),
+        "SMTP_SECURITY": "none",
+        "STATUS_STORE_URL": f"{base}/8",
+        "DISPATCHER": "celery",
+        "CELERY_BROKER_URL": f"{base}/9",
+        "PIN_CPUS": "0",
+    }
+    worker = CeleryWorker(tmp_path, env, concurrency=2, pool=pool).start()
+    try:
+        wait_for(lambda: store.get(request_id).status is EmailStatus.SENT, timeout=30)
+        assert [m.message["Message-ID"] for m in smtp_server.received] == [
+            f"<{request_id}@example.com>"
+        ]
+    finally:
+        worker.stop()
+        store.close()
