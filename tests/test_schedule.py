@@ -372,7 +372,7 @@ def test_the_scheduler_takes_no_more_than_the_dispatcher_has_room_for(smtp_serve
 def test_the_scheduler_takes_no_more_content_than_queue_max_bytes_allows(
     smtp_server: SmtpServer,
 ) -> None:
-    smtp_server.handler.script("MAIL", *[("SLEEP", 2.0)] * 10)  # held while the round is read
+    smtp_server.handler.script("MAIL", *[("SLEEP", 1.0)] * 2)  # the first two held a while
     store, events = MemoryStatusStore(60), EventBus()
     big = MessageSpec(recipient=("user@example.com",), subject="Hi", body="x" * 200_000)
     for n in range(5):
