@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -415,7 +416,8 @@ def test_a_celery_worker_without_prefork_takes_due_requests_before_any_task(
     tmp_path: Path, smtp_server: SmtpServer, redis_server: Any, pool: str
 ) -> None:
     # Nothing but the worker runs: no API process, so no task is ever published. Its own due
-    # scheduler must take the request, as a prefork child's does from its start.
+    # scheduler must take the due request, and its lease keeper recover the orphan a dead
+    # process left, as a prefork child's do from its start.
     from mailservice.stores import store_from_url
     from mailservice.testing.celery_worker import CeleryWorker
     from tests.conftest import write_senders
@@ -424,6 +426,9 @@ def test_a_celery_worker_without_prefork_takes_due_requests_before_any_task(
     store = store_from_url(f"{base}/8", 3600)
     request_id = "88888888-8888-4888-8888-000000000001"
     store.create(scheduled(request_id, T0), SPEC.to_json())
+    orphan = replace(scheduled("88888888-8888-4888-8888-000000000002", T0),
+                     status=EmailStatus.QUEUED, owner="gone-host:1:0")  # fmt: skip
+    store.create(orphan, SPEC.to_json())
     env = {
         "SENDERS_FILE": str(write_senders(tmp_path / "data.csv", smtp_server.port)),
         "EMAIL_LOG": str(tmp_path / "worker_log.txt"),
@@ -437,10 +442,10 @@ def test_a_celery_worker_without_prefork_takes_due_requests_before_any_task(
     }
     worker = CeleryWorker(tmp_path, env, concurrency=2, pool=pool).start()
     try:
-        wait_for(lambda: store.get(request_id).status is EmailStatus.SENT, timeout=30)
-        assert [m.message["Message-ID"] for m in smtp_server.received] == [
-            f"<{request_id}@example.com>"
-        ]
+        ids = (request_id, orphan.request_id)
+        wait_for(lambda: all(store.get(i).status is EmailStatus.SENT for i in ids), timeout=30)
+        got = sorted(m.message["Message-ID"] for m in smtp_server.received)
+        assert got == [f"<{i}@example.com>" for i in ids]
     finally:
         worker.stop()
         store.close()
