@@ -299,6 +299,21 @@ def test_a_request_resumed_from_sending_is_handed_over_as_possibly_delivered(
     assert broker.published == [Handover("r1", "w1", True)]
 
 
+def test_a_request_resumed_from_sending_without_its_sender_fails_as_possibly_delivered(
+    make_dispatcher, store: SqliteStatusStore, broker: Broker
+) -> None:
+    dispatcher = make_dispatcher(owner="w1")
+    record = replace(queued("r1", "w1"), status=EmailStatus.SENDING, attempts=1)
+    store.create(record, "{}")
+    dispatcher.resume(record, "{}", None)
+    saved = store.get("r1")
+    assert saved is not None and saved.status is EmailStatus.FAILED
+    assert saved.error == (
+        "its sender is no longer configured; an earlier attempt was possibly delivered "
+        "(same Message-ID)"
+    )
+
+
 def test_room_stays_queue_max_while_the_broker_is_away_and_is_none_after_drain(
     make_dispatcher, broker: Broker
 ) -> None:

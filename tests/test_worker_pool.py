@@ -455,7 +455,7 @@ def test_a_request_resumed_from_sending_past_its_expiry_says_it_was_possibly_del
     ended = wait_for(lambda: (r := service.store.get(record.request_id)).status.final and r)
     assert ended.status is EmailStatus.EXPIRED
     assert ended.error == (
-        "expired before it could be sent; an earlier attempt was possibly delivered "
-        "(same Message-ID)"
+        "expired: its process stopped during an attempt; an earlier attempt was possibly "
+        "delivered (same Message-ID)"
     )
     assert smtp_server.received == []

@@ -84,7 +84,9 @@ class CeleryDispatcher(Dispatcher):
 
     def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
         if sender is None:
-            state = AttemptState(record, None)
+            state = AttemptState(
+                record, None, possibly_delivered=record.status is EmailStatus.SENDING
+            )
             final = self.attempt.failed(state, "its sender is no longer configured").record
             try:
                 self.attempt.save_final(final)

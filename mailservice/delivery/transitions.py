@@ -3,7 +3,8 @@
     (scheduled ->) queued -> sending -> (retrying -> sending ->) sent | failed
     queued | sending -> retrying (held for the sender's account: paused, or over its limit)
     scheduled | queued | retrying -> expired, once its expires_at came before it was sent
-    sending -> expired, recovered from a process that died mid-attempt (possibly delivered)
+    sending -> expired, when a failed attempt's retry would start after its expires_at, or
+        when it is recovered from a process that died mid-attempt (possibly delivered)
 
 `taken_when_due()` is a scheduled request's way to `queued` when it falls due, `begin()` starts
 an attempt, `delivered()` takes in what the server said of each recipient, `after_failure()`
@@ -29,6 +30,7 @@ JITTER = (0.75, 1.25)  # a retry's delay is its backoff times a factor in this r
 # The error of a request that expired before any attempt was made (API.md section 4); after
 # failed attempts it is "expired: <the last one's reason>".
 EXPIRED_UNSENT = "expired before it could be sent"
+EXPIRED_INTERRUPTED = "expired: its process stopped during an attempt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,12 @@ def expire(
     """The final status of a request whose `expires_at` came before it was sent: `expired`,
     with the last attempt's reason when there was one (`sent` all the same when an earlier
     attempt delivered it to some recipients, as `finish()` settles a failure)."""
-    reason = f"expired: {record.error}" if record.attempts and record.error else EXPIRED_UNSENT
+    if record.attempts and record.error:
+        reason = f"expired: {record.error}"
+    elif record.attempts:  # an attempt began and left no reason: its process stopped in it
+        reason = EXPIRED_INTERRUPTED
+    else:
+        reason = EXPIRED_UNSENT
     return finish(
         record,
         EmailStatus.EXPIRED,
