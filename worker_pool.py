@@ -159,11 +159,7 @@ class WorkerPool(Dispatcher):
             self._enqueue(self._jobs[record.request_id])
 
     def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
-        # Left `sending` by a process that died: it may have been handed to the server.
-        possibly = record.status is EmailStatus.SENDING
-        state = AttemptState(
-            replace(record, owner=self.owner), payload, possibly_delivered=possibly
-        )
+        state = AttemptState.resumed(replace(record, owner=self.owner), payload)
         job = Job(sender, state, sys.getsizeof(payload))
         if not self._hold(job):
             return

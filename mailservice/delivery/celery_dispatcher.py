@@ -31,7 +31,7 @@ from mailservice.delivery.dispatcher import (
 from mailservice.delivery.handoff import Handoff, Handover
 from mailservice.errors import StoreError, Unavailable
 from mailservice.senders import Sender
-from mailservice.stores.contract import EmailStatus, StatusRecord
+from mailservice.stores.contract import StatusRecord
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,8 @@ class CeleryDispatcher(Dispatcher):
         self.later(record.request_id)
 
     def resume(self, record: StatusRecord, payload: str, sender: Sender | None) -> None:
+        state = AttemptState.resumed(record, None)
         if sender is None:
-            state = AttemptState(
-                record, None, possibly_delivered=record.status is EmailStatus.SENDING
-            )
             final = self.attempt.failed(state, "its sender is no longer configured").record
             try:
                 self.attempt.save_final(final)
@@ -94,8 +92,7 @@ class CeleryDispatcher(Dispatcher):
                 logger.warning("request_id=%s: %s", record.request_id, exc)
             return
         logger.info("resuming request_id=%s (status %s)", record.request_id, record.status)
-        # Left `sending` by a process that died: it may have been handed to the server.
-        self.later(record.request_id, possibly_delivered=record.status is EmailStatus.SENDING)
+        self.later(record.request_id, possibly_delivered=state.possibly_delivered)
 
     def later(self, request_id: str, delay: float = 0.0, possibly_delivered: bool = False) -> None:
         """Hand the request (owned by this process) over, after `delay` seconds."""

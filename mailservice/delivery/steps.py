@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mailservice.delivery.transitions import Final, Retry
-from mailservice.stores.contract import StatusRecord
+from mailservice.stores.contract import EmailStatus, StatusRecord
 
 
 @dataclass(slots=True, eq=False)
@@ -19,6 +19,12 @@ class AttemptState:
     deferred: dict[str, str] = field(default_factory=dict)  # 4xx at RCPT, last attempt
     possibly_delivered: bool = False  # an attempt got no reply to the end of DATA
     store_waits: int = 0  # attempts put off in a row because the store refused `sending`
+
+    @classmethod
+    def resumed(cls, record: StatusRecord, payload: str | None) -> AttemptState:
+        """A request recovered from a process that stopped: one it left `sending` may have
+        been handed to the SMTP server (both dispatchers' `resume`)."""
+        return cls(record, payload, possibly_delivered=record.status is EmailStatus.SENDING)
 
     @property
     def request_id(self) -> str:
