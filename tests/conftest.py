@@ -93,6 +93,27 @@ def greeting_server() -> Iterator[GreetingServer]:
     server.stop()
 
 
+def celery_env(
+    folder: Path, smtp_port: int, redis_port: int, store_db: int, broker_db: int, **extra: str
+) -> dict[str, str]:
+    """The environment of a small DISPATCHER=celery deployment: the test sender on the SMTP
+    server at `smtp_port`, the store and the broker in two databases of a test's redis-server;
+    `extra` adds or replaces variables."""
+    base = f"redis://127.0.0.1:{redis_port}"
+    return {
+        "SENDERS_FILE": str(write_senders(folder / "data.csv", smtp_port)),
+        "EMAIL_LOG": str(folder / "email_log.txt"),
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "SMTP_SECURITY": "none",
+        "STATUS_STORE_URL": f"{base}/{store_db}",
+        "DISPATCHER": "celery",
+        "CELERY_BROKER_URL": f"{base}/{broker_db}",
+        "PIN_CPUS": "0",
+        **extra,
+    }
+
+
 def write_senders(
     path: Path,
     port: int,

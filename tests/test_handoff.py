@@ -287,14 +287,19 @@ def test_resume_with_a_sender_hands_it_over(
     assert store.get("r1").status is EmailStatus.QUEUED
 
 
+def left_sending(store: SqliteStatusStore) -> StatusRecord:
+    """A request a dead process left `sending`, now claimed by "w1": it may have been handed
+    to the SMTP server."""
+    record = replace(queued("r1", "w1"), status=EmailStatus.SENDING, attempts=1)
+    store.create(record, "{}")
+    return record
+
+
 def test_a_request_resumed_from_sending_is_handed_over_as_possibly_delivered(
     make_dispatcher, store: SqliteStatusStore, broker: Broker
 ) -> None:
-    # Left `sending` by a process that died: it may have been handed to the SMTP server.
     dispatcher = make_dispatcher(owner="w1")
-    record = replace(queued("r1", "w1"), status=EmailStatus.SENDING, attempts=1)
-    store.create(record, "{}")
-    dispatcher.resume(record, "{}", SENDER_AT_NOWHERE)
+    dispatcher.resume(left_sending(store), "{}", SENDER_AT_NOWHERE)
     wait_for(lambda: broker.published)
     assert broker.published == [Handover("r1", "w1", True)]
 
@@ -303,9 +308,7 @@ def test_a_request_resumed_from_sending_without_its_sender_fails_as_possibly_del
     make_dispatcher, store: SqliteStatusStore, broker: Broker
 ) -> None:
     dispatcher = make_dispatcher(owner="w1")
-    record = replace(queued("r1", "w1"), status=EmailStatus.SENDING, attempts=1)
-    store.create(record, "{}")
-    dispatcher.resume(record, "{}", None)
+    dispatcher.resume(left_sending(store), "{}", None)
     saved = store.get("r1")
     assert saved is not None and saved.status is EmailStatus.FAILED
     assert saved.error == (

@@ -31,9 +31,9 @@ from tests.conftest import (
     OTHER_KEY,
     SENDER,
     STATUS_KEYS,
+    celery_env,
     send,
     wait_for,
-    write_senders,
 )
 from tests.test_jwt_auth import sign
 
@@ -516,23 +516,11 @@ def test_a_request_that_is_not_failed_is_not_retried(
 def test_a_celery_worker_skips_a_canceled_request_expires_a_late_one_and_sends_a_retry(
     tmp_path: Path, smtp_server: SmtpServer, redis_server: Any
 ) -> None:
-    base = f"redis://127.0.0.1:{redis_server.port}"
-    env = {
-        "SENDERS_FILE": str(write_senders(tmp_path / "data.csv", smtp_server.port)),
-        "EMAIL_LOG": str(tmp_path / "email_log.txt"),
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_server.port),
-        "SMTP_SECURITY": "none",
-        "SMTP_TIMEOUT": "5",
-        "RATE_LIMIT": "",
-        "LEASE_SECONDS": "5",
-        "STATUS_STORE_URL": f"{base}/5",
-        "DISPATCHER": "celery",
-        "CELERY_BROKER_URL": f"{base}/6",
-        "CELERY_VISIBILITY_TIMEOUT": "120",
-        "CELERY_TASK_TIME_LIMIT": "60",
-        "PIN_CPUS": "0",
-    }
+    env = celery_env(
+        tmp_path, smtp_server.port, redis_server.port, 5, 6,
+        SMTP_TIMEOUT="5", RATE_LIMIT="", LEASE_SECONDS="5",
+        CELERY_VISIBILITY_TIMEOUT="120", CELERY_TASK_TIME_LIMIT="60",
+    )  # fmt: skip
     app = create_app(settings_from_mapping(env))
     app.config["TESTING"] = True
     worker = None

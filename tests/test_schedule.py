@@ -420,26 +420,16 @@ def test_a_celery_worker_without_prefork_takes_due_requests_before_any_task(
     # process left, as a prefork child's do from its start.
     from mailservice.stores import store_from_url
     from mailservice.testing.celery_worker import CeleryWorker
-    from tests.conftest import write_senders
+    from tests.conftest import celery_env
 
-    base = f"redis://127.0.0.1:{redis_server.port}"
-    store = store_from_url(f"{base}/8", 3600)
+    env = celery_env(tmp_path, smtp_server.port, redis_server.port, 8, 9,
+                     EMAIL_LOG=str(tmp_path / "worker_log.txt"))  # fmt: skip
+    store = store_from_url(env["STATUS_STORE_URL"], 3600)
     request_id = "88888888-8888-4888-8888-000000000001"
     store.create(scheduled(request_id, T0), SPEC.to_json())
     orphan = replace(scheduled("88888888-8888-4888-8888-000000000002", T0),
                      status=EmailStatus.QUEUED, owner="gone-host:1:0")  # fmt: skip
     store.create(orphan, SPEC.to_json())
-    env = {
-        "SENDERS_FILE": str(write_senders(tmp_path / "data.csv", smtp_server.port)),
-        "EMAIL_LOG": str(tmp_path / "worker_log.txt"),
-        "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_server.port),
-        "SMTP_SECURITY": "none",
-        "STATUS_STORE_URL": f"{base}/8",
-        "DISPATCHER": "celery",
-        "CELERY_BROKER_URL": f"{base}/9",
-        "PIN_CPUS": "0",
-    }
     worker = CeleryWorker(tmp_path, env, concurrency=2, pool=pool).start()
     try:
         ids = (request_id, orphan.request_id)
